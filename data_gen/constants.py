@@ -1,0 +1,47 @@
+"""Audio constants shared by data_gen, training and serving.
+
+One source of truth: every derived value is computed from the few base values here, so the
+pitch tracker, the synthesizers, the encoder's front-end and the server cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# --- Base values -------------------------------------------------------------------------------
+SAMPLE_RATE = 16_000
+"""Hz. Every waveform inside Earworm is mono float32 at this rate."""
+
+PITCH_HOP_SECONDS = 0.010
+"""Pitch contours (f0 + voicing/confidence) have one frame every 10 ms."""
+
+WINDOW_SECONDS = 4.0
+"""Length of the audio window the encoder embeds (masters and queries alike)."""
+
+MASTER_WINDOW_HOP_SECONDS = 2.0
+"""Hop between the overlapping windows cut from catalogue masters."""
+
+QUERY_WINDOW_HOP_SECONDS = 1.0
+"""Hop between the overlapping windows cut from a query (denser than masters: queries are short)."""
+
+EMBEDDING_DIM = 128
+"""Size of the unit-norm embedding of one window."""
+
+MIN_QUERY_SECONDS = 2.0
+"""Shorter recordings carry too little melody to identify."""
+
+MAX_QUERY_SECONDS = 60.0
+"""Longer recordings are refused (the service is for snippets, not whole songs)."""
+
+MAX_MASTER_SECONDS = 600.0
+"""Catalogue recordings longer than this are refused at indexing time."""
+
+SILENCE_RMS = 1e-4
+"""A recording whose overall RMS is below this (about -80 dBFS) is considered silent."""
+
+# --- Derived values ----------------------------------------------------------------------------
+PITCH_HOP = int(round(SAMPLE_RATE * PITCH_HOP_SECONDS))  # 160 samples
+PITCH_FRAME_RATE = SAMPLE_RATE // PITCH_HOP  # 100 frames per second
+WINDOW_SAMPLES = int(round(SAMPLE_RATE * WINDOW_SECONDS))
+MASTER_WINDOW_HOP = int(round(SAMPLE_RATE * MASTER_WINDOW_HOP_SECONDS))
+QUERY_WINDOW_HOP = int(round(SAMPLE_RATE * QUERY_WINDOW_HOP_SECONDS))
+MIN_QUERY_SAMPLES = int(round(SAMPLE_RATE * MIN_QUERY_SECONDS))
+MAX_QUERY_SAMPLES = int(round(SAMPLE_RATE * MAX_QUERY_SECONDS))

@@ -1,0 +1,107 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PcmEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PCM_ENCODING_UNSPECIFIED: _ClassVar[PcmEncoding]
+    PCM_ENCODING_S16LE: _ClassVar[PcmEncoding]
+    PCM_ENCODING_F32LE: _ClassVar[PcmEncoding]
+PCM_ENCODING_UNSPECIFIED: PcmEncoding
+PCM_ENCODING_S16LE: PcmEncoding
+PCM_ENCODING_F32LE: PcmEncoding
+
+class RawPcm(_message.Message):
+    __slots__ = ("data", "sample_rate_hz", "channels", "encoding")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    sample_rate_hz: int
+    channels: int
+    encoding: PcmEncoding
+    def __init__(self, data: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[PcmEncoding, str]] = ...) -> None: ...
+
+class Audio(_message.Message):
+    __slots__ = ("encoded", "pcm")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    encoded: bytes
+    pcm: RawPcm
+    def __init__(self, encoded: _Optional[bytes] = ..., pcm: _Optional[_Union[RawPcm, _Mapping]] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ("audio", "top_k")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    audio: Audio
+    top_k: int
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("track_id", "title", "artist", "score", "offset_seconds", "rank")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    ARTIST_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    track_id: str
+    title: str
+    artist: str
+    score: float
+    offset_seconds: float
+    rank: int
+    def __init__(self, track_id: _Optional[str] = ..., title: _Optional[str] = ..., artist: _Optional[str] = ..., score: _Optional[float] = ..., offset_seconds: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class IdentifyResponse(_message.Message):
+    __slots__ = ("matches", "no_match", "no_match_threshold", "model_version", "index_version", "audio_seconds")
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    NO_MATCH_FIELD_NUMBER: _ClassVar[int]
+    NO_MATCH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    matches: _containers.RepeatedCompositeFieldContainer[Match]
+    no_match: bool
+    no_match_threshold: float
+    model_version: str
+    index_version: str
+    audio_seconds: float
+    def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., no_match: _Optional[bool] = ..., no_match_threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., audio_seconds: _Optional[float] = ...) -> None: ...
+
+class StreamIdentifyRequest(_message.Message):
+    __slots__ = ("config", "audio_chunk")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    config: StreamConfig
+    audio_chunk: bytes
+    def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio_chunk: _Optional[bytes] = ...) -> None: ...
+
+class StreamConfig(_message.Message):
+    __slots__ = ("sample_rate_hz", "channels", "encoding", "top_k", "interim_interval_seconds")
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    sample_rate_hz: int
+    channels: int
+    encoding: PcmEncoding
+    top_k: int
+    interim_interval_seconds: float
+    def __init__(self, sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[PcmEncoding, str]] = ..., top_k: _Optional[int] = ..., interim_interval_seconds: _Optional[float] = ...) -> None: ...
+
+class StreamIdentifyResponse(_message.Message):
+    __slots__ = ("result", "is_final")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    result: IdentifyResponse
+    is_final: bool
+    def __init__(self, result: _Optional[_Union[IdentifyResponse, _Mapping]] = ..., is_final: _Optional[bool] = ...) -> None: ...
