@@ -45,3 +45,9 @@ MASTER_WINDOW_HOP = int(round(SAMPLE_RATE * MASTER_WINDOW_HOP_SECONDS))
 QUERY_WINDOW_HOP = int(round(SAMPLE_RATE * QUERY_WINDOW_HOP_SECONDS))
 MIN_QUERY_SAMPLES = int(round(SAMPLE_RATE * MIN_QUERY_SECONDS))
 MAX_QUERY_SAMPLES = int(round(SAMPLE_RATE * MAX_QUERY_SECONDS))
+
+# --- Training examples (TFRecords written by beam_pipelines.training_pairs) ---------------------
+EXAMPLE_SECONDS = 6.0
+"""Length of the aligned (query, master) audio pair in one training example; the trainer crops
+WINDOW_SECONDS from it (the margin leaves room for time-shift and tempo augmentation)."""
+EXAMPLE_SAMPLES = int(round(SAMPLE_RATE * EXAMPLE_SECONDS))

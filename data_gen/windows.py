@@ -1,0 +1,44 @@
+"""Cutting recordings into the fixed-length windows the encoder embeds.
+
+Masters and queries are cut the same way (only the hop differs), so a query window and the master
+window holding the same melody line up. Offsets are in seconds from the recording's start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_gen import constants as C
+
+
+def window_starts(num_samples: int, hop: int, window: int = C.WINDOW_SAMPLES) -> np.ndarray:
+    """Start sample of every window; the last window is aligned to the end so no audio is dropped.
+
+    A recording shorter than one window gets one window (zero-padded by `cut_windows`).
+    """
+    if num_samples <= window:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, num_samples - window + 1, hop, dtype=np.int64)
+    if starts[-1] + window < num_samples:
+        starts = np.append(starts, num_samples - window)
+    return starts
+
+
+def cut_windows(
+    audio: np.ndarray, hop: int, window: int = C.WINDOW_SAMPLES
+) -> tuple[np.ndarray, np.ndarray]:
+    """[time] float32 -> (windows [n, window] float32, offsets_seconds [n] float32)."""
+    starts = window_starts(audio.shape[0], hop, window)
+    if audio.shape[0] < window:
+        audio = np.pad(audio, (0, window - audio.shape[0]))
+    idx = starts[:, None] + np.arange(window)[None, :]
+    windows = audio[idx].astype(np.float32, copy=False)
+    return windows, (starts / C.SAMPLE_RATE).astype(np.float32)
+
+
+def cut_master_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return cut_windows(audio, C.MASTER_WINDOW_HOP)
+
+
+def cut_query_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return cut_windows(audio, C.QUERY_WINDOW_HOP)
