@@ -1,0 +1,203 @@
+"""Signal building blocks shared by the synthesizers: additive harmonics, formant responses,
+spectrally shaped noise and amplitude envelopes.
+
+All frame-rate arrays use the contour convention (frame `i` centred on sample `i * PITCH_HOP`);
+`upsample_frames` turns them into per-sample values by linear interpolation, which keeps every
+amplitude and frequency trajectory continuous (no clicks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from data_gen import constants as C
+from data_gen.synth.contour import Contour, note_segments
+
+NYQUIST = C.SAMPLE_RATE / 2.0
+NOISE_FFT = 512
+"""FFT size of the STFT used to shape noise (32 ms at 16 kHz); its hop is PITCH_HOP."""
+
+
+def upsample_frames(x: np.ndarray, n_samples: int) -> np.ndarray:
+    """Frame-rate values [frames] or [frames, k] -> per-sample values [n_samples(, k)] (linear)."""
+    x = np.asarray(x, dtype=np.float64)
+    pos = np.arange(n_samples, dtype=np.float64) / C.PITCH_HOP
+    i0 = np.minimum(pos.astype(np.int64), x.shape[0] - 1)
+    i1 = np.minimum(i0 + 1, x.shape[0] - 1)
+    frac = pos - i0
+    if x.ndim == 2:
+        frac = frac[:, None]
+    return x[i0] * (1.0 - frac) + x[i1] * frac
+
+
+def smooth_noise(n: int, rng: np.random.Generator, smooth_frames: float) -> np.ndarray:
+    """[n] Gaussian noise low-passed by a Gaussian kernel of sd `smooth_frames`, unit sd."""
+    if n == 0:
+        return np.zeros(0)
+    white = rng.standard_normal(n + 8 * int(smooth_frames + 1))
+    if smooth_frames > 0:
+        half = int(4 * smooth_frames) + 1
+        t = np.arange(-half, half + 1)
+        kernel = np.exp(-0.5 * (t / smooth_frames) ** 2)
+        white = np.convolve(white, kernel / kernel.sum(), mode="same")
+    out = white[:n]
+    sd = out.std()
+    return out / sd if sd > 0 else out
+
+
+def resonator_gain(freqs: np.ndarray, centre: np.ndarray | float, bandwidth: np.ndarray | float) -> np.ndarray:
+    """|H(f)| of a digital two-pole resonator normalised to unit gain at DC (Klatt style).
+
+    freqs, centre, bandwidth broadcast together (Hz). Cascading these reproduces the relative
+    formant amplitudes of a vocal tract."""
+    w = 2.0 * np.pi * np.asarray(freqs) / C.SAMPLE_RATE
+    r = np.exp(-np.pi * np.asarray(bandwidth) / C.SAMPLE_RATE)
+    theta = 2.0 * np.pi * np.asarray(centre) / C.SAMPLE_RATE
+    c = 2.0 * r * np.cos(theta)
+    dc = 1.0 - c + r * r
+    z1 = np.exp(-1j * w)
+    den = np.abs(1.0 - c * z1 + (r * r) * z1 * z1)
+    return dc / np.maximum(den, 1e-9)
+
+
+def formant_gain(
+    freqs: np.ndarray,
+    formants: Sequence[tuple[float, float]] | np.ndarray,
+    antiformants: Sequence[tuple[float, float]] | np.ndarray = (),
+) -> np.ndarray:
+    """Magnitude response of a resonator cascade (`formants`) and anti-resonators (`antiformants`)
+    at `freqs`. Each (centre, bandwidth) may be a scalar pair or per-frame arrays that broadcast
+    against `freqs` (e.g. freqs [frames, k] with centres [frames, 1])."""
+    g = np.ones(np.shape(freqs))
+    for f, b in formants:
+        g = g * resonator_gain(freqs, f, b)
+    for f, b in antiformants:
+        g = g / np.maximum(resonator_gain(freqs, f, b), 1e-6)
+    return g
+
+
+def harmonic_signal(
+    f0_frames: np.ndarray,
+    amps: np.ndarray,
+    *,
+    phases: np.ndarray | None = None,
+    chunk: int = 8000,
+) -> np.ndarray:
+    """Additive synthesis of a harmonic tone with a continuous phase.
+
+    f0_frames: [frames] Hz, positive everywhere (use `Contour.filled_f0`).
+    amps:      [frames, k] linear amplitude of harmonics 1..k per frame; harmonics that would
+               exceed 0.92 x Nyquist fade out smoothly, so the output is band-limited.
+    phases:    [k] starting phase of each harmonic (default 0).
+    Returns [frames * PITCH_HOP] float64.
+    """
+    f0_frames = np.asarray(f0_frames, dtype=np.float64)
+    amps = np.asarray(amps, dtype=np.float64)
+    n_frames, k = amps.shape
+    n = n_frames * C.PITCH_HOP
+    harmonics = np.arange(1, k + 1, dtype=np.float64)
+    hf = f0_frames[:, None] * harmonics[None, :]
+    amps = amps * np.clip((0.92 * NYQUIST - hf) / (0.07 * NYQUIST), 0.0, 1.0)
+    f0 = upsample_frames(f0_frames, n)
+    phase = 2.0 * np.pi * np.cumsum(f0) / C.SAMPLE_RATE
+    phase -= phase[0]
+    phases = np.zeros(k) if phases is None else np.asarray(phases, dtype=np.float64)
+    out = np.empty(n)
+    active = np.flatnonzero(amps.max(axis=0) > 0)
+    if active.size == 0:
+        return np.zeros(n)
+    hk, ph = harmonics[active], phases[active]
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        a = _interp_chunk(amps[:, active], s, e)
+        out[s:e] = np.sum(a * np.sin(phase[s:e, None] * hk[None, :] + ph[None, :]), axis=1)
+    return out
+
+
+def _interp_chunk(frames: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Per-sample linear interpolation of [frames, k] for samples [start, end)."""
+    pos = np.arange(start, end, dtype=np.float64) / C.PITCH_HOP
+    i0 = np.minimum(pos.astype(np.int64), frames.shape[0] - 1)
+    i1 = np.minimum(i0 + 1, frames.shape[0] - 1)
+    frac = (pos - i0)[:, None]
+    return frames[i0] * (1.0 - frac) + frames[i1] * frac
+
+
+def noise_bin_freqs() -> np.ndarray:
+    """[bins] centre frequency (Hz) of each STFT bin used by `shaped_noise`."""
+    return np.fft.rfftfreq(NOISE_FFT, 1.0 / C.SAMPLE_RATE)
+
+
+def shaped_noise(gains: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """White noise whose short-time magnitude spectrum is multiplied by `gains`.
+
+    gains: [frames, bins] (bins = NOISE_FFT // 2 + 1, see `noise_bin_freqs`), one row per contour
+    frame. Returns [frames * PITCH_HOP] float64 (overlap-added, so gains interpolate smoothly)."""
+    import librosa  # local: slow to import
+
+    n_frames = gains.shape[0]
+    n = n_frames * C.PITCH_HOP
+    noise = rng.standard_normal(n)
+    spec = librosa.stft(noise, n_fft=NOISE_FFT, hop_length=C.PITCH_HOP, center=True)
+    g = np.asarray(gains, dtype=np.float64).T  # [bins, frames]
+    if spec.shape[1] > n_frames:
+        g = np.concatenate([g, np.repeat(g[:, -1:], spec.shape[1] - n_frames, axis=1)], axis=1)
+    return librosa.istft(spec * g[:, : spec.shape[1]], hop_length=C.PITCH_HOP, n_fft=NOISE_FFT, length=n)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def mix_at_db(main: np.ndarray, extra: np.ndarray, rel_db: float) -> np.ndarray:
+    """main + extra scaled so that rms(extra) = rms(main) * 10^(rel_db / 20)."""
+    r_main, r_extra = rms(main), rms(extra)
+    if r_extra == 0 or r_main == 0:
+        return main.copy()
+    return main + extra * (r_main / r_extra) * 10.0 ** (rel_db / 20.0)
+
+
+def note_envelope(
+    contour: Contour,
+    rng: np.random.Generator,
+    *,
+    attack_s: float = 0.04,
+    release_s: float = 0.05,
+    sustain: float = 1.0,
+    accent_sd: float = 0.0,
+    legato_dip: float = 0.8,
+) -> np.ndarray:
+    """[frames] amplitude envelope: 0 where unvoiced; per note a raised-cosine attack, an
+    exponential decay towards `sustain` (relative level at the note's end), a raised-cosine
+    release, and a random loudness accent (log-normal, sd `accent_sd`). Notes that follow
+    another without a gap (legato) start from `legato_dip` instead of silence."""
+    env = np.zeros(contour.n_frames)
+    rate = C.PITCH_FRAME_RATE
+    segments = note_segments(contour)
+    for i, (s, e) in enumerate(segments):
+        length = e - s
+        t = np.arange(length, dtype=np.float64)
+        accent = float(np.exp(rng.normal(0.0, accent_sd))) if accent_sd > 0 else 1.0
+        decay = sustain ** (t / max(length - 1, 1))
+        joined_prev = i > 0 and segments[i - 1][1] == s
+        joined_next = i + 1 < len(segments) and segments[i + 1][0] == e
+        a = max(2, min(int(round(attack_s * rate)), length // 2))
+        r = max(2, min(int(round(release_s * rate)), length // 2))
+        shape = np.ones(length)
+        floor = legato_dip if joined_prev else 0.0
+        ramp_up = floor + (1.0 - floor) * (0.5 - 0.5 * np.cos(np.pi * (np.arange(a) + 1) / (a + 1)))
+        shape[:a] = np.minimum(shape[:a], ramp_up)
+        if not joined_next:
+            ramp_down = 0.5 - 0.5 * np.cos(np.pi * (r - np.arange(r)) / (r + 1))
+            shape[length - r :] = np.minimum(shape[length - r :], ramp_down)
+        env[s:e] = accent * decay * shape
+    return env
+
+
+def normalize_peak(x: np.ndarray, peak: float = 0.5) -> np.ndarray:
+    """Scale to the given peak (silence stays silence); returns float32."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    y = x * (peak / m) if m > 0 else x
+    return y.astype(np.float32)
