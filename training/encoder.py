@@ -1,7 +1,18 @@
 """A compact convolutional encoder: raw audio window -> 128-d unit-norm embedding.
 
-[batch, WINDOW_SAMPLES] -> front-end [batch, frames, bins, 1] -> conv blocks -> pooling ->
-dense -> L2-normalised [batch, EMBEDDING_DIM].
+    audio [batch, WINDOW_SAMPLES]
+      -> "frontend" (SpectrogramFrontend)        [batch, frames, bins, 1]
+      -> "body" (a Keras sub-model):
+           conv blocks (3x3 conv, batch norm, ReLU, max-pool by `pools[i]` in (time, freq))
+           -> max over the remaining frequency axis  [batch, frames', channels]
+              (with the semitone-spaced front-end this makes the features (nearly) invariant to
+              transposition: the same interval pattern anywhere on the axis gives the same value)
+           -> 1-D convs over time (the melodic sequence)  [batch, frames', temporal_channels]
+           -> mean and max over time, dropout, dense projection, L2 normalisation
+      -> [batch, embedding_dim] unit-norm
+
+The body is a separate sub-model so training can feed it cached, augmented spectrograms while the
+exported model always runs the front-end on raw audio (`body_of(encoder)`).
 """
 
 from __future__ import annotations
@@ -17,9 +28,18 @@ from training.frontend import FrontendConfig, SpectrogramFrontend
 @dataclass(frozen=True)
 class EncoderConfig:
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
-    channels: tuple[int, ...] = (32, 64, 96, 128)
+    channels: tuple[int, ...] = (16, 32, 48, 64)
+    pools: tuple[tuple[int, int], ...] = ((2, 1), (2, 2), (2, 1), (1, 1))  # (time, freq) per block
+    freq_pooling: str = "max"  # "max" (key-invariant) or "flatten" (keeps absolute pitch)
+    temporal_channels: tuple[int, ...] = (128,)
     embedding_dim: int = C.EMBEDDING_DIM
     dropout: float = 0.1
+
+    def __post_init__(self):
+        if len(self.pools) != len(self.channels):
+            raise ValueError(f"pools ({len(self.pools)}) and channels ({len(self.channels)}) differ in length")
+        if self.freq_pooling not in ("max", "flatten"):
+            raise ValueError(f"freq_pooling must be 'max' or 'flatten', not {self.freq_pooling!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -28,22 +48,51 @@ class EncoderConfig:
     def from_dict(d: dict) -> "EncoderConfig":
         d = dict(d)
         d["frontend"] = FrontendConfig(**d.get("frontend", {}))
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
+        for k in ("channels", "temporal_channels"):
+            if k in d:
+                d[k] = tuple(int(v) for v in d[k])
+        if "pools" in d:
+            d["pools"] = tuple(tuple(int(v) for v in p) for p in d["pools"])
         return EncoderConfig(**d)
 
 
-def build_encoder(cfg: EncoderConfig = EncoderConfig(), seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    audio = keras.Input((C.WINDOW_SAMPLES,), name="audio")
-    x = SpectrogramFrontend(**asdict(cfg.frontend), name="frontend")(audio)
-    for i, ch in enumerate(cfg.channels):
+def build_body(cfg: EncoderConfig) -> keras.Model:
+    """Spectrogram [batch, frames, bins, 1] -> unit-norm embedding [batch, embedding_dim]."""
+    fe = cfg.frontend
+    spec = keras.Input((fe.window_frames, fe.bins, 1), name="spectrogram")
+    x = spec
+    for i, (ch, pool) in enumerate(zip(cfg.channels, cfg.pools)):
         x = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = keras.layers.GlobalMaxPooling2D()(x)
-    x = keras.layers.Dropout(cfg.dropout)(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if tuple(pool) != (1, 1):
+            x = keras.layers.MaxPooling2D(tuple(pool), padding="same", name=f"pool{i}")(x)
+    if cfg.freq_pooling == "max":
+        x = keras.layers.Lambda(lambda t: keras.ops.max(t, axis=2), name="freq_max")(x)
+    else:
+        x = keras.layers.Reshape((x.shape[1], x.shape[2] * x.shape[3]), name="freq_flatten")(x)
+    for i, ch in enumerate(cfg.temporal_channels):
+        x = keras.layers.Conv1D(ch, 3, padding="same", use_bias=False, name=f"tconv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"tbn{i}")(x)
+        x = keras.layers.ReLU(name=f"trelu{i}")(x)
+    x = keras.layers.Concatenate(name="time_pool")(
+        [keras.layers.GlobalAveragePooling1D(name="time_mean")(x),
+         keras.layers.GlobalMaxPooling1D(name="time_max")(x)])
+    x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
     x = keras.layers.Dense(cfg.embedding_dim, name="projection")(x)
     emb = keras.layers.UnitNormalization(name="embedding")(x)
+    return keras.Model(spec, emb, name="body")
+
+
+def build_encoder(cfg: EncoderConfig = EncoderConfig(), seed: int = 0) -> keras.Model:
+    """Raw audio [batch, WINDOW_SAMPLES] -> unit-norm embedding [batch, embedding_dim]."""
+    keras.utils.set_random_seed(seed)
+    audio = keras.Input((C.WINDOW_SAMPLES,), name="audio")
+    spec = SpectrogramFrontend(**cfg.frontend.to_dict(), name="frontend")(audio)
+    emb = build_body(cfg)(spec)
     return keras.Model(audio, emb, name="earworm_encoder")
+
+
+def body_of(encoder: keras.Model) -> keras.Model:
+    """The trainable spectrogram -> embedding sub-model of an encoder built by `build_encoder`."""
+    return encoder.get_layer("body")

@@ -1,9 +1,12 @@
 """Exporting an encoder as a SavedModel with an `embed` signature over raw 16 kHz audio.
 
-Layout of MODEL_DIR: the SavedModel files plus `metadata.json` (format, version, creation time,
-sample rate, window, embedding size, encoder config, training-data summary, metrics). The version is
-`<name>-<hash of the weights>`, so two different models never share a version, and an index built
-with one refuses to serve with another.
+Layout of MODEL_DIR: the SavedModel files (signature `embed`: audio float32 [None, WINDOW_SAMPLES]
+-> {"embedding": [None, EMBEDDING_DIM] unit-norm}; also `serving_default`), `metadata.json`
+(format, version, creation time, sample rate, window, embedding size, encoder config, training
+config, training-data summary, metrics) and `keras/` (encoder.weights.h5 + encoder_config.json:
+the exact Keras weights, so `earworm train --init-from MODEL_DIR` can fine-tune the model). The
+version is `<name>-<hash of the weights>`, so two different models never share a version, and an
+index built with one refuses to serve with another.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,16 @@ import tensorflow as tf
 from data_gen import constants as C
 from serving.embedder import METADATA_FILE, MODEL_FORMAT, SIGNATURE
 from training.encoder import EncoderConfig, build_encoder
+
+log = logging.getLogger(__name__)
+
+KERAS_DIR = "keras"
+WEIGHTS_FILE = "encoder.weights.h5"
+ENCODER_CONFIG_FILE = "encoder_config.json"
+
+
+class ExportError(RuntimeError):
+    """The run directory has nothing to export (no config or no trained weights)."""
 
 
 class _Exportable(tf.Module):
@@ -51,12 +66,19 @@ def export_model(
     config: EncoderConfig,
     training_data: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    train_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the SavedModel + metadata.json to `out_dir` (replaced if present). Returns out_dir."""
+    """Write the SavedModel + metadata.json + keras/ to `out_dir` (replaced if present). Returns out_dir."""
     out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp-export")
+    if tmp.exists():
+        shutil.rmtree(tmp)
     module = _Exportable(model)
-    tf.saved_model.save(module, str(out_dir), signatures={SIGNATURE: module.embed,
-                                                          "serving_default": module.embed})
+    tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.embed,
+                                                      "serving_default": module.embed})
+    (tmp / KERAS_DIR).mkdir()
+    model.save_weights(str(tmp / KERAS_DIR / WEIGHTS_FILE))
+    (tmp / KERAS_DIR / ENCODER_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     metadata = {
         "format": MODEL_FORMAT,
         "version": f"{name}-{weights_digest(model)}",
@@ -66,10 +88,15 @@ def export_model(
         "window_samples": C.WINDOW_SAMPLES,
         "embedding_dim": int(model.output_shape[-1]),
         "config": config.to_dict(),
+        "train_config": train_config or {},
         "training_data": training_data or {},
         "metrics": metrics or {},
+        "parameters": int(model.count_params()),
     }
-    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
     return out_dir
 
 
@@ -78,3 +105,71 @@ def export_untrained(out_dir: str | Path, seed: int = 0, config: EncoderConfig =
     model = build_encoder(config, seed=seed)
     return export_model(model, out_dir, name="untrained", config=config,
                         training_data={"note": "randomly initialised, not trained"})
+
+
+def load_keras_encoder(model_dir: str | Path) -> tuple[keras.Model, EncoderConfig]:
+    """The Keras encoder (exact weights) kept inside an export's keras/ folder."""
+    kdir = Path(model_dir) / KERAS_DIR
+    if not (kdir / WEIGHTS_FILE).is_file():
+        raise ExportError(f"{model_dir} has no {KERAS_DIR}/{WEIGHTS_FILE}")
+    cfg = EncoderConfig.from_dict(json.loads((kdir / ENCODER_CONFIG_FILE).read_text()))
+    model = build_encoder(cfg)
+    model.load_weights(str(kdir / WEIGHTS_FILE))
+    return model, cfg
+
+
+def load_run_encoder(run_dir: str | Path, which: str = "best") -> tuple[keras.Model, dict]:
+    """Build the run's encoder with its `best` weights (best validation MRR@10) or `last` checkpoint.
+
+    Returns (model, info) with info = {"weights": what was loaded, "metrics": ..., "config": TrainConfig}.
+    `best` falls back to the last checkpoint when no epoch has finished yet.
+    """
+    from training.config import TrainConfig
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{run_dir} is not a training run (no config.json)")
+    cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    model = build_encoder(cfg.encoder, seed=cfg.seed)
+    best = run_dir / "best" / WEIGHTS_FILE
+    metrics: dict = {}
+    if which == "best" and best.is_file():
+        model.load_weights(str(best))
+        metrics = json.loads((run_dir / "best" / "metrics.json").read_text())
+        source = str(best)
+    elif which in ("best", "last"):
+        latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+        if latest is None:
+            raise ExportError(f"{run_dir} has no checkpoint yet")
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+        source = latest
+        hist = run_dir / "history.jsonl"
+        if hist.is_file():
+            lines = hist.read_text().splitlines()
+            metrics = json.loads(lines[-1]) if lines else {}
+    else:
+        raise ExportError(f"which must be 'best' or 'last', not {which!r}")
+    return model, {"weights": source, "metrics": metrics, "config": cfg}
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", name: str = "earworm") -> Path:
+    """Export a training run (see `load_run_encoder`) with its data summary and metrics in metadata."""
+    run_dir = Path(run_dir)
+    model, info = load_run_encoder(run_dir, which)
+    summary_path = run_dir / "data_summary.json"
+    training_data = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    hist = run_dir / "history.jsonl"
+    history = [json.loads(x) for x in hist.read_text().splitlines()] if hist.is_file() else []
+    init = run_dir / "init_from.txt"
+    if init.is_file():
+        training_data["init_from"] = init.read_text().strip()
+    metrics = {"selected": info["metrics"], "weights": Path(info["weights"]).name,
+               "epochs_run": max((h.get("epoch", 0) for h in history), default=0),
+               "steps": max((h.get("step", 0) for h in history), default=0),
+               "val_mrr@10_history": [round(h.get("val_mrr@10", 0.0), 4) for h in history]}
+    cfg = info["config"]
+    out = export_model(model, out_dir, name=name, config=cfg.encoder, training_data=training_data,
+                       metrics=metrics, train_config=cfg.to_dict())
+    log.info("exported %s (%s) to %s", run_dir, info["weights"], out)
+    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,9 @@ def _load_spice(handle: str) -> Any:
     is_local = os.path.exists(handle)
     if not is_local and "://" not in handle:
         raise PitchModelUnavailableError(_unavailable_message(f"{handle!r} is neither a folder nor a URL"))
-    import tensorflow_hub as hub
+    with warnings.catch_warnings():  # tensorflow_hub 0.16 imports the deprecated pkg_resources
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import tensorflow_hub as hub
 
     try:
         return hub.load(handle)

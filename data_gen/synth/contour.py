@@ -11,7 +11,6 @@ are expressed as fractions of a semitone).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
-
-logger = logging.getLogger(__name__)
 
 Note = tuple[float, float, float]
 """(onset_s, offset_s, midi_pitch)."""
@@ -43,8 +40,9 @@ def hz_to_midi(hz: np.ndarray | float) -> np.ndarray:
 class Contour:
     """f0 and voicing per 10 ms frame.
 
-    f0_hz:  [frames] float32, Hz. Meaningful only where `voiced`; unvoiced frames may hold 0 or a
-            held value (synthesizers interpolate across them to keep the phase continuous).
+    f0_hz:  [frames] float32, Hz. Meaningful only where `voiced`; unvoiced frames may hold 0, NaN
+            (stored as 0) or any value (synthesizers interpolate across them to keep the phase
+            continuous).
     voiced: [frames] bool.
     onsets: optional [notes] int64 frame indices where a new note starts (also inside legato
             runs, where voicing alone cannot tell notes apart); `None` when unknown, in which
@@ -60,10 +58,12 @@ class Contour:
         voiced = np.ascontiguousarray(self.voiced, dtype=bool).reshape(-1)
         if f0.shape != voiced.shape:
             raise SynthError(f"f0_hz has {f0.shape[0]} frames but voiced has {voiced.shape[0]}")
-        if not np.all(np.isfinite(f0)):
-            raise SynthError("f0_hz contains NaN or infinite values")
+        if not np.all(np.isfinite(f0[voiced])):
+            raise SynthError("f0_hz contains NaN or infinite values in voiced frames")
         if np.any(f0[voiced] <= 0):
             raise SynthError("voiced frames must have a positive f0")
+        if not np.all(np.isfinite(f0)):  # pitch trackers report NaN where unvoiced
+            f0 = np.where(np.isfinite(f0), f0, 0.0).astype(np.float32)
         object.__setattr__(self, "f0_hz", f0)
         object.__setattr__(self, "voiced", voiced)
         if self.onsets is not None:

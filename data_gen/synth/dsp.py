@@ -9,11 +9,15 @@ amplitude and frequency trajectory continuous (no clicks).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.synth.contour import Contour, note_segments
+from data_gen.synth.contour import Contour, SynthError, note_segments
+
+V = TypeVar("V")
 
 NYQUIST = C.SAMPLE_RATE / 2.0
 NOISE_FFT = 512
@@ -47,19 +51,27 @@ def smooth_noise(n: int, rng: np.random.Generator, smooth_frames: float) -> np.n
     return out / sd if sd > 0 else out
 
 
+def _trig(freqs: np.ndarray) -> tuple[np.ndarray, ...]:
+    w = 2.0 * np.pi * np.asarray(freqs, dtype=np.float64) / C.SAMPLE_RATE
+    return np.cos(w), np.sin(w), np.cos(2.0 * w), np.sin(2.0 * w)
+
+
+def _resonator(trig: tuple[np.ndarray, ...], centre: np.ndarray | float, bandwidth: np.ndarray | float) -> np.ndarray:
+    cw, sw, c2w, s2w = trig
+    r = np.exp(-np.pi * np.asarray(bandwidth) / C.SAMPLE_RATE)
+    c = 2.0 * r * np.cos(2.0 * np.pi * np.asarray(centre) / C.SAMPLE_RATE)
+    r2 = r * r
+    re = 1.0 - c * cw + r2 * c2w
+    im = c * sw - r2 * s2w
+    return (1.0 - c + r2) / np.sqrt(np.maximum(re * re + im * im, 1e-18))
+
+
 def resonator_gain(freqs: np.ndarray, centre: np.ndarray | float, bandwidth: np.ndarray | float) -> np.ndarray:
     """|H(f)| of a digital two-pole resonator normalised to unit gain at DC (Klatt style).
 
     freqs, centre, bandwidth broadcast together (Hz). Cascading these reproduces the relative
     formant amplitudes of a vocal tract."""
-    w = 2.0 * np.pi * np.asarray(freqs) / C.SAMPLE_RATE
-    r = np.exp(-np.pi * np.asarray(bandwidth) / C.SAMPLE_RATE)
-    theta = 2.0 * np.pi * np.asarray(centre) / C.SAMPLE_RATE
-    c = 2.0 * r * np.cos(theta)
-    dc = 1.0 - c + r * r
-    z1 = np.exp(-1j * w)
-    den = np.abs(1.0 - c * z1 + (r * r) * z1 * z1)
-    return dc / np.maximum(den, 1e-9)
+    return _resonator(_trig(freqs), centre, bandwidth)
 
 
 def formant_gain(
@@ -70,11 +82,12 @@ def formant_gain(
     """Magnitude response of a resonator cascade (`formants`) and anti-resonators (`antiformants`)
     at `freqs`. Each (centre, bandwidth) may be a scalar pair or per-frame arrays that broadcast
     against `freqs` (e.g. freqs [frames, k] with centres [frames, 1])."""
+    trig = _trig(freqs)
     g = np.ones(np.shape(freqs))
     for f, b in formants:
-        g = g * resonator_gain(freqs, f, b)
+        g = g * _resonator(trig, f, b)
     for f, b in antiformants:
-        g = g / np.maximum(resonator_gain(freqs, f, b), 1e-6)
+        g = g / np.maximum(_resonator(trig, f, b), 1e-6)
     return g
 
 
@@ -130,33 +143,41 @@ def noise_bin_freqs() -> np.ndarray:
     return np.fft.rfftfreq(NOISE_FFT, 1.0 / C.SAMPLE_RATE)
 
 
+def filter_stft(x: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """A time-varying filter: multiply the STFT (NOISE_FFT, hop PITCH_HOP, centred) of x
+    [frames * PITCH_HOP] by gains [frames, bins] and overlap-add back (same length as x)."""
+    import librosa  # local: slow to import
+
+    spec = librosa.stft(np.asarray(x, dtype=np.float64), n_fft=NOISE_FFT, hop_length=C.PITCH_HOP, center=True)
+    g = np.asarray(gains, dtype=np.float64).T  # [bins, frames]
+    if spec.shape[1] > g.shape[1]:
+        g = np.concatenate([g, np.repeat(g[:, -1:], spec.shape[1] - g.shape[1], axis=1)], axis=1)
+    return librosa.istft(spec * g[:, : spec.shape[1]], hop_length=C.PITCH_HOP, n_fft=NOISE_FFT, length=x.shape[0])
+
+
 def shaped_noise(gains: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """White noise whose short-time magnitude spectrum is multiplied by `gains`.
 
     gains: [frames, bins] (bins = NOISE_FFT // 2 + 1, see `noise_bin_freqs`), one row per contour
     frame. Returns [frames * PITCH_HOP] float64 (overlap-added, so gains interpolate smoothly)."""
-    import librosa  # local: slow to import
-
-    n_frames = gains.shape[0]
-    n = n_frames * C.PITCH_HOP
-    noise = rng.standard_normal(n)
-    spec = librosa.stft(noise, n_fft=NOISE_FFT, hop_length=C.PITCH_HOP, center=True)
-    g = np.asarray(gains, dtype=np.float64).T  # [bins, frames]
-    if spec.shape[1] > n_frames:
-        g = np.concatenate([g, np.repeat(g[:, -1:], spec.shape[1] - n_frames, axis=1)], axis=1)
-    return librosa.istft(spec * g[:, : spec.shape[1]], hop_length=C.PITCH_HOP, n_fft=NOISE_FFT, length=n)
+    return filter_stft(rng.standard_normal(gains.shape[0] * C.PITCH_HOP), gains)
 
 
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
 
 
+def scale_to(reference: np.ndarray, x: np.ndarray, rel_db: float) -> np.ndarray:
+    """`x` scaled so that rms(x) = rms(reference) * 10^(rel_db / 20) (unchanged if either is 0)."""
+    r_ref, r_x = rms(reference), rms(x)
+    if r_ref == 0 or r_x == 0:
+        return x * 0.0
+    return x * (r_ref / r_x) * 10.0 ** (rel_db / 20.0)
+
+
 def mix_at_db(main: np.ndarray, extra: np.ndarray, rel_db: float) -> np.ndarray:
-    """main + extra scaled so that rms(extra) = rms(main) * 10^(rel_db / 20)."""
-    r_main, r_extra = rms(main), rms(extra)
-    if r_extra == 0 or r_main == 0:
-        return main.copy()
-    return main + extra * (r_main / r_extra) * 10.0 ** (rel_db / 20.0)
+    """main + extra scaled to `rel_db` relative to main (see `scale_to`)."""
+    return main + scale_to(main, extra, rel_db)
 
 
 def note_envelope(
@@ -201,3 +222,14 @@ def normalize_peak(x: np.ndarray, peak: float = 0.5) -> np.ndarray:
     m = float(np.max(np.abs(x))) if x.size else 0.0
     y = x * (peak / m) if m > 0 else x
     return y.astype(np.float32)
+
+
+def override(voice: V, params: dict[str, Any]) -> V:
+    """`dataclasses.replace(voice, **params)` with a clear error for an unknown field."""
+    names = {f.name for f in fields(voice)}  # type: ignore[arg-type]
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise SynthError(
+            f"unknown {type(voice).__name__} parameter(s) {unknown}; known: {sorted(names)}"
+        )
+    return replace(voice, **params)  # type: ignore[type-var]

@@ -1,0 +1,191 @@
+"""`earworm datagen` and `earworm index`: the Beam pipelines from the command line.
+
+Our flags are parsed first; every other flag goes to Beam's PipelineOptions (parse_known_args), so
+any runner works: `--runner DataflowRunner --project P --region R --temp_location gs://...
+--setup_file ./setup.py`, or `--runner PortableRunner --job_endpoint ...` for Flink/Spark. Without a
+runner flag: the DirectRunner in multi-processing mode with 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from beam_pipelines.options import QUERY_KINDS, SPLITS, DatagenConfig, IndexConfig
+
+log = logging.getLogger(__name__)
+
+_DG = {f.name: f.default for f in dataclasses.fields(DatagenConfig)}
+_IX = {f.name: f.default for f in dataclasses.fields(IndexConfig)}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _floats(value: str) -> tuple[float, float]:
+    parts = [float(v) for v in value.split(",")]
+    if len(parts) != 2 or parts[0] > parts[1]:
+        raise argparse.ArgumentTypeError(f"expected LO,HI with LO <= HI, got {value!r}")
+    return parts[0], parts[1]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    dg = subparsers.add_parser(
+        "datagen",
+        help="Beam pipeline: synthetic (query, master) training pairs -> sharded TFRecords",
+        description="Decode sung snippets and their masters, extract pitch, synthesize hum/whistle/"
+        "tone queries with human-like deviations, cut aligned 6 s windows and write sharded "
+        "TFRecords per split (OUT/<split>/pairs-*.tfrecord.gz) plus OUT/errors-*.jsonl. "
+        "Unknown flags go to Beam (e.g. --runner, --direct_num_workers).",
+    )
+    dg.add_argument("--out", required=True, help="output folder (replaced on rerun)")
+    dg.add_argument("--mir1k", nargs="?", const="default", default=None, metavar="DIR",
+                    help="use MIR-1K (DIR, or ../shared/data/mir1k when given without a value)")
+    dg.add_argument("--catalogue", default=None, metavar="DIR",
+                    help="a catalogue folder written by `earworm catalogue build`")
+    dg.add_argument("--snippets", default=None, metavar="CSV", help="a snippet manifest CSV")
+    dg.add_argument("--limit", type=int, default=_DG["limit"],
+                    help="at most N snippets per source (deterministic sample)")
+    dg.add_argument("--splits", type=_csv, default=_DG["splits"],
+                    help=f"only these splits (comma-separated of {','.join(SPLITS)})")
+    dg.add_argument("--kinds", type=_csv, default=_DG["kinds"],
+                    help=f"synthesized query kinds (default {','.join(QUERY_KINDS)})")
+    dg.add_argument("--no-real", action="store_true", help="do not keep the real performance as a query")
+    dg.add_argument("--performances", type=_csv, default=_DG["catalogue_performances"],
+                    help="catalogue performance kinds rendered per track (sung,hum)")
+    dg.add_argument("--extractor", default=_DG["extractor"], help="pitch backend: crepe, pyin, spice")
+    dg.add_argument("--pitch-stride", type=int, default=_DG["pitch_stride"],
+                    help="run CREPE every N-th 10 ms frame (re-gridded to 10 ms)")
+    dg.add_argument("--no-deviations", action="store_true", help="no human-like deviations")
+    dg.add_argument("--deviation-strength", type=float, default=_DG["deviation_strength"],
+                    help="scales timing/pitch errors and channel probabilities (0: clean)")
+    dg.add_argument("--tempo-range", type=_floats, default=_DG["tempo_range"], metavar="LO,HI",
+                    help="query tempo / source tempo range (applied once per chain)")
+    dg.add_argument("--performance-seconds", type=_floats, default=_DG["performance_seconds"],
+                    metavar="MIN,MAX", help="length range of a catalogue performance")
+    dg.add_argument("--seed", type=int, default=_DG["seed"])
+    dg.add_argument("--example-hop", type=float, default=_DG["example_hop_s"],
+                    help="seconds between example windows of one query")
+    dg.add_argument("--max-windows", type=int, default=_DG["max_windows"],
+                    help="at most N windows per (snippet, kind)")
+    dg.add_argument("--snippets-per-shard", type=int, default=_DG["snippets_per_shard"])
+    dg.add_argument("--log-every", type=int, default=_DG["log_every"])
+    dg.set_defaults(func=run_datagen_cli, beam_args=[])
+
+    ix = subparsers.add_parser(
+        "index",
+        help="Beam pipeline: embed catalogue masters and build the ScaNN window index",
+        description="Embed every catalogue master's overlapping windows with an exported model "
+        "and build + save the window index (serving.index layout). With --add-to, add the "
+        "catalogue as a new release to an existing index without re-embedding it. Unknown flags "
+        "go to Beam.",
+    )
+    ix.add_argument("--catalogue", required=True, help="catalogue manifest.csv")
+    ix.add_argument("--model", default=None,
+                    help="exported model dir (default: serving/default_model)")
+    ix.add_argument("--out", required=True, help="index directory to write")
+    ix.add_argument("--add-to", default=None, metavar="OLD_INDEX_DIR",
+                    help="existing index: add these tracks to it (written to --out)")
+    ix.add_argument("--limit", type=int, default=_IX["limit"], help="first N tracks only")
+    ix.add_argument("--batch-tracks", type=int, default=_IX["batch_tracks"])
+    ix.add_argument("--embed-batch", type=int, default=_IX["embed_batch"])
+    ix.add_argument("--tracks-per-shard", type=int, default=_IX["tracks_per_shard"])
+    ix.add_argument("--work-dir", default=None, help="scratch folder for embedding shards")
+    ix.add_argument("--keep-work", action="store_true", help="keep the embedding shards")
+    ix.add_argument("--searcher", default="auto", choices=("auto", "brute_force", "tree_ah"),
+                    help="ScaNN searcher kind (auto: sized to the data)")
+    ix.add_argument("--log-every", type=int, default=_IX["log_every"])
+    ix.set_defaults(func=run_index_cli, beam_args=[])
+
+    # Beam flags are unknown to argparse: collect them instead of failing.
+    for p in (dg, ix):
+        _keep_unknown_flags(p)
+
+
+def _keep_unknown_flags(parser: argparse.ArgumentParser) -> None:
+    """Make the sub-parser keep unknown flags in `args.beam_args` (parse_known_args) instead of
+    letting the top-level parser reject them."""
+    parser.allow_abbrev = False  # a Beam flag must never be taken for an abbreviation of ours
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, rest = original(args, namespace)
+        ns.beam_args = list(getattr(ns, "beam_args", []) or []) + list(rest)
+        return ns, []
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _quiet_beam() -> None:
+    for name in ("apache_beam.runners.portability", "apache_beam.runners.worker", "apache_beam.typehints",
+                 "apache_beam.runners.portability.fn_api_runner.translations",
+                 "apache_beam.runners.portability.local_job_service",
+                 "apache_beam.runners.portability.fn_api_runner.fn_runner"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_datagen_cli(args: argparse.Namespace) -> int:
+    from beam_pipelines.sources import SourceError
+    from beam_pipelines.training_pairs import run_datagen
+    from data_gen.paths import shared_data_dir
+
+    _quiet_beam()
+    mir1k = str(shared_data_dir() / "mir1k") if args.mir1k == "default" else args.mir1k
+    config = DatagenConfig(
+        out_dir=args.out, mir1k_dir=mir1k, catalogue_dir=args.catalogue, snippets_csv=args.snippets,
+        limit=args.limit, splits=args.splits or None, kinds=args.kinds, keep_real=not args.no_real,
+        catalogue_performances=args.performances, extractor=args.extractor,
+        pitch_stride=args.pitch_stride,
+        deviations=not args.no_deviations, deviation_strength=args.deviation_strength,
+        tempo_range=args.tempo_range, performance_seconds=args.performance_seconds, seed=args.seed, example_hop_s=args.example_hop,
+        max_windows=args.max_windows, snippets_per_shard=args.snippets_per_shard,
+        log_every=args.log_every,
+    )
+    try:
+        summary = run_datagen(config, args.beam_args)
+    except SourceError as e:
+        print(f"earworm datagen: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
+def run_index_cli(args: argparse.Namespace) -> int:
+    from beam_pipelines.indexing import IndexPipelineError, run_index
+    from data_gen.manifest import ManifestError
+
+    _quiet_beam()
+    model = args.model
+    if model is None:
+        from data_gen.paths import REPO_ROOT
+
+        model = str(REPO_ROOT / "serving" / "default_model")
+    config = IndexConfig(
+        catalogue=args.catalogue, model_dir=model, out_dir=args.out, add_to=args.add_to,
+        batch_tracks=args.batch_tracks, embed_batch=args.embed_batch,
+        tracks_per_shard=args.tracks_per_shard, limit=args.limit, log_every=args.log_every,
+    )
+    searcher = None
+    if args.searcher != "auto":
+        from serving.index import SearcherConfig
+
+        searcher = SearcherConfig(mode=args.searcher)
+    try:
+        summary = run_index(config, args.beam_args, work_dir=args.work_dir, keep_work=args.keep_work,
+                            searcher_config=searcher)
+    except (ManifestError, IndexPipelineError) as e:
+        print(f"earworm index: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # model / index load errors carry a message meant for a person
+        from serving.embedder import ModelError
+        from serving.index import IndexBuildError, IndexLoadError
+
+        if isinstance(e, (ModelError, IndexLoadError, IndexBuildError)):
+            print(f"earworm index: {e}", file=sys.stderr)
+            return 2
+        raise
+    print(summary.format())
+    return 0

@@ -1,0 +1,316 @@
+"""`earworm bench-load`: concurrent clients against a Recognizer server for a fixed time.
+
+Either starts a server in this process (`--model DIR --index DIR`, or `--synthetic-tracks N` to
+build a random N-track index for the model; rendering 10k masters would take hours) or targets a
+running one (`--server host:port`, with `--server-pid` to sample its memory). Each client sends
+`--query-seconds` of hum-like audio (an encoded WAV, as a phone would) in a closed loop: the next
+request leaves when the previous answer arrives. Prints latency percentiles (measured by the
+clients, end to end), throughput, errors by status code and the server's resident memory
+sampled over the run (start / max / end: flat means no leak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_gen import constants as C
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadBenchConfig:
+    clients: int = 4
+    seconds: float = 60.0
+    query_seconds: float = 10.0
+    distinct_queries: int = 8
+    warmup_requests: int = 2
+    """Per client, before the clock starts (the first model calls trace and allocate)."""
+    synthetic_windows_per_track: int = 15
+    rss_interval_s: float = 0.5
+    timeout_s: float = 10.0
+    seed: int = 0
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float
+    requests: int
+    throughput_rps: float
+    latency_ms: dict[str, float]
+    errors: dict[str, int]
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    server: dict[str, object] = field(default_factory=dict)
+
+
+# --- query audio ---------------------------------------------------------------------------
+def hum_like_audio(seconds: float, seed: int) -> np.ndarray:
+    """A hummed-sounding test signal: a random stepwise melody of harmonic tones with vibrato.
+
+    Only the load matters here (the embedding cost depends on the length, not the content), but a
+    realistic signal keeps the retrieval path's work (scores, aggregation) realistic too.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * C.SAMPLE_RATE))
+    t = np.arange(n) / C.SAMPLE_RATE
+    pitch = np.empty(n)
+    pos, midi = 0, 57 + rng.integers(0, 8)
+    while pos < n:
+        length = int(rng.uniform(0.2, 0.6) * C.SAMPLE_RATE)
+        pitch[pos : pos + length] = midi
+        midi = int(np.clip(midi + rng.choice([-4, -2, -1, 0, 1, 2, 3, 5]), 48, 72))
+        pos += length
+    f0 = 440.0 * 2 ** ((pitch - 69) / 12) * (1 + 0.005 * np.sin(2 * np.pi * 5.5 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / C.SAMPLE_RATE
+    audio = sum(np.sin(h * phase) / h**1.5 for h in range(1, 6))
+    audio = audio + 0.01 * rng.standard_normal(n)
+    return (0.3 * audio / np.max(np.abs(audio))).astype(np.float32)
+
+
+# --- synthetic index ----------------------------------------------------------------------
+def synthetic_index_dir(root: Path, tracks: int, model_version: str, seed: int) -> Path:
+    return root / f"synthetic-{tracks}-{model_version}-s{seed}"
+
+
+def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, windows_per_track: int,
+                          seed: int) -> Path:
+    """A random index: ~windows_per_track unit vectors per track (reused when already built)."""
+    from serving.index import TrackInfo, WindowIndex
+
+    if (out_dir / "metadata.json").exists():
+        log.info("reusing synthetic index %s", out_dir)
+        return out_dir
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(windows_per_track - 5, windows_per_track + 6, size=tracks)
+    track_rows = np.repeat(np.arange(tracks, dtype=np.int32), counts)
+    offsets = np.concatenate([np.arange(c) * C.MASTER_WINDOW_HOP_SECONDS for c in counts]).astype(np.float32)
+    emb = rng.standard_normal((track_rows.shape[0], C.EMBEDDING_DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    infos = [TrackInfo(f"syn{i:05d}", f"Synthetic track {i}", "Synthetic") for i in range(tracks)]
+    log.info("building a synthetic index: %d tracks, %d windows", tracks, emb.shape[0])
+    started = time.perf_counter()
+    index = WindowIndex.build(emb, track_rows, offsets, infos, model_version=model_version)
+    log.info("built in %.1f s", time.perf_counter() - started)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    index.save(tmp)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+# --- the run --------------------------------------------------------------------------------
+class _RssSampler:
+    def __init__(self, pid: int, interval_s: float):
+        import psutil
+
+        self._proc = psutil.Process(pid)
+        self._interval = interval_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(self._proc.memory_info().rss)
+            if self._stop.wait(self._interval):
+                break
+
+    def __enter__(self) -> "_RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(self._proc.memory_info().rss)
+
+    def summary_mb(self) -> dict[str, float]:
+        mb = np.asarray(self.samples) / 2**20
+        return {"start": float(mb[0]), "max": float(mb.max()), "end": float(mb[-1])} if mb.size else {}
+
+
+def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
+             server_pid: int | None = None, metrics=None) -> LoadResult:
+    """Closed-loop clients for `config.seconds`; returns latency/throughput/error/memory figures."""
+    from data_gen.audio import encode_audio
+    from serving.client import ClientError, RecognizerClient
+
+    queries = [encode_audio(hum_like_audio(config.query_seconds, config.seed + i))
+               for i in range(config.distinct_queries)]
+    clients = [RecognizerClient(target, token=token, timeout=config.timeout_s) for _ in range(config.clients)]
+    for i, client in enumerate(clients):  # warm-up, not timed; also fails fast if unreachable
+        for j in range(config.warmup_requests):
+            client.identify_bytes(queries[(i + j) % len(queries)])
+    latencies: list[list[float]] = [[] for _ in clients]
+    errors: list[Counter] = [Counter() for _ in clients]
+    start_barrier = threading.Barrier(len(clients) + 1)
+    end_time = [0.0]
+
+    def client_loop(k: int) -> None:
+        client, lat, err = clients[k], latencies[k], errors[k]
+        i = k
+        start_barrier.wait()
+        while time.perf_counter() < end_time[0]:
+            t0 = time.perf_counter()
+            try:
+                client.identify_bytes(queries[i % len(queries)])
+                lat.append((time.perf_counter() - t0) * 1000.0)
+            except ClientError as e:
+                err[e.code.name if e.code else "CLIENT"] += 1
+            i += 1
+
+    threads = [threading.Thread(target=client_loop, args=(k,), name=f"client-{k}") for k in range(len(clients))]
+    for t in threads:
+        t.start()
+    before = metrics.snapshot() if metrics is not None else None
+    sampler = _RssSampler(server_pid, config.rss_interval_s) if server_pid else None
+    if sampler:
+        sampler.__enter__()
+    started = time.perf_counter()
+    end_time[0] = started + config.seconds
+    start_barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if sampler:
+        sampler.__exit__(None, None, None)
+    for client in clients:
+        client.close()
+    all_lat = np.concatenate([np.asarray(x) for x in latencies]) if any(latencies) else np.zeros(0)
+    err_total = sum(errors, Counter())
+    pct = {f"p{q}": float(np.percentile(all_lat, q)) for q in (50, 95, 99)} if all_lat.size else {}
+    if all_lat.size:
+        pct.update(mean=float(all_lat.mean()), max=float(all_lat.max()), min=float(all_lat.min()))
+    server: dict[str, object] = {}
+    if metrics is not None:
+        window = metrics.snapshot().minus(before)
+        n = max(window.total, 1)
+        server = {"requests": window.total, "codes": window.codes,
+                  "mean_latency_ms": round(window.latency_sum_ms / n, 1),
+                  "mean_embed_ms": round(window.extra.get("embed_ms", 0.0) / n, 1),
+                  "mean_search_ms": round(window.extra.get("search_ms", 0.0) / n, 1)}
+    return LoadResult(
+        clients=config.clients,
+        seconds=elapsed,
+        requests=int(all_lat.size),
+        throughput_rps=all_lat.size / elapsed,
+        latency_ms=pct,
+        errors=dict(err_total),
+        rss_mb=sampler.summary_mb() if sampler else {},
+        server=server,
+    )
+
+
+def format_result(result: LoadResult, query_seconds: float) -> str:
+    lat = result.latency_ms
+    lines = [
+        f"{result.clients} clients x {result.seconds:.1f} s, {query_seconds:g} s queries: "
+        f"{result.requests} requests, {result.throughput_rps:.1f} req/s",
+    ]
+    if lat:
+        lines.append(f"latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
+                     f"mean {lat['mean']:.1f}  max {lat['max']:.1f}")
+    errors = ", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "0"
+    lines.append(f"errors: {errors}")
+    if result.rss_mb:
+        r = result.rss_mb
+        lines.append(f"server RSS MB: start {r['start']:.0f}  max {r['max']:.0f}  end {r['end']:.0f}")
+    if result.server:
+        lines.append(f"server side: {json.dumps(result.server, default=float)}")
+    return "\n".join(lines)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+def register(subparsers) -> None:
+    from serving.cli import _on_off, _positive_int
+
+    d = LoadBenchConfig()
+    p = subparsers.add_parser(
+        "bench-load", help="concurrent-client load benchmark of the server",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", type=Path, help="exported model: start a server in this process")
+    where.add_argument("--server", help="host:port of a running server")
+    p.add_argument("--index", type=Path, help="index directory (with --model)")
+    p.add_argument("--synthetic-tracks", type=_positive_int, default=None,
+                   help="with --model: build (or reuse) a random index of N tracks instead of --index")
+    p.add_argument("--synthetic-dir", type=Path, default=None,
+                   help="where synthetic indexes are kept (default artifacts/bench)")
+    p.add_argument("--server-pid", type=int, default=None, help="with --server: sample this process's RSS")
+    p.add_argument("--token", default=None, help="bearer token for --server")
+    p.add_argument("--clients", type=_positive_int, default=d.clients, help=f"default {d.clients}")
+    p.add_argument("--seconds", type=float, default=d.seconds, help=f"default {d.seconds:g}")
+    p.add_argument("--query-seconds", type=float, default=d.query_seconds, help=f"default {d.query_seconds:g}")
+    p.add_argument("--workers", type=_positive_int, default=None, help="server threads (in-process server)")
+    p.add_argument("--batching", type=_on_off, default=None, help="in-process server: on|off")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="in-process server")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
+    p.set_defaults(func=run_bench_load)
+
+
+def run_bench_load(args: argparse.Namespace) -> int:
+    import os
+    from dataclasses import replace
+
+    from data_gen.paths import artifacts_dir
+    from serving.client import ClientError
+    from serving.server import ServerConfig, ServerError, create_server
+
+    config = replace(LoadBenchConfig(), clients=args.clients, seconds=args.seconds,
+                     query_seconds=args.query_seconds, seed=args.seed)
+    server = None
+    try:
+        if args.model is not None:
+            index_dir = args.index
+            if args.synthetic_tracks:
+                from serving.embedder import ModelMetadata
+
+                version = ModelMetadata.read(args.model).version
+                root = args.synthetic_dir or artifacts_dir() / "bench"
+                index_dir = build_synthetic_index(
+                    synthetic_index_dir(root, args.synthetic_tracks, version, args.seed),
+                    args.synthetic_tracks, version, config.synthetic_windows_per_track, args.seed)
+            if index_dir is None:
+                print("earworm bench-load: --model needs --index DIR or --synthetic-tracks N", file=os.sys.stderr)
+                return 2
+            sc = ServerConfig()
+            sc = replace(sc, model_dir=args.model, index_dir=index_dir, host="127.0.0.1", port=0,
+                         workers=args.workers or sc.workers,
+                         batching=sc.batching if args.batching is None else args.batching,
+                         watch_index_seconds=0)
+            if args.batch_wait_ms is not None:
+                sc = replace(sc, batch=replace(sc.batch, max_wait_ms=args.batch_wait_ms))
+            server, port = create_server(sc)
+            target, pid, metrics = f"127.0.0.1:{port}", os.getpid(), server.metrics
+            print(f"in-process server: model {server.components.embedder.version}, index "
+                  f"{server.components.index.metadata.version} ({server.components.index.metadata.num_tracks} "
+                  f"tracks, {server.components.index.metadata.num_windows} windows), workers {sc.workers}, "
+                  f"batching {'on' if sc.batching else 'off'}", flush=True)
+        else:
+            target, pid, metrics = args.server, args.server_pid, None
+        result = run_load(target, config, token=args.token, server_pid=pid, metrics=metrics)
+        if server is not None and server.embedding_stats():
+            stats = server.embedding_stats()
+            result.server["mean_batch_requests"] = round(
+                stats["embed_requests"] / max(stats["embed_batches"], 1), 2)
+    except (ServerError, ClientError) as e:
+        print(f"earworm bench-load: {e}", file=os.sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop(grace=1.0)
+    print(format_result(result, config.query_seconds))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(asdict(result), indent=2, default=float) + "\n")
+    return 0 if not result.errors else 1

@@ -1,0 +1,189 @@
+"""`earworm serve`, `earworm identify`, `earworm demo` and `earworm bench-load`.
+
+Heavy imports (TensorFlow, ScaNN) happen inside the run functions so `earworm --help` stays fast.
+Defaults come from the config dataclasses (ServerConfig, ServicerConfig, DemoConfig,
+LoadBenchConfig); the flags below only name them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "1", "yes"):
+        return True
+    if text.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"use on or off, got {text!r}")
+
+
+# --- earworm serve ---------------------------------------------------------------------------
+def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) -> None:
+    """Flags shared by `serve` and `bench-load` (in-process server)."""
+    from serving.batching import BatchingConfig
+    from serving.server import ServerConfig
+    from serving.servicer import ServicerConfig
+
+    d, s, b = ServerConfig(), ServicerConfig(), BatchingConfig()
+    p.add_argument("--model", type=Path, required=model_required, help="exported model directory")
+    p.add_argument("--index", type=Path, required=model_required, help="index directory (earworm index)")
+    p.add_argument("--workers", type=_positive_int, default=d.workers,
+                   help=f"request threads (default {d.workers})")
+    p.add_argument("--max-audio-bytes", type=_positive_int, default=s.max_audio_bytes,
+                   help=f"largest accepted audio payload (default {s.max_audio_bytes})")
+    p.add_argument("--batching", type=_on_off, default=d.batching,
+                   help=f"micro-batch embedding across concurrent requests: on|off "
+                        f"(default {'on' if d.batching else 'off'})")
+    p.add_argument("--batch-wait-ms", type=float, default=b.max_wait_ms,
+                   help=f"how long a batch waits for more requests (default {b.max_wait_ms} ms)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the calibrated no-match threshold")
+
+
+def server_config_from_args(args: argparse.Namespace, **overrides):
+    from serving.batching import BatchingConfig
+    from serving.server import ServerConfig
+    from serving.servicer import ServicerConfig
+
+    d = ServerConfig()
+    return replace(
+        d,
+        model_dir=args.model,
+        index_dir=args.index,
+        workers=args.workers,
+        servicer=replace(ServicerConfig(), max_audio_bytes=args.max_audio_bytes),
+        batching=args.batching,
+        batch=replace(BatchingConfig(), max_wait_ms=args.batch_wait_ms),
+        no_match_threshold=args.threshold,
+        **overrides,
+    )
+
+
+def _register_serve(subparsers) -> None:
+    from serving.server import AUTH_TOKEN_ENV, DEFAULT_PORT, ServerConfig
+
+    d = ServerConfig()
+    p = subparsers.add_parser("serve", help="run the Recognizer gRPC server",
+                              description="Serve Identify/StreamIdentify over gRPC (health + reflection on).")
+    add_server_arguments(p, model_required=True)
+    p.add_argument("--host", default=d.host, help=f"listen address (default {d.host})")
+    p.add_argument("--port", type=_nonneg_int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key")
+    p.add_argument("--auth-token", default=None,
+                   help=f"require 'authorization: Bearer TOKEN' (default: ${AUTH_TOKEN_ENV} if set)")
+    p.add_argument("--watch-index", type=float, default=d.watch_index_seconds,
+                   help=f"poll the index's metadata.json every N s and swap in a new version "
+                        f"(0: off; default {d.watch_index_seconds:g}); SIGHUP also reloads")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from serving.server import AUTH_TOKEN_ENV, ServerError, create_server
+
+    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    config = server_config_from_args(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
+                                     tls_key=args.tls_key, auth_token=token,
+                                     watch_index_seconds=args.watch_index)
+    server = None
+    try:
+        server, port = create_server(config, wait=False)
+        server.wait_until_ready()
+    except ServerError as e:
+        if server is not None:
+            server.stop(0)
+        print(f"earworm serve: {e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if signum == getattr(signal, "SIGHUP", None):
+            threading.Thread(target=server.reload_index, kwargs={"force": True}, daemon=True).start()
+        else:
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, on_signal)
+    print(f"Earworm is serving on port {port} (Ctrl-C to stop). Try:\n"
+          f"  earworm identify some_hum.wav --server localhost:{port}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    server.stop(grace=5.0)
+    return 0
+
+
+# --- earworm identify ------------------------------------------------------------------------
+def _register_identify(subparsers) -> None:
+    from serving.client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
+
+    p = subparsers.add_parser("identify", help="identify a recording with a running server",
+                              description="Send a recording (WAV/FLAC/Ogg/MP3) to an Earworm server.")
+    p.add_argument("file", type=Path, help="the hum/whistle/singing recording")
+    p.add_argument("--server", default=DEFAULT_TARGET, help=f"host:port (default {DEFAULT_TARGET})")
+    p.add_argument("--top-k", type=_nonneg_int, default=5, help="matches to show (default 5)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON (for scripts)")
+    p.add_argument("--token", default=None, help="bearer token (default: $EARWORM_AUTH_TOKEN if set)")
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM): use TLS")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+    p.set_defaults(func=run_identify)
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    from serving.client import ClientError, RecognizerClient, format_table
+    from serving.server import AUTH_TOKEN_ENV
+
+    token = args.token or os.environ.get(AUTH_TOKEN_ENV) or None
+    try:
+        with RecognizerClient(args.server, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
+            result = client.identify_file(args.file, top_k=args.top_k)
+    except (ClientError, OSError) as e:
+        print(f"earworm identify: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+# --- registration ----------------------------------------------------------------------------
+def register(subparsers) -> None:
+    _register_serve(subparsers)
+    _register_identify(subparsers)
+    from serving import bench_load, demo
+
+    demo.register(subparsers)
+    bench_load.register(subparsers)
+    # `earworm bench-scale` lives with the index code when that module exists.
+    try:
+        importlib.import_module("serving.bench_scale").register(subparsers)
+    except ModuleNotFoundError as e:
+        if e.name != "serving.bench_scale":
+            raise

@@ -1,0 +1,371 @@
+"""From a query's window embeddings to a ranked list of catalogue tracks (the retrieval library).
+
+One implementation for the server, the evaluation and the benchmarks:
+
+1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`);
+2. each query window retrieves its `neighbors_per_window` nearest catalogue windows (`WindowIndex.search`);
+3. the hits are aggregated per track:
+   - "vote": for each query window, the track's best window similarity; the track's score is the mean
+     of these over all query windows (a track that matches every query window somewhere scores high,
+     whatever the order in time);
+   - "temporal": each hit implies an alignment of query and master, start = master_offset -
+     ratio * query_offset, for a few tempo ratios (the singer may be slower/faster than the record).
+     Hits are histogrammed per (track, ratio) on start bins of `offset_bin_seconds`, each hit also
+     voting into its `offset_tolerance_bins` neighbouring bins (master windows are 2 s apart, so a
+     true alignment's hits scatter by up to +-1 s); within the best bin each query window counts
+     once (its best hit). Score = sum of those similarities / number of query windows, so it lies in
+     [0, 1] for unit-norm embeddings and is comparable across query lengths; among equal scores the
+     (ratio, bin) whose implied starts agree best wins; the offset is the similarity-weighted mean
+     start of the chosen bin's hits. A track whose windows match the query in
+     random order (a common motif, a repeated chorus-like fragment) scores much lower than one that
+     matches in time order.
+4. the best `top_k` tracks are returned with their score and offset (where in the master the query
+   starts, seconds, >= 0); `no_match` is set when the best score is below the no-match threshold.
+
+The threshold comes from `RetrievalConfig.no_match_threshold`, or else from the index directory's
+calibration.json (per aggregation, see `serving.calibration`), or else DEFAULT_NO_MATCH_THRESHOLD with a
+warning. Matches are returned even when `no_match` is set (callers decide whether to show them).
+
+Everything is vectorised numpy: aggregating a 10 s query (7 windows x 100 neighbours) takes about
+0.5 ms ("temporal") / 0.05 ms ("vote") on one CPU core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from data_gen import constants as C
+
+if TYPE_CHECKING:
+    from serving.index import WindowIndex
+
+log = logging.getLogger(__name__)
+
+AGGREGATIONS = ("temporal", "vote")
+DEFAULT_NO_MATCH_THRESHOLD = 0.5
+"""Used when neither the config nor a calibration file gives a threshold. Deliberately conservative
+(high): with unit-norm embeddings a score is a mean similarity in [0, 1]; an exact excerpt scores close
+to 1, unrelated audio with an untrained or trained model rarely keeps half of its windows aligned and
+similar. Calibrate (serving.calibration) for a real operating point."""
+DEFAULT_TEMPO_RATIOS = (0.75, 0.87, 1.0, 1.15, 1.33)
+"""Master seconds per query second that the temporal aggregation tries (sung 25 % slower .. faster)."""
+
+
+class ModelMismatchError(ValueError):
+    """The embedder's model is not the one the index was built with (scores would be meaningless)."""
+
+
+class EmbedderLike(Protocol):
+    """What the retriever needs from `serving.embedder.Embedder` (tests pass small fakes)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def embed_query(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    top_k: int = 10
+    neighbors_per_window: int = 100
+    aggregation: str = "temporal"
+    """"temporal" (time-consistent alignment) or "vote" (order-free)."""
+    no_match_threshold: float | None = None
+    """None: read from the index's calibration.json (else DEFAULT_NO_MATCH_THRESHOLD, with a warning)."""
+    tempo_ratios: tuple[float, ...] = DEFAULT_TEMPO_RATIOS
+    offset_bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
+    offset_tolerance_bins: int = 1
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.top_k < 1 or self.neighbors_per_window < 1:
+            raise ValueError("top_k and neighbors_per_window must be >= 1")
+        if not self.tempo_ratios or min(self.tempo_ratios) <= 0:
+            raise ValueError("tempo_ratios must be positive")
+        if self.offset_bin_seconds <= 0 or self.offset_tolerance_bins < 0:
+            raise ValueError("offset_bin_seconds must be > 0 and offset_tolerance_bins >= 0")
+
+
+@dataclass(frozen=True)
+class Match:
+    track_id: str
+    title: str
+    artist: str
+    score: float
+    offset_s: float
+    """Where in the master the query's start aligns (seconds)."""
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    matches: list[Match]
+    no_match: bool
+    threshold: float
+    audio_seconds: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """"embed" (identify only), "search", "aggregate", "total"."""
+
+    @property
+    def best(self) -> Match | None:
+        return self.matches[0] if self.matches else None
+
+
+@dataclass(frozen=True)
+class TrackScores:
+    """Aggregated scores for every track that got a hit, unsorted.
+
+    track_rows int [u], scores float [u], offsets_s float [u].
+    """
+
+    track_rows: np.ndarray
+    scores: np.ndarray
+    offsets_s: np.ndarray
+
+
+# --- aggregation (pure numpy; no index, no model) ----------------------------------------------
+
+def _hits(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
+          query_offsets: np.ndarray):
+    """Flatten search results [q, k] into valid hits: (qwin, track, master_off, query_off, sim>=0)."""
+    q, k = rows.shape
+    qwin = np.repeat(np.arange(q, dtype=np.int64), k)
+    rows = rows.ravel()
+    sims = sims.ravel()
+    valid = (rows >= 0) & np.isfinite(sims)
+    qwin, rows, sims = qwin[valid], rows[valid], sims[valid]
+    return (qwin, track_rows[rows].astype(np.int64), window_offsets[rows].astype(np.float64),
+            query_offsets[qwin].astype(np.float64), np.maximum(sims.astype(np.float64), 0.0))
+
+
+def _first_of_groups(sorted_keys: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+
+
+_SIM_BITS = 20
+
+
+def _order_by_key_best_first(key: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """Permutation sorting by key (int64 >= 0), and within a key by similarity descending.
+
+    One argsort of a combined int64 key (similarity quantised to 2^-20) is several times faster than
+    np.lexsort; the exact lexsort is used when the key is too large to combine."""
+    if key.size == 0 or int(key.max()) >= (1 << (62 - _SIM_BITS)):
+        return np.lexsort((-sim, key))
+    quant = np.rint(np.clip(sim, 0.0, 1.0) * ((1 << _SIM_BITS) - 1)).astype(np.int64)
+    return np.argsort((key << _SIM_BITS) - quant)
+
+
+def aggregate_vote(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
+                   query_offsets: np.ndarray) -> TrackScores:
+    """Order-free aggregation. rows/sims [q, k] search results (row -1 = none), track_rows/window_offsets
+    [n] per index window, query_offsets [q]. Score = mean over query windows of the track's best
+    similarity; offset = implied start of the track's single best hit."""
+    q = rows.shape[0]
+    qwin, track, moff, qoff, sim = _hits(rows, sims, track_rows, window_offsets, query_offsets)
+    if sim.size == 0 or q == 0:
+        return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    key = track * q + qwin
+    order = _order_by_key_best_first(key, sim)  # by (track, qwin), best hit first
+    best = order[_first_of_groups(key[order])]  # one hit per (track, query window), sorted by track
+    starts = _first_of_groups(track[best])
+    scores = np.add.reduceat(sim[best], starts) / q
+    # offset from each track's best hit
+    by_track = np.lexsort((-sim[best], track[best]))
+    top = best[by_track[_first_of_groups(track[best][by_track])]]
+    return TrackScores(track[best][starts], scores, np.maximum(moff[top] - qoff[top], 0.0))
+
+
+def aggregate_temporal(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray,
+                       window_offsets: np.ndarray, query_offsets: np.ndarray,
+                       tempo_ratios: Sequence[float] = DEFAULT_TEMPO_RATIOS,
+                       bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2,
+                       tolerance_bins: int = 1) -> TrackScores:
+    """Time-consistent aggregation (see the module docstring). Same inputs as `aggregate_vote`."""
+    q = rows.shape[0]
+    qwin, track, moff, qoff, sim = _hits(rows, sims, track_rows, window_offsets, query_offsets)
+    h = sim.size
+    if h == 0 or q == 0:
+        return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    # ratio 1.0 first so that exact ties prefer "same tempo"
+    ratios = np.asarray(sorted(tempo_ratios, key=lambda r: (abs(np.log(r)), r)), np.float64)
+    s_count, t_count = ratios.size, 2 * tolerance_bins + 1
+    start = moff[None, :] - ratios[:, None] * qoff[None, :]  # [S, h] implied master start of the query
+    base_bin = np.rint(start / bin_seconds).astype(np.int64)
+    bins = base_bin[:, :, None] + np.arange(-tolerance_bins, tolerance_bins + 1)[None, None, :]  # [S,h,T]
+    bins -= bins.min()
+    n_bins = int(bins.max()) + 1
+    shape = (s_count, h, t_count)
+    e_slope = np.broadcast_to(np.arange(s_count)[:, None, None], shape).ravel()
+    e_hit = np.broadcast_to(np.arange(h)[None, :, None], shape).ravel()
+    e_start = np.broadcast_to(start[:, :, None], shape).ravel()
+    e_group = (track[e_hit] * s_count + e_slope) * n_bins + bins.ravel()  # (track, ratio, bin)
+    e_sim = sim[e_hit]
+    key = e_group * q + qwin[e_hit]
+    order = _order_by_key_best_first(key, e_sim)
+    best = order[_first_of_groups(key[order])]  # best hit per (track, ratio, bin, query window)
+    g = e_group[best]
+    starts = _first_of_groups(g)
+    w = e_sim[best]
+    group_score = np.add.reduceat(w, starts)
+    group_wstart = np.add.reduceat(w * e_start[best], starts)
+    group_mean_start = np.add.reduceat(e_start[best], starts) / np.diff(np.r_[starts, best.size])
+    group_offset = np.where(group_score > 0, group_wstart / np.maximum(group_score, 1e-12), group_mean_start)
+    # spread of the implied starts: the right tempo ratio makes them coincide
+    group_wsq = np.add.reduceat(w * e_start[best] ** 2, starts)
+    group_spread = np.where(group_score > 0, group_wsq / np.maximum(group_score, 1e-12) - group_offset**2, 0.0)
+    group_spread = np.round(np.maximum(group_spread, 0.0), 6)
+    group_track = g[starts] // (s_count * n_bins)
+    group_slope = (g[starts] // n_bins) % s_count
+    # best (ratio, bin) per track: highest score; ties -> the tightest alignment, then the ratio
+    # closest to 1 (slope index 0), then the earliest bin
+    pick = np.lexsort((group_slope, group_spread, -group_score, group_track))
+    first = pick[_first_of_groups(group_track[pick])]
+    return TrackScores(group_track[first], group_score[first] / q, np.maximum(group_offset[first], 0.0))
+
+
+def aggregate(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
+              query_offsets: np.ndarray, config: RetrievalConfig) -> TrackScores:
+    if config.aggregation == "vote":
+        return aggregate_vote(rows, sims, track_rows, window_offsets, query_offsets)
+    return aggregate_temporal(rows, sims, track_rows, window_offsets, query_offsets, config.tempo_ratios,
+                              config.offset_bin_seconds, config.offset_tolerance_bins)
+
+
+def top_tracks(scores: TrackScores, top_k: int) -> np.ndarray:
+    """Indices into `scores` of the best `top_k` tracks with a positive score, by score descending
+    (ties: lower track row first). Tracks whose hits all have similarity <= 0 are not matches."""
+    order = np.lexsort((scores.track_rows, -scores.scores))
+    order = order[scores.scores[order] > 0]
+    return order[:top_k]
+
+
+# --- the retriever -----------------------------------------------------------------------------
+
+class Retriever:
+    """Identifies queries against one index with one model. Thread-safe (read-only state)."""
+
+    def __init__(self, embedder: EmbedderLike | None, index: "WindowIndex",
+                 config: RetrievalConfig = RetrievalConfig()):
+        """`embedder` may be None for callers that only use `identify_embeddings` (benchmarks on
+        simulated embeddings). Raises ModelMismatchError when the embedder's model version differs
+        from the one the index was built with."""
+        if embedder is not None and embedder.version != index.metadata.model_version:
+            raise ModelMismatchError(
+                f"the index {index.version} holds embeddings of model {index.metadata.model_version!r}; "
+                f"the embedder is {embedder.version!r}: rebuild the index with this model")
+        self.embedder = embedder
+        self.index = index
+        self.config = config
+        self.threshold, self.threshold_source = self._resolve_threshold()
+
+    def _resolve_threshold(self) -> tuple[float, str]:
+        if self.config.no_match_threshold is not None:
+            return float(self.config.no_match_threshold), "config"
+        from serving.calibration import CalibrationError, load_calibration
+
+        if self.index.path is not None:
+            try:
+                cal = load_calibration(self.index.path, self.config.aggregation)
+            except CalibrationError as e:
+                log.warning("ignoring the calibration: %s", e)
+                cal = None
+            if cal is not None:
+                if cal.model_version and cal.model_version != self.index.metadata.model_version:
+                    log.warning("calibration in %s is for model %s, the index holds %s: using the default "
+                                "no-match threshold %.2f", self.index.path, cal.model_version,
+                                self.index.metadata.model_version, DEFAULT_NO_MATCH_THRESHOLD)
+                    return DEFAULT_NO_MATCH_THRESHOLD, "default"
+                if cal.neighbors_per_window not in (None, self.config.neighbors_per_window):
+                    log.info("calibration used %s neighbours per window, this retriever uses %d",
+                             cal.neighbors_per_window, self.config.neighbors_per_window)
+                return float(cal.threshold), "calibration"
+        log.warning("no calibrated no-match threshold for aggregation %r (index %s): using the default "
+                    "%.2f; run the calibration for a measured operating point", self.config.aggregation,
+                    self.index.path or self.index.version, DEFAULT_NO_MATCH_THRESHOLD)
+        return DEFAULT_NO_MATCH_THRESHOLD, "default"
+
+    def with_index(self, index: "WindowIndex") -> "Retriever":
+        """Same embedder and config over another index (hot swap); the threshold is re-resolved."""
+        return Retriever(self.embedder, index, self.config)
+
+    def with_config(self, config: RetrievalConfig | None = None, **changes: object) -> "Retriever":
+        """Same embedder and index with another config (e.g. `aggregation="vote"`)."""
+        config = replace(config or self.config, **changes)  # type: ignore[arg-type]
+        return Retriever(self.embedder, self.index, config)
+
+    # -- identification --------------------------------------------------------------------------
+    def identify(self, audio: np.ndarray, top_k: int | None = None) -> RetrievalResult:
+        """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult."""
+        if self.embedder is None:
+            raise RuntimeError("this Retriever has no embedder; use identify_embeddings")
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"audio must be a non-empty [time] array, got shape {audio.shape}")
+        t0 = time.perf_counter()
+        emb, offsets = self.embedder.embed_query(audio)
+        embed_ms = (time.perf_counter() - t0) * 1e3
+        result = self.identify_embeddings(emb, offsets, audio.size / C.SAMPLE_RATE, top_k)
+        result.timings_ms["embed"] = embed_ms
+        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    def identify_embeddings(self, emb: np.ndarray, offsets_s: np.ndarray, audio_seconds: float,
+                            top_k: int | None = None) -> RetrievalResult:
+        """emb float32 [n, d] query window embeddings, offsets_s [n] their starts in the query (s)."""
+        return self.identify_embeddings_batch([(emb, offsets_s, audio_seconds)], top_k)[0]
+
+    def identify_embeddings_batch(self, queries: Sequence[tuple[np.ndarray, np.ndarray, float]],
+                                  top_k: int | None = None) -> list[RetrievalResult]:
+        """Many queries' (emb [n_i, d], offsets_s [n_i], audio_seconds) with one index search call."""
+        t0 = time.perf_counter()
+        top_k = int(top_k or self.config.top_k)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        embs, offs = [], []
+        for emb, offsets, _ in queries:
+            emb = np.asarray(emb, np.float32)
+            offsets = np.asarray(offsets, np.float64)
+            if emb.ndim != 2 or offsets.shape != (emb.shape[0],):
+                raise ValueError(f"emb must be [n, d] with offsets [n], got {emb.shape} and {offsets.shape}")
+            embs.append(emb)
+            offs.append(offsets)
+        sizes = [e.shape[0] for e in embs]
+        if embs and sum(sizes):
+            rows, sims = self.index.search(np.concatenate(embs), self.config.neighbors_per_window)
+        else:
+            rows = np.zeros((0, 1), np.int64)
+            sims = np.zeros((0, 1), np.float32)
+        search_ms = (time.perf_counter() - t0) * 1e3
+        results = []
+        bounds = np.cumsum([0] + sizes)
+        for i, (_, _, audio_seconds) in enumerate(queries):
+            t1 = time.perf_counter()
+            r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
+            scores = aggregate(r, s, self.index.track_rows, self.index.offsets_s, offs[i], self.config)
+            matches = [
+                Match(self.index.tracks[int(scores.track_rows[j])].track_id,
+                      self.index.tracks[int(scores.track_rows[j])].title,
+                      self.index.tracks[int(scores.track_rows[j])].artist,
+                      float(scores.scores[j]), round(float(scores.offsets_s[j]), 3))
+                for j in top_tracks(scores, top_k)
+            ]
+            no_match = not matches or matches[0].score < self.threshold
+            agg_ms = (time.perf_counter() - t1) * 1e3
+            results.append(RetrievalResult(matches, no_match, self.threshold, float(audio_seconds),
+                                           {"search": search_ms, "aggregate": agg_ms,
+                                            "total": search_ms + agg_ms}))
+        return results
+
+
+__all__ = [
+    "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_TEMPO_RATIOS", "EmbedderLike", "Match",
+    "ModelMismatchError", "RetrievalConfig", "RetrievalResult", "Retriever", "TrackScores", "aggregate",
+    "aggregate_temporal", "aggregate_vote", "top_tracks",
+]

@@ -1,0 +1,363 @@
+"""The Earworm gRPC server: Recognizer + standard health checking + reflection.
+
+`create_server(config)` binds and starts a server (port 0 picks a free port, for tests), then loads
+the exported model and the index; the health service answers NOT_SERVING until both are loaded and
+their versions agree, SERVING afterwards. `earworm serve` (serving/cli.py) wraps it.
+
+Hot index swap: `EarwormServer.reload_index()` re-reads the index directory and swaps it in when
+its version changed (refused when it was built with another model); the server polls the index's
+metadata.json every `watch_index_seconds`, and `earworm serve` also reloads on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
+from serving.batching import BatchingConfig, DirectEmbedding, MicroBatcher
+from serving.metrics import Metrics
+from serving.servicer import SERVICE_NAME, IndexSwapError, RecognizerServicer, ServicerConfig, ServingState
+
+log = logging.getLogger(__name__)
+
+AUTH_TOKEN_ENV = "EARWORM_AUTH_TOKEN"
+DEFAULT_PORT = 50051
+DEFAULT_BATCHING = False
+"""Micro-batching across requests is off by default: on the 2-core reference machine it did not
+lower latency or raise throughput (`earworm bench-load --batching on|off`; see the report)."""
+
+_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class ServerError(RuntimeError):
+    """The server cannot start or load: bad model/index, version mismatch, port in use, bad TLS."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `earworm serve` can set; defaults live here only."""
+
+    model_dir: Path | None = None
+    index_dir: Path | None = None
+    host: str = "[::]"
+    port: int = DEFAULT_PORT
+    workers: int = 8
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_token: str | None = None
+    servicer: ServicerConfig = field(default_factory=ServicerConfig)
+    batching: bool = DEFAULT_BATCHING
+    batch: BatchingConfig = field(default_factory=BatchingConfig)
+    watch_index_seconds: float = 5.0
+    """Poll the index's metadata.json this often and swap in a new version (0: never)."""
+    no_match_threshold: float | None = None
+    """Override the calibrated no-match threshold (None: the index's calibration.json)."""
+
+    @property
+    def max_receive_bytes(self) -> int:
+        """Transport limit, a bit above the audio limit so the servicer explains oversize audio."""
+        limit = self.servicer.max_audio_bytes
+        return limit + max(1 << 20, limit // 4)
+
+
+@dataclass
+class Components:
+    """A loaded model + index and the retriever over them."""
+
+    embedder: Any  # serving.embedder.Embedder (anything with .version and .embed_windows)
+    index: Any  # serving.index.WindowIndex
+    retriever: Any  # serving.retrieval.Retriever
+
+
+Loader = Callable[[ServerConfig], Components]
+
+
+def check_versions(model_version: str, index: Any, index_dir: Path | str | None = None) -> None:
+    """Raise ServerError unless the index was built with `model_version`."""
+    if index.metadata.model_version != model_version:
+        where = f" in {index_dir}" if index_dir else ""
+        raise ServerError(
+            f"the index{where} (version {index.metadata.version}) was built with model "
+            f"{index.metadata.model_version!r}, but the model being served is {model_version!r}. "
+            "Rebuild the index with this model (earworm index) or serve the model it was built with."
+        )
+
+
+def load_index(index_dir: Path | str) -> Any:
+    from serving.index import WindowIndex
+
+    return WindowIndex.load(index_dir)
+
+
+def load_components(config: ServerConfig) -> Components:
+    """The default loader: Embedder(model_dir) + WindowIndex.load(index_dir) + Retriever."""
+    from serving.embedder import Embedder
+    from serving.retrieval import RetrievalConfig, Retriever
+
+    if config.model_dir is None or config.index_dir is None:
+        raise ServerError("both a model directory and an index directory are needed")
+    try:
+        embedder = Embedder(config.model_dir)
+        index = load_index(config.index_dir)
+    except Exception as e:  # ModelError, IndexLoadError, OSError: all mean "cannot start"
+        raise ServerError(str(e)) from e
+    check_versions(embedder.version, index, config.index_dir)
+    retriever = Retriever(embedder, index, RetrievalConfig(no_match_threshold=config.no_match_threshold))
+    return Components(embedder, index, retriever)
+
+
+def read_index_version(index_dir: Path | str) -> str | None:
+    """The `version` in an index directory's metadata.json (None when unreadable)."""
+    try:
+        return str(json.loads((Path(index_dir) / "metadata.json").read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class _AuthInterceptor(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every RPC except health and reflection."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_EXEMPT_PREFIXES):
+            return handler
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if isinstance(given, bytes):
+            given = given.decode("latin-1")
+        if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
+            return handler
+        return _deny(handler, "missing or wrong bearer token; send metadata 'authorization: Bearer <token>'")
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def abort(_request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kwargs = dict(request_deserializer=handler.request_deserializer,
+                  response_serializer=handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
+
+
+class EarwormServer:
+    """A started gRPC server plus what it serves; returned by `create_server`."""
+
+    def __init__(self, config: ServerConfig, grpc_server: grpc.Server, port: int,
+                 servicer: RecognizerServicer, health_servicer: health.HealthServicer, metrics: Metrics):
+        self.config = config
+        self.grpc_server = grpc_server
+        self.port = port
+        self.servicer = servicer
+        self.health = health_servicer
+        self.metrics = metrics
+        self.components: Components | None = None
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._embedding: DirectEmbedding | MicroBatcher | None = None
+        self._reload_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    # --- loading -----------------------------------------------------------------------------
+    def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def load(self, loader: Loader) -> None:
+        """Load model + index, then report SERVING. Records (and re-raises) any failure."""
+        try:
+            components = loader(self.config)
+            check_versions(components.embedder.version, components.index, self.config.index_dir)
+            embed = components.embedder.embed_windows
+            self._embedding = MicroBatcher(embed, self.config.batch) if self.config.batching else \
+                DirectEmbedding(embed)
+            self.servicer.attach(ServingState(components.retriever, components.index,
+                                              components.embedder.version), self._embedding)
+            self.components = components
+        except BaseException as e:
+            self._load_error = e
+            self._ready.set()
+            log.error("cannot serve: %s", e)
+            raise
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._ready.set()
+        log.info("serving model %s with index %s (%d tracks) on port %d%s", components.embedder.version,
+                 components.index.metadata.version, components.index.metadata.num_tracks, self.port,
+                 " (micro-batching on)" if self.config.batching else "")
+        if self.config.index_dir is not None and self.config.watch_index_seconds > 0:
+            self._watcher = threading.Thread(target=self._watch_index, name="index-watcher", daemon=True)
+            self._watcher.start()
+
+    def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Block until loading finished; raises ServerError if it failed or timed out."""
+        if not self._ready.wait(timeout):
+            raise ServerError(f"the model and index did not load within {timeout} s")
+        if self._load_error is not None:
+            err = self._load_error
+            raise err if isinstance(err, ServerError) else ServerError(str(err))
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._load_error is None
+
+    def embedding_stats(self) -> dict[str, float]:
+        """Micro-batcher counters (batches, windows, requests); empty without batching."""
+        return self._embedding.stats() if self._embedding is not None else {}
+
+    # --- hot index swap ----------------------------------------------------------------------
+    def swap_index(self, index: Any) -> None:
+        """Serve `index` from now on (IndexSwapError when its model version differs)."""
+        self.servicer.swap_index(index)
+        if self.components is not None:
+            self.components.index = index
+
+    def reload_index(self, force: bool = False) -> bool:
+        """Re-read config.index_dir; swap when its version changed (or `force`). True if swapped.
+
+        Never raises: a broken or mismatched new index is logged and the old one keeps serving.
+        """
+        if self.config.index_dir is None or not self.ready:
+            return False
+        with self._reload_lock:
+            state = self.servicer.state
+            on_disk = read_index_version(self.config.index_dir)
+            if on_disk is None or (state is not None and on_disk == state.index_version and not force):
+                return False
+            try:
+                index = load_index(self.config.index_dir)
+                self.swap_index(index)
+            except IndexSwapError as e:
+                log.error("index reload refused, still serving %s: %s",
+                          state.index_version if state else "-", e)
+                return False
+            except Exception as e:  # noqa: BLE001 - keep serving the old index
+                log.error("index reload failed, still serving the old index: %s", e)
+                return False
+            return True
+
+    def _watch_index(self) -> None:
+        last = read_index_version(self.config.index_dir)
+        while not self._stopped.wait(self.config.watch_index_seconds):
+            current = read_index_version(self.config.index_dir)
+            if current is not None and current != last:
+                log.info("index version on disk changed %s -> %s: reloading", last, current)
+                self.reload_index()
+                last = current
+
+    # --- shutdown ----------------------------------------------------------------------------
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Finish in-flight requests (up to `grace` s), stop, log the counters once."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        if self._embedding is not None:
+            self._embedding.close()
+            for name, value in self._embedding.stats().items():
+                self.metrics.increment(name, value)
+        log.info("server stopped: %s", self.metrics.summary_line())
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise ServerError("TLS needs both --tls-cert and --tls-key")
+    try:
+        cert, key = Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes()
+    except OSError as e:
+        raise ServerError(f"cannot read the TLS certificate or key: {e}") from e
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+def create_server(config: ServerConfig, loader: Loader = load_components, *,
+                  wait: bool = True) -> tuple[EarwormServer, int]:
+    """Bind and start the server, then load what it serves. Returns (server, bound port).
+
+    wait=True loads before returning and raises ServerError (after stopping the server) when
+    loading fails, e.g. on a model/index version mismatch. wait=False loads in a background
+    thread; the health service says NOT_SERVING meanwhile; `server.wait_until_ready()` reports
+    the outcome.
+    """
+    if config.workers < 1:
+        raise ServerError(f"workers must be >= 1, got {config.workers}")
+    metrics = Metrics()
+    servicer = RecognizerServicer(config.servicer, metrics)
+    interceptors = [_AuthInterceptor(config.auth_token)] if config.auth_token else []
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="earworm-rpc"),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", config.max_receive_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_RecognizerServicer_to_server(servicer, grpc_server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        grpc_server,
+    )
+    address = f"{config.host}:{config.port}"
+    try:
+        credentials = _credentials(config)
+        port = (grpc_server.add_secure_port(address, credentials) if credentials
+                else grpc_server.add_insecure_port(address))
+    except RuntimeError as e:
+        raise ServerError(f"cannot listen on {address}: {e}") from e
+    if port == 0:
+        raise ServerError(f"cannot listen on {address} (port in use?)")
+    server = EarwormServer(config, grpc_server, port, servicer, health_servicer, metrics)
+    server._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    grpc_server.start()
+    log.info("listening on %s (port %d)%s%s; loading model and index...", address, port,
+             ", TLS" if credentials else "", ", bearer token required" if config.auth_token else "")
+    if wait:
+        try:
+            server.load(loader)
+        except BaseException as e:
+            server.stop(0)
+            if isinstance(e, ServerError):
+                raise
+            raise ServerError(str(e)) from e
+    else:
+        threading.Thread(target=_load_quietly, args=(server, loader), name="earworm-loader",
+                         daemon=True).start()
+    return server, port
+
+
+def _load_quietly(server: EarwormServer, loader: Loader) -> None:
+    try:
+        server.load(loader)
+    except BaseException:  # noqa: BLE001 - recorded on the server, reported by wait_until_ready
+        pass
+
+
+def with_servicer(config: ServerConfig, **changes: Any) -> ServerConfig:
+    """A copy of `config` with some ServicerConfig fields changed."""
+    return replace(config, servicer=replace(config.servicer, **changes))

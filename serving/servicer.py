@@ -1,0 +1,487 @@
+"""The `earworm.v1.Recognizer` gRPC servicer: Identify and StreamIdentify.
+
+Every request ends with a deliberate status code, never UNKNOWN:
+- INVALID_ARGUMENT: unusable audio (every `data_gen.audio.AudioError`, with its human message),
+  bad parameters (top_k, sample rate, encoding, missing audio, stream without config);
+- RESOURCE_EXHAUSTED: audio larger than `max_audio_bytes`;
+- DEADLINE_EXCEEDED: no time left before or after embedding;
+- UNAVAILABLE: the model and index are still loading;
+- INTERNAL: anything unexpected (logged with its traceback; the client sees a generic message).
+
+The model, index and retriever in use form one immutable `ServingState`; a request reads the
+reference once, so `swap_index` can replace it at any moment without a request ever seeing half
+of an old and half of a new index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+
+from data_gen import constants as C
+from data_gen.audio import AudioError, SilentAudioError, TooShortAudioError, decode_audio, pcm_to_audio
+from data_gen.windows import cut_query_windows, window_starts
+from protos.earworm.v1 import recognizer_pb2 as pb
+from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
+from serving.batching import EmbeddingTimeout
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name  # "earworm.v1.Recognizer"
+
+PCM_ENCODINGS = {
+    pb.PCM_ENCODING_UNSPECIFIED: "s16le",
+    pb.PCM_ENCODING_S16LE: "s16le",
+    pb.PCM_ENCODING_F32LE: "f32le",
+}
+PCM_BYTES = {"s16le": 2, "f32le": 4}
+MAX_PCM_RATE = 384_000
+MAX_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class ServicerConfig:
+    """Request limits and streaming behaviour (defaults are the server's defaults)."""
+
+    default_top_k: int = 10
+    max_top_k: int = 100
+    max_audio_bytes: int = 16 * 1024 * 1024
+    """Largest accepted audio payload (one Identify request, or one stream chunk)."""
+    min_query_seconds: float = C.MIN_QUERY_SECONDS
+    max_query_seconds: float = C.MAX_QUERY_SECONDS
+    interim_interval_seconds: float = 2.0
+    """Default seconds of streamed audio between interim answers."""
+    min_interim_interval_seconds: float = 0.5
+    confident_margin: float = 0.1
+    """A streamed answer is final early when its top score is at least threshold + this margin
+    in two consecutive interim answers naming the same track."""
+
+
+class EmbeddingBackend(Protocol):
+    def embed(self, windows: np.ndarray, timeout: float | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What answers requests right now: one retriever over one index, for one model."""
+
+    retriever: Any  # serving.retrieval.Retriever
+    index: Any  # serving.index.WindowIndex
+    model_version: str
+
+    @property
+    def index_version(self) -> str:
+        return str(self.index.metadata.version)
+
+
+class IndexSwapError(ValueError):
+    """A new index cannot replace the served one (e.g. it was built with another model)."""
+
+
+class _RpcFailure(Exception):
+    """Raised inside a handler to end the request with `code` and a message for the client."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@dataclass
+class _Outcome:
+    """What one request did, for its log line and the counters."""
+
+    audio_seconds: float = 0.0
+    top_score: float | None = None
+    no_match: bool | None = None
+    answers: int = 0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+
+
+def _deadline_check(context: grpc.ServicerContext, when: str) -> float | None:
+    """Seconds left for this request (None: no deadline); raises DEADLINE_EXCEEDED at zero."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e8:
+        return None
+    if remaining <= 0:
+        raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the deadline passed {when}")
+    return remaining
+
+
+class RecognizerServicer(pb_grpc.RecognizerServicer):
+    """Answers Identify / StreamIdentify once `attach` has handed it a model and an index."""
+
+    def __init__(self, config: ServicerConfig = ServicerConfig(), metrics: Metrics | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._state: ServingState | None = None
+        self._embedding: EmbeddingBackend | None = None
+        self._swap_lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def attach(self, state: ServingState, embedding: EmbeddingBackend) -> None:
+        """Start answering with `state`, embedding windows through `embedding`."""
+        self._check_versions(state.index, state.model_version)
+        self._embedding = embedding
+        self._state = state
+
+    @property
+    def ready(self) -> bool:
+        return self._state is not None
+
+    @property
+    def state(self) -> ServingState | None:
+        return self._state
+
+    @staticmethod
+    def _check_versions(index: Any, model_version: str) -> None:
+        if index.metadata.model_version != model_version:
+            raise IndexSwapError(
+                f"index {index.metadata.version} was built with model {index.metadata.model_version!r} "
+                f"but the server runs model {model_version!r}; rebuild the index with this model "
+                "(earworm index) or serve the model it was built with"
+            )
+
+    def swap_index(self, new_index: Any) -> ServingState:
+        """Atomically serve `new_index` from now on; in-flight requests finish on the old one.
+
+        Raises IndexSwapError when the index was built with a different model version.
+        """
+        with self._swap_lock:
+            current = self._state
+            if current is None:
+                raise IndexSwapError("the server has no model loaded yet; nothing to swap")
+            self._check_versions(new_index, current.model_version)
+            new_state = ServingState(current.retriever.with_index(new_index), new_index,
+                                     current.model_version)
+            self._state = new_state
+        self.metrics.increment("index_swaps")
+        log.info("now serving index %s (%d tracks, %d windows), was %s", new_state.index_version,
+                 new_index.metadata.num_tracks, new_index.metadata.num_windows, current.index_version)
+        return new_state
+
+    # --- request plumbing --------------------------------------------------------------------
+    def _serving(self) -> tuple[ServingState, EmbeddingBackend]:
+        state, embedding = self._state, self._embedding
+        if state is None or embedding is None:
+            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE,
+                              "the server is still loading its model and index; retry shortly")
+        return state, embedding
+
+    def _top_k(self, top_k: int) -> int:
+        if top_k < 0 or top_k > self.config.max_top_k:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"top_k must be between 0 (server default) and {self.config.max_top_k}, "
+                              f"got {top_k}")
+        return top_k or self.config.default_top_k
+
+    def _check_size(self, n_bytes: int, what: str) -> None:
+        if n_bytes > self.config.max_audio_bytes:
+            raise _RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{what} is {n_bytes / 1e6:.1f} MB; this server accepts at most "
+                f"{self.config.max_audio_bytes / 1e6:.1f} MB (send at most "
+                f"{self.config.max_query_seconds:g} s, e.g. 16 kHz mono)",
+            )
+
+    @staticmethod
+    def _pcm_format(encoding: int) -> str:
+        if encoding not in PCM_ENCODINGS:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"unknown PCM encoding {encoding}; use S16LE or F32LE")
+        return PCM_ENCODINGS[encoding]
+
+    @staticmethod
+    def _pcm_layout(sample_rate: int, channels: int) -> int:
+        if not 0 < sample_rate <= MAX_PCM_RATE:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"PCM sample_rate_hz must be between 1 and {MAX_PCM_RATE}, got {sample_rate}")
+        channels = channels or 1
+        if not 0 < channels <= MAX_CHANNELS:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"PCM channels must be between 1 and {MAX_CHANNELS} (0 means 1), got {channels}")
+        return channels
+
+    def _decode(self, audio: pb.Audio) -> np.ndarray:
+        """Audio message -> mono float32 [time] at SAMPLE_RATE, validated; raises _RpcFailure."""
+        kind = audio.WhichOneof("content")
+        limits = dict(min_seconds=self.config.min_query_seconds,
+                      max_seconds=self.config.max_query_seconds)
+        try:
+            if kind == "encoded":
+                return decode_audio(audio.encoded, **limits)
+            if kind == "pcm":
+                fmt = self._pcm_format(audio.pcm.encoding)
+                channels = self._pcm_layout(audio.pcm.sample_rate_hz, audio.pcm.channels)
+                return pcm_to_audio(audio.pcm.data, audio.pcm.sample_rate_hz, pcm_format=fmt,
+                                    channels=channels, **limits)
+        except AudioError as e:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+        raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                          "the request has no audio: set audio.encoded (a WAV/FLAC/Ogg/MP3 file) "
+                          "or audio.pcm (raw samples with their sample rate)")
+
+    def _embed(self, embedding: EmbeddingBackend, windows: np.ndarray,
+               context: grpc.ServicerContext) -> np.ndarray:
+        remaining = _deadline_check(context, "before the audio was embedded")
+        try:
+            emb = embedding.embed(windows, timeout=remaining)
+        except EmbeddingTimeout as e:
+            raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "the deadline passed while the audio waited to be embedded") from e
+        _deadline_check(context, "while the audio was embedded")
+        return emb
+
+    @staticmethod
+    def _response(result: Any, state: ServingState) -> pb.IdentifyResponse:
+        return pb.IdentifyResponse(
+            matches=[
+                pb.Match(track_id=m.track_id, title=m.title, artist=m.artist, score=float(m.score),
+                         offset_seconds=float(m.offset_s), rank=i + 1)
+                for i, m in enumerate(result.matches)
+            ],
+            no_match=bool(result.no_match),
+            no_match_threshold=float(result.threshold),
+            model_version=state.model_version,
+            index_version=state.index_version,
+            audio_seconds=float(result.audio_seconds),
+        )
+
+    def _finish(self, method: str, started: float, outcome: _Outcome, code: grpc.StatusCode,
+                details: str) -> None:
+        """The one log line and the counters of a finished request."""
+        ms = (time.perf_counter() - started) * 1000.0
+        self.metrics.record(method, code.name, ms, outcome.audio_seconds)
+        if outcome.embed_ms or outcome.search_ms:
+            self.metrics.increment("embed_ms", outcome.embed_ms)
+            self.metrics.increment("search_ms", outcome.search_ms)
+        top = "-" if outcome.top_score is None else f"{outcome.top_score:.3f}"
+        extra = "" if outcome.no_match is None else f" no_match={outcome.no_match}"
+        if method == "StreamIdentify":
+            extra += f" answers={outcome.answers}"
+        log.info("%s %s %.1f ms (embed %.1f, search %.1f) audio=%.1fs top=%s%s%s", method, code.name, ms,
+                 outcome.embed_ms, outcome.search_ms, outcome.audio_seconds, top, extra,
+                 f" ({details})" if details else "")
+
+    # --- Identify ----------------------------------------------------------------------------
+    def Identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext) -> pb.IdentifyResponse:
+        started = time.perf_counter()
+        outcome = _Outcome()
+        code, details, response = grpc.StatusCode.OK, "", None
+        try:
+            response = self._identify(request, context, outcome)
+        except _RpcFailure as e:
+            code, details = e.code, e.details
+        except Exception:  # noqa: BLE001 - the client must never see UNKNOWN
+            log.exception("Identify failed unexpectedly")
+            code, details = grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
+        self._finish("Identify", started, outcome, code, details)
+        if code is not grpc.StatusCode.OK:
+            context.abort(code, details)
+        return response
+
+    def _identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext,
+                  outcome: _Outcome) -> pb.IdentifyResponse:
+        state, embedding = self._serving()
+        audio_msg = request.audio
+        kind = audio_msg.WhichOneof("content")
+        size = len(audio_msg.encoded) if kind == "encoded" else len(audio_msg.pcm.data) if kind else 0
+        self._check_size(size, "the audio")
+        top_k = self._top_k(request.top_k)
+        audio = self._decode(audio_msg)
+        outcome.audio_seconds = audio.shape[0] / C.SAMPLE_RATE
+        windows, offsets = cut_query_windows(audio)
+        t0 = time.perf_counter()
+        emb = self._embed(embedding, windows, context)
+        outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
+        result = state.retriever.identify_embeddings(emb, offsets, outcome.audio_seconds, top_k=top_k)
+        outcome.search_ms += result.timings_ms.get("total", 0.0)
+        outcome.top_score = result.matches[0].score if result.matches else None
+        outcome.no_match = bool(result.no_match)
+        return self._response(result, state)
+
+    # --- StreamIdentify ----------------------------------------------------------------------
+    def StreamIdentify(self, request_iterator: Iterator[pb.StreamIdentifyRequest],
+                       context: grpc.ServicerContext) -> Iterator[pb.StreamIdentifyResponse]:
+        started = time.perf_counter()
+        outcome = _Outcome()
+        code, details = grpc.StatusCode.OK, ""
+        try:
+            yield from self._stream(request_iterator, context, outcome)
+        except GeneratorExit:  # the client went away while we were yielding
+            self._finish("StreamIdentify", started, outcome, grpc.StatusCode.CANCELLED, "client left")
+            raise
+        except _RpcFailure as e:
+            code, details = e.code, e.details
+        except Exception:  # noqa: BLE001 - the client must never see UNKNOWN
+            if not context.is_active():
+                code, details = grpc.StatusCode.CANCELLED, "client cancelled the stream"
+            else:
+                log.exception("StreamIdentify failed unexpectedly")
+                code, details = grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
+        self._finish("StreamIdentify", started, outcome, code, details)
+        if code is not grpc.StatusCode.OK and context.is_active():
+            context.abort(code, details)
+
+    def _stream(self, requests: Iterator[pb.StreamIdentifyRequest], context: grpc.ServicerContext,
+                outcome: _Outcome) -> Iterator[pb.StreamIdentifyResponse]:
+        state, embedding = self._serving()  # one index for the whole stream
+        first = next(requests, None)
+        if first is None:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              "the stream closed before any message; the first message must carry config")
+        if not first.HasField("config"):
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              "the first StreamIdentifyRequest must carry config (sample rate, encoding)")
+        cfg = first.config
+        session = _StreamSession(self, state, embedding, context, cfg, outcome)
+        messages = [first]
+        for message in _chain(messages, requests):
+            if message is not first and message.HasField("config"):
+                raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "config may only be sent in the first StreamIdentifyRequest")
+            self._check_size(len(message.audio_chunk), "one audio chunk")
+            done = session.add(message.audio_chunk)
+            for response in session.answers():
+                yield response
+                if response.is_final:
+                    return
+            if done:
+                break
+        yield session.final()
+
+
+def _chain(head: list, tail: Iterator) -> Iterator:
+    yield from head
+    yield from tail
+
+
+class _StreamSession:
+    """The state of one StreamIdentify call: PCM bytes so far, cached window embeddings, answers."""
+
+    def __init__(self, servicer: RecognizerServicer, state: ServingState, embedding: EmbeddingBackend,
+                 context: grpc.ServicerContext, cfg: pb.StreamConfig, outcome: _Outcome):
+        self.servicer = servicer
+        self.config = servicer.config
+        self.state = state
+        self.embedding = embedding
+        self.context = context
+        self.outcome = outcome
+        self.pcm_format = servicer._pcm_format(cfg.encoding)
+        self.channels = servicer._pcm_layout(cfg.sample_rate_hz, cfg.channels)
+        self.sample_rate = cfg.sample_rate_hz
+        self.top_k = servicer._top_k(cfg.top_k)
+        interval = cfg.interim_interval_seconds
+        if interval < 0 or interval != interval:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"interim_interval_seconds must be >= 0 (0: server default), got {interval}")
+        self.interval = max(interval or self.config.interim_interval_seconds,
+                            self.config.min_interim_interval_seconds)
+        self.frame_bytes = PCM_BYTES[self.pcm_format] * self.channels
+        self.max_bytes = int(self.config.max_query_seconds * self.sample_rate) * self.frame_bytes
+        self.buffer = bytearray()
+        self.next_interim = self.interval
+        while self.next_interim < self.config.min_query_seconds:
+            self.next_interim += self.interval
+        self.pending_interim = False
+        self.cache: dict[int, np.ndarray] = {}  # window start sample -> embedding [dim]
+        self.confident_streak: list[str] = []  # top track of consecutive confident interims
+
+    @property
+    def seconds(self) -> float:
+        return len(self.buffer) // self.frame_bytes / self.sample_rate
+
+    def add(self, chunk: bytes) -> bool:
+        """Append a chunk; True when the audio cap is reached (the stream is then answered)."""
+        self.buffer.extend(chunk)
+        capped = len(self.buffer) >= self.max_bytes
+        if capped:
+            del self.buffer[self.max_bytes:]
+        self.outcome.audio_seconds = self.seconds
+        if self.seconds >= self.next_interim and not capped:
+            self.pending_interim = True
+            while self.next_interim <= self.seconds:
+                self.next_interim += self.interval
+        return capped
+
+    def _audio(self, final: bool) -> np.ndarray:
+        whole = len(self.buffer) - len(self.buffer) % self.frame_bytes
+        try:
+            return pcm_to_audio(bytes(self.buffer[:whole]), self.sample_rate, pcm_format=self.pcm_format,
+                                channels=self.channels, min_seconds=self.config.min_query_seconds,
+                                max_seconds=self.config.max_query_seconds + 0.01)
+        except TooShortAudioError as e:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the stream ended with too little audio: {e}") from e
+        except AudioError as e:
+            if not final and isinstance(e, SilentAudioError):
+                raise  # no interim answer for silence so far; the final answer decides
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+
+    def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the query windows of `audio`, re-using windows embedded earlier."""
+        starts = window_starts(audio.shape[0], C.QUERY_WINDOW_HOP)
+        # Resampled audio may still change near its end as more arrives: cache only settled windows.
+        settle = 0 if self.sample_rate == C.SAMPLE_RATE else C.SAMPLE_RATE // 2
+        todo = [s for s in starts if int(s) not in self.cache]
+        if todo:
+            padded = audio if audio.shape[0] >= C.WINDOW_SAMPLES else np.pad(
+                audio, (0, C.WINDOW_SAMPLES - audio.shape[0]))
+            windows = np.stack([padded[s : s + C.WINDOW_SAMPLES] for s in todo]).astype(np.float32)
+            emb = self.servicer._embed(self.embedding, windows, self.context)
+            fresh = dict(zip((int(s) for s in todo), emb))
+        else:
+            fresh = {}
+        out = np.stack([fresh[int(s)] if int(s) in fresh else self.cache[int(s)] for s in starts])
+        for s, e in fresh.items():
+            if s + C.WINDOW_SAMPLES <= audio.shape[0] - settle:
+                self.cache[s] = e
+        return out, (starts / C.SAMPLE_RATE).astype(np.float32)
+
+    def _answer(self, final: bool) -> pb.StreamIdentifyResponse:
+        audio = self._audio(final)
+        t0 = time.perf_counter()
+        emb, offsets = self._embed(audio)
+        self.outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
+        seconds = audio.shape[0] / C.SAMPLE_RATE
+        result = self.state.retriever.identify_embeddings(emb, offsets, seconds, top_k=self.top_k)
+        self.outcome.search_ms += result.timings_ms.get("total", 0.0)
+        self.outcome.answers += 1
+        self.outcome.top_score = result.matches[0].score if result.matches else None
+        self.outcome.no_match = bool(result.no_match)
+        response = pb.StreamIdentifyResponse(result=RecognizerServicer._response(result, self.state),
+                                             is_final=final)
+        if not final:
+            top = result.matches[0] if result.matches else None
+            if (top is not None and not result.no_match
+                    and top.score >= result.threshold + self.config.confident_margin):
+                if self.confident_streak and self.confident_streak[-1] != top.track_id:
+                    self.confident_streak = []
+                self.confident_streak.append(top.track_id)
+            else:
+                self.confident_streak = []
+            if len(self.confident_streak) >= 2:
+                response.is_final = True  # confident and stable: stop listening
+        return response
+
+    def answers(self) -> Iterator[pb.StreamIdentifyResponse]:
+        """An interim answer when one is due (or none, e.g. while the audio is still silent)."""
+        if not self.pending_interim:
+            return
+        self.pending_interim = False
+        try:
+            yield self._answer(final=False)
+        except SilentAudioError:
+            return
+
+    def final(self) -> pb.StreamIdentifyResponse:
+        return self._answer(final=True)

@@ -1,0 +1,216 @@
+"""serving.retrieval: aggregation of window hits into ranked tracks, thresholds, end to end."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scann")
+
+from data_gen import constants as C
+from serving.calibration import calibrate_scores, save_calibration
+from serving.index import TrackInfo, WindowIndex
+from serving.retrieval import (
+    DEFAULT_NO_MATCH_THRESHOLD,
+    ModelMismatchError,
+    RetrievalConfig,
+    Retriever,
+    aggregate_temporal,
+    aggregate_vote,
+)
+
+DIM = C.EMBEDDING_DIM
+Q = 12  # query windows, 1 s apart (long enough for a 25 % tempo drift to exceed the bin tolerance)
+
+
+def e(i: int) -> np.ndarray:
+    v = np.zeros(DIM, np.float32)
+    v[i] = 1.0
+    return v
+
+
+def mix(i: int, sim: float, other: int) -> np.ndarray:
+    """A unit vector with dot product `sim` with e(i) and 0 with every other query window."""
+    return sim * e(i) + np.sqrt(1 - sim**2) * e(other)
+
+
+class FakeEmbedder:
+    """The Embedder interface, returning fixed query-window embeddings (one per second)."""
+
+    version = "fake-model-1"
+    dim = DIM
+
+    def __init__(self, query: np.ndarray):
+        self.query = query
+        self.calls = 0
+
+    def embed_query(self, audio):
+        self.calls += 1
+        return self.query, np.arange(self.query.shape[0], dtype=np.float32) * C.QUERY_WINDOW_HOP_SECONDS
+
+
+def scenario_index(model_version: str = FakeEmbedder.version) -> WindowIndex:
+    """Query windows are e(0..Q-1). Tracks:
+    - "aligned": windows at 10.. s matching query windows 0..Q-1 in time order, similarity 0.8;
+    - "scrambled": windows matching every query window better (0.9) but in reverse order, far apart;
+    - "tempo": windows at 5 + 1.33 * i matching query window i with 0.7 (sung 25 % slower);
+    - "noise": unrelated windows.
+    """
+    embs, rows, offs = [], [], []
+    for i in range(Q):
+        embs.append(mix(i, 0.8, 20 + i)); rows.append(0); offs.append(10.0 + i)
+    for i in range(Q):  # backwards in time, far apart: no two agree on an alignment
+        embs.append(mix(i, 0.9, 40 + i)); rows.append(1); offs.append(200.0 - 17.0 * i)
+    for i in range(Q):
+        embs.append(mix(i, 0.7, 60 + i)); rows.append(2); offs.append(5.0 + 1.33 * i)
+    for j in range(20):
+        embs.append(e(80 + j)); rows.append(3); offs.append(2.0 * j)
+    tracks = [TrackInfo("aligned", "Aligned", "A"), TrackInfo("scrambled", "Scrambled", "B"),
+              TrackInfo("tempo", "Tempo", "C"), TrackInfo("noise", "Noise", "D")]
+    return WindowIndex.build(np.stack(embs), np.array(rows), np.array(offs, np.float32), tracks, model_version)
+
+
+@pytest.fixture(scope="module")
+def index() -> WindowIndex:
+    return scenario_index()
+
+
+@pytest.fixture
+def embedder() -> FakeEmbedder:
+    return FakeEmbedder(np.stack([e(i) for i in range(Q)]))
+
+
+def audio(seconds: float = 15.0) -> np.ndarray:
+    return np.zeros(int(seconds * C.SAMPLE_RATE), np.float32)
+
+
+def test_temporal_ranks_time_consistent_track_first_where_vote_does_not(index, embedder):
+    temporal = Retriever(embedder, index, RetrievalConfig(aggregation="temporal", no_match_threshold=0.5))
+    vote = temporal.with_config(aggregation="vote")
+    t = temporal.identify(audio())
+    v = vote.identify(audio())
+    assert [m.track_id for m in v.matches][:2] == ["scrambled", "aligned"]
+    assert v.matches[0].score == pytest.approx(0.9, abs=1e-4)
+    assert v.matches[1].score == pytest.approx(0.8, abs=1e-4)
+    assert [m.track_id for m in t.matches][:3] == ["aligned", "tempo", "scrambled"]
+    assert t.matches[0].score == pytest.approx(0.8, abs=1e-4)  # all windows in one alignment
+    assert t.matches[2].score == pytest.approx(0.9 / Q, abs=1e-4)  # only one window fits any alignment
+    assert "noise" not in [m.track_id for m in t.matches + v.matches]  # similarity 0: not a match
+    assert t.timings_ms.keys() >= {"embed", "search", "aggregate", "total"}
+    assert t.audio_seconds == pytest.approx(15.0) and embedder.calls == 2  # one embedding per identify
+
+
+def test_offsets_are_where_the_query_starts_in_the_master(index, embedder):
+    r = Retriever(embedder, index, RetrievalConfig(no_match_threshold=0.5)).identify(audio())
+    by_id = {m.track_id: m for m in r.matches}
+    assert by_id["aligned"].offset_s == pytest.approx(10.0, abs=1e-3)
+    assert by_id["tempo"].offset_s == pytest.approx(5.0, abs=0.05)  # found with tempo ratio 1.33
+    assert by_id["tempo"].score == pytest.approx(0.7, abs=1e-4)
+    v = Retriever(embedder, index, RetrievalConfig(aggregation="vote", no_match_threshold=0.5)).identify(audio())
+    # vote: the single best hit's implied start; scrambled's best hits all score 0.9, the first is window 0
+    assert {m.track_id: m.offset_s for m in v.matches}["aligned"] == pytest.approx(10.0, abs=1e-3)
+
+
+def test_tempo_ratios_matter(index, embedder):
+    same_tempo_only = RetrievalConfig(no_match_threshold=0.5, tempo_ratios=(1.0,))
+    r = Retriever(embedder, index, same_tempo_only).identify(audio())
+    tempo = {m.track_id: m.score for m in r.matches}["tempo"]
+    assert tempo < 0.7 * 0.75  # a drift of 3.6 s over the query breaks the single alignment
+
+
+def test_top_k_is_respected(index, embedder):
+    r = Retriever(embedder, index, RetrievalConfig(top_k=2, no_match_threshold=0.5))
+    assert len(r.identify(audio()).matches) == 2
+    assert len(r.identify(audio(), top_k=1).matches) == 1
+    assert len(r.identify(audio(), top_k=50).matches) <= 4
+    scores = [m.score for m in r.identify(audio(), top_k=50).matches]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_no_match_against_threshold(index, embedder):
+    strict = Retriever(embedder, index, RetrievalConfig(no_match_threshold=0.85)).identify(audio())
+    assert strict.no_match and strict.threshold == 0.85
+    assert strict.matches and strict.matches[0].track_id == "aligned"  # matches are still reported
+    lenient = Retriever(embedder, index, RetrievalConfig(no_match_threshold=0.8)).identify(audio())
+    assert not lenient.no_match  # score 0.8 >= 0.8 is accepted
+    nothing = Retriever(FakeEmbedder(np.stack([-e(i) for i in range(Q)])), index,
+                        RetrievalConfig(no_match_threshold=0.1)).identify(audio())
+    assert nothing.no_match
+
+
+def test_threshold_from_calibration_file_else_default(tmp_path, embedder, caplog):
+    index = scenario_index()
+    index.save(tmp_path / "idx")
+    loaded = WindowIndex.load(tmp_path / "idx")
+    with caplog.at_level(logging.WARNING, logger="serving.retrieval"):
+        r = Retriever(embedder, loaded)
+    assert r.threshold == DEFAULT_NO_MATCH_THRESHOLD and r.threshold_source == "default"
+    assert "no calibrated no-match threshold" in caplog.text
+    cal = calibrate_scores([0.1, 0.2, 0.3], aggregation="temporal", model_version=loaded.metadata.model_version,
+                           target_false_accept_rate=0.0)
+    save_calibration(tmp_path / "idx", cal)
+    r = Retriever(embedder, loaded)
+    assert r.threshold_source == "calibration" and r.threshold == pytest.approx(0.3)
+    assert Retriever(embedder, loaded, RetrievalConfig(aggregation="vote")).threshold_source == "default"
+    assert Retriever(embedder, loaded, RetrievalConfig(no_match_threshold=0.9)).threshold == 0.9
+    # a hot swap re-reads the threshold of the new index
+    assert r.with_index(scenario_index()).threshold_source == "default"
+
+
+def test_model_mismatch_is_refused(embedder):
+    with pytest.raises(ModelMismatchError):
+        Retriever(embedder, scenario_index(model_version="another-model"))
+
+
+def test_batch_identification_equals_single(index, embedder):
+    r = Retriever(None, index, RetrievalConfig(no_match_threshold=0.5))
+    q1 = np.stack([e(i) for i in range(Q)])
+    q2 = np.stack([e(i) for i in range(2, Q)])  # the same song, 2 s later
+    off1 = np.arange(Q, dtype=np.float32)
+    off2 = np.arange(Q - 2, dtype=np.float32)
+    batch = r.identify_embeddings_batch([(q1, off1, 8.0), (q2, off2, 6.0)])
+    for got, (q, off, secs) in zip(batch, [(q1, off1, 8.0), (q2, off2, 6.0)]):
+        single = r.identify_embeddings(q, off, secs)
+        assert got.matches == single.matches and got.audio_seconds == secs
+    # the second query starts 2 s later in the song
+    assert batch[1].matches[0].track_id == "aligned" and batch[1].matches[0].offset_s == pytest.approx(12.0)
+    with pytest.raises(RuntimeError, match="no embedder"):
+        r.identify(audio())
+
+
+def test_aggregation_ignores_padding_and_negative_hits():
+    track_rows = np.array([0, 0, 1], np.int32)
+    offsets = np.array([0.0, 2.0, 0.0], np.float32)
+    rows = np.array([[0, -1], [1, 2]])
+    sims = np.array([[0.9, -np.inf], [0.8, -0.5]], np.float32)
+    for agg in (aggregate_vote, aggregate_temporal):
+        s = agg(rows, sims, track_rows, offsets, np.array([0.0, 1.0]))
+        got = dict(zip(s.track_rows.tolist(), s.scores.tolist()))
+        assert got[0] == pytest.approx((0.9 + 0.8) / 2)
+        assert got.get(1, 0.0) == 0.0
+
+
+def test_end_to_end_exact_excerpt_with_untrained_model(untrained_model_dir):
+    """A real (untrained) exported model: the exact excerpt of a master comes back first."""
+    from serving.embedder import Embedder
+    from tests.conftest import sung_tone
+
+    embedder = Embedder(untrained_model_dir)
+    rng = np.random.default_rng(0)
+    masters = [sung_tone(tuple(int(n) for n in rng.integers(55, 75, 24)), note_s=0.5, seed=s) for s in range(3)]
+    embs, rows, offs = [], [], []
+    for i, m in enumerate(masters):
+        emb, off = embedder.embed_master(m)
+        embs.append(emb); rows.append(np.full(len(off), i)); offs.append(off)
+    tracks = [TrackInfo(f"song{i}", f"Song {i}", "Test") for i in range(3)]
+    index = WindowIndex.build(np.concatenate(embs), np.concatenate(rows), np.concatenate(offs), tracks,
+                              embedder.version)
+    excerpt = masters[1][4 * C.SAMPLE_RATE : 11 * C.SAMPLE_RATE]
+    for agg in ("temporal", "vote"):
+        r = Retriever(embedder, index, RetrievalConfig(aggregation=agg, no_match_threshold=0.5)).identify(excerpt)
+        assert r.matches[0].track_id == "song1", (agg, r.matches)
+        assert r.matches[0].offset_s == pytest.approx(4.0, abs=1.0)
+        assert r.matches[0].score > 0.9 and not r.no_match
+        assert r.matches[0].score > r.matches[1].score if len(r.matches) > 1 else True

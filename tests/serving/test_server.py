@@ -1,0 +1,439 @@
+"""The Recognizer server end to end: a real gRPC server on a free port, real model and index."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from data_gen import constants as C
+from data_gen.audio import encode_audio
+from protos.earworm.v1 import recognizer_pb2 as pb
+from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
+from tests.serving.conftest import TRACK_IDS, loader_for, run_cli
+
+
+def _stub(target: str) -> pb_grpc.RecognizerStub:
+    return pb_grpc.RecognizerStub(grpc.insecure_channel(target))
+
+
+def _pcm(samples: np.ndarray, rate: int = C.SAMPLE_RATE, encoding=pb.PCM_ENCODING_F32LE, channels=1):
+    dtype = "<f4" if encoding == pb.PCM_ENCODING_F32LE else "<i2"
+    data = samples.astype(dtype).tobytes() if dtype == "<f4" else (samples * 32767).astype(dtype).tobytes()
+    return pb.Audio(pcm=pb.RawPcm(data=data, sample_rate_hz=rate, channels=channels, encoding=encoding))
+
+
+def _code_of(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+# --- Identify ---------------------------------------------------------------------------------
+def test_identify_good_recording_names_its_track(target, good_query, live_server):
+    stub = _stub(target)
+    response = stub.Identify(pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(good_query)), top_k=3),
+                             timeout=20)
+    assert [m.rank for m in response.matches] == [1, 2, 3]
+    best = response.matches[0]
+    assert best.track_id == TRACK_IDS[1]
+    assert best.title == f"Title {TRACK_IDS[1]}"
+    assert best.score > 0.95  # its windows are the master's own windows
+    assert abs(best.offset_seconds - 4.0) <= 1.0
+    assert response.audio_seconds == pytest.approx(10.0, abs=0.01)
+    server = live_server[0]
+    assert response.model_version == server.components.embedder.version
+    assert response.index_version == server.components.index.metadata.version
+    assert response.no_match_threshold > 0
+
+
+def test_identify_raw_pcm_at_another_rate_and_stereo(client, good_query):
+    import soxr
+
+    at_44k = soxr.resample(good_query, C.SAMPLE_RATE, 44_100).astype(np.float32)
+    result = client.identify_audio(np.stack([at_44k, at_44k], axis=1), sample_rate=44_100, top_k=2)
+    assert result.matches[0].track_id == TRACK_IDS[1]
+    assert len(result.matches) == 2
+
+
+def test_default_top_k_is_ten_or_all_tracks(client, good_query):
+    result = client.identify_audio(good_query)  # top_k 0 -> server default
+    assert len(result.matches) == len(TRACK_IDS)  # only 3 tracks in the index (< default 10)
+
+
+TONE = (0.3 * np.sin(2 * np.pi * 220 * np.arange(5 * C.SAMPLE_RATE) / C.SAMPLE_RATE)).astype(np.float32)
+NAN_TONE = TONE.copy()
+NAN_TONE[1000] = np.nan
+
+BAD_REQUESTS = {
+    "empty": (pb.IdentifyRequest(audio=pb.Audio(encoded=b"")), "empty"),
+    "undecodable": (pb.IdentifyRequest(audio=pb.Audio(encoded=b"RIFF not really a wav file" * 20)),
+                    "could not be decoded"),
+    "too_short": (pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(TONE[: C.SAMPLE_RATE]))),
+                  "at least"),
+    "too_long": (pb.IdentifyRequest(audio=_pcm(np.tile(TONE, 13), encoding=pb.PCM_ENCODING_S16LE)),
+                 "at most"),
+    "silent": (pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(np.zeros(5 * C.SAMPLE_RATE)))),
+               "silent"),
+    "nan_float_pcm": (pb.IdentifyRequest(audio=_pcm(NAN_TONE)), "NaN"),
+    "top_k_negative": (pb.IdentifyRequest(audio=_pcm(TONE), top_k=-1), "top_k"),
+    "top_k_too_big": (pb.IdentifyRequest(audio=_pcm(TONE), top_k=101), "top_k"),
+    "sample_rate_zero": (pb.IdentifyRequest(audio=_pcm(TONE, rate=0)), "sample_rate"),
+    "sample_rate_negative": (pb.IdentifyRequest(audio=_pcm(TONE, rate=-16000)), "sample_rate"),
+    "sample_rate_huge": (pb.IdentifyRequest(audio=_pcm(TONE, rate=10_000_000)), "sample_rate"),
+    "bad_encoding": (pb.IdentifyRequest(audio=_pcm(TONE, encoding=7)), "encoding"),
+    "bad_channels": (pb.IdentifyRequest(audio=_pcm(TONE, channels=-2)), "channels"),
+    "odd_pcm_length": (pb.IdentifyRequest(audio=pb.Audio(pcm=pb.RawPcm(data=b"\x00\x01\x02", sample_rate_hz=16000))),
+                       "whole number"),
+    "missing_audio": (pb.IdentifyRequest(top_k=3), "no audio"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_with_a_human_message(target, case):
+    request, expected_text = BAD_REQUESTS[case]
+    code, details = _code_of(lambda: _stub(target).Identify(request, timeout=20))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected_text.lower() in details.lower()
+
+
+def test_oversize_audio_is_resource_exhausted_with_a_clear_message(server_factory, embedder, index_dir):
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                               servicer={"max_audio_bytes": 100_000})
+    just_over = pb.IdentifyRequest(audio=pb.Audio(encoded=b"\x00" * 150_000))
+    code, details = _code_of(lambda: _stub(target).Identify(just_over, timeout=20))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 0.1 MB" in details
+    far_over = pb.IdentifyRequest(audio=pb.Audio(encoded=b"\x00" * 3_000_000))  # beyond the transport cap
+    code, _ = _code_of(lambda: _stub(target).Identify(far_over, timeout=20))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unexpected_failure_is_internal_never_unknown(server_factory, embedder, index_dir):
+    from serving.index import WindowIndex
+
+    def broken(_windows):
+        raise RuntimeError("boom: secret internals")
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir), embed_windows=broken))
+    code, details = _code_of(lambda: _stub(target).Identify(pb.IdentifyRequest(audio=_pcm(TONE)), timeout=20))
+    assert code == grpc.StatusCode.INTERNAL
+    assert "secret" not in details
+    assert server.metrics.snapshot().codes.get("INTERNAL") == 1
+
+
+def test_deadline_exceeded_when_embedding_outlives_the_deadline(server_factory, embedder, index_dir):
+    from serving.index import WindowIndex
+
+    release = threading.Event()
+
+    def slow(windows):
+        release.wait(5)
+        return embedder.embed_windows(windows)
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir), embed_windows=slow))
+    code, _ = _code_of(lambda: _stub(target).Identify(pb.IdentifyRequest(audio=_pcm(TONE)), timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    release.set()
+    for _ in range(100):  # the server answers the late request itself, as DEADLINE_EXCEEDED
+        if server.metrics.snapshot().total:
+            break
+        time.sleep(0.05)
+    assert server.metrics.snapshot().codes == {"DEADLINE_EXCEEDED": 1}
+
+
+# --- health, reflection, loading -------------------------------------------------------------
+def _health(target: str, service: str = "") -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_is_not_serving_until_model_and_index_are_loaded(server_factory, embedder, index_dir):
+    from grpc_health.v1 import health_pb2
+
+    from serving.index import WindowIndex
+
+    index = WindowIndex.load(index_dir)
+    gate = threading.Event()
+    inner = loader_for(embedder, index)
+
+    def slow_loader(config):
+        gate.wait(10)
+        return inner(config)
+
+    server, target = server_factory(loader=slow_loader, wait=False)
+    assert _health(target) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert _health(target, "earworm.v1.Recognizer") == health_pb2.HealthCheckResponse.NOT_SERVING
+    code, details = _code_of(lambda: _stub(target).Identify(pb.IdentifyRequest(audio=_pcm(TONE)), timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE and "loading" in details
+    gate.set()
+    server.wait_until_ready(10)
+    assert _health(target) == health_pb2.HealthCheckResponse.SERVING
+    assert _health(target, "earworm.v1.Recognizer") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_recognizer_service(target):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(target))
+    services = set(db.get_services())
+    assert {"earworm.v1.Recognizer", "grpc.health.v1.Health"} <= services
+    methods = {m.name for m in db.FindFileContainingSymbol("earworm.v1.Recognizer").service[0].method}
+    assert methods == {"Identify", "StreamIdentify"}
+
+
+def test_refuses_to_start_when_index_was_built_with_another_model(server_factory, make_index, tmp_path):
+    from serving.server import ServerError
+
+    other = tmp_path / "other_index"
+    make_index(model_version="someone-elses-model-123").save(other)
+    with pytest.raises(ServerError, match="someone-elses-model-123"):
+        server_factory(index_dir=other)
+
+
+def test_serve_command_exits_nonzero_with_the_mismatch_explained(make_index, untrained_model_dir, tmp_path,
+                                                                  capsys):
+    other = tmp_path / "other_index"
+    make_index(model_version="another-model-v9").save(other)
+    rc = run_cli(["serve", "--model", str(untrained_model_dir), "--index", str(other), "--port", "0",
+               "--host", "127.0.0.1"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "another-model-v9" in err and "earworm serve:" in err
+
+
+# --- auth and TLS ------------------------------------------------------------------------------
+def test_bearer_token_is_required_when_set(server_factory, embedder, index_dir, good_query):
+    from grpc_health.v1 import health_pb2
+
+    from serving.client import ClientError, RecognizerClient
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), auth_token="s3cret")
+    for token in (None, "wrong"):
+        with RecognizerClient(target, token=token) as c:
+            with pytest.raises(ClientError) as info:
+                c.identify_audio(good_query)
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(ClientError) as info:
+                list(c.stream(good_query))
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with RecognizerClient(target, token="s3cret") as c:
+        assert c.identify_audio(good_query).matches[0].track_id == TRACK_IDS[1]
+    assert _health(target) == health_pb2.HealthCheckResponse.SERVING  # health is exempt
+
+
+def test_tls(server_factory, embedder, index_dir, good_query, tmp_path):
+    import shutil
+    import subprocess
+
+    from serving.client import RecognizerClient
+    from serving.index import WindowIndex
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), tls_cert=cert,
+                               tls_key=key, host="localhost")
+    port = target.rsplit(":", 1)[1]
+    with RecognizerClient(f"localhost:{port}", tls_ca=cert) as c:
+        assert c.identify_audio(good_query).matches[0].track_id == TRACK_IDS[1]
+
+
+# --- StreamIdentify ----------------------------------------------------------------------------
+def _stream_requests(samples, chunk_s=0.25, config=None):
+    cfg = config or pb.StreamConfig(sample_rate_hz=C.SAMPLE_RATE, encoding=pb.PCM_ENCODING_S16LE)
+    yield pb.StreamIdentifyRequest(config=cfg)
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    step = int(chunk_s * C.SAMPLE_RATE)
+    for i in range(0, pcm.size, step):
+        yield pb.StreamIdentifyRequest(audio_chunk=pcm[i : i + step].tobytes())
+
+
+def test_stream_sends_interims_then_a_final_answer_when_the_client_closes(server_factory, embedder,
+                                                                          index_dir, masters):
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                               servicer={"confident_margin": 10.0})  # never final early
+    audio = masters[TRACK_IDS[2]][: 7 * C.SAMPLE_RATE]
+    answers = list(_stub(target).StreamIdentify(_stream_requests(audio), timeout=30))
+    interims = [a for a in answers if not a.is_final]
+    assert [round(a.result.audio_seconds) for a in interims] == [2, 4, 6]  # every 2 s of audio
+    assert answers[-1].is_final and sum(a.is_final for a in answers) == 1
+    assert answers[-1].result.audio_seconds == pytest.approx(7.0, abs=0.01)
+    assert answers[-1].result.matches[0].track_id == TRACK_IDS[2]
+
+
+def test_stream_ends_early_once_confident_and_stable(client, masters):
+    audio = masters[TRACK_IDS[0]][: 16 * C.SAMPLE_RATE]
+    answers = list(client.stream(audio, chunk_seconds=0.5, interim_interval_seconds=1.0))
+    assert answers[-1].is_final and all(not a.is_final for a in answers[:-1])
+    assert answers[-1].matches[0].track_id == TRACK_IDS[0]
+    # exact master audio scores ~1 > threshold + margin: final after two agreeing interims (2 s, 3 s)
+    assert answers[-1].audio_seconds < 16.0
+    assert len(answers) == 2
+
+
+def test_stream_caps_the_audio_at_the_maximum(server_factory, embedder, index_dir, masters):
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                               servicer={"max_query_seconds": 6.0, "confident_margin": 10.0})
+    answers = list(_stub(target).StreamIdentify(_stream_requests(masters[TRACK_IDS[1]]), timeout=30))
+    assert answers[-1].is_final
+    assert answers[-1].result.audio_seconds == pytest.approx(6.0, abs=0.01)
+
+
+def test_stream_without_config_first_is_invalid(target):
+    def requests():
+        yield pb.StreamIdentifyRequest(audio_chunk=b"\x00\x00" * 100)
+
+    code, details = _code_of(lambda: list(_stub(target).StreamIdentify(requests(), timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "config" in details
+
+
+@pytest.mark.parametrize("cfg, text", [
+    (pb.StreamConfig(sample_rate_hz=0), "sample_rate"),
+    (pb.StreamConfig(sample_rate_hz=16000, top_k=500), "top_k"),
+    (pb.StreamConfig(sample_rate_hz=16000, encoding=9), "encoding"),
+    (pb.StreamConfig(sample_rate_hz=16000, interim_interval_seconds=-1), "interim"),
+])
+def test_stream_bad_config_is_invalid(target, cfg, text):
+    code, details = _code_of(lambda: list(_stub(target).StreamIdentify(_stream_requests(TONE, config=cfg),
+                                                                       timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and text in details
+
+
+def test_stream_too_short_or_silent_is_invalid(target):
+    code, details = _code_of(lambda: list(_stub(target).StreamIdentify(_stream_requests(TONE[:8000]), timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "at least" in details
+    silent = np.zeros(3 * C.SAMPLE_RATE, np.float32)
+    code, details = _code_of(lambda: list(_stub(target).StreamIdentify(_stream_requests(silent), timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "silent" in details
+
+
+# --- hot index swap ------------------------------------------------------------------------------
+def test_index_swap_under_concurrent_load_fails_no_request(server_factory, embedder, make_index, good_query):
+    index_a, index_b = make_index(" (A)"), make_index(" (B)")
+    server, target = server_factory(loader=loader_for(embedder, index_a))
+    request = pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(good_query)), top_k=1)
+    stop = threading.Event()
+    seen: list[str] = []
+    failures: list[BaseException] = []
+
+    def hammer():
+        stub = _stub(target)
+        while not stop.is_set():
+            try:
+                r = stub.Identify(request, timeout=20)
+                assert r.matches[0].track_id == TRACK_IDS[1]
+                assert r.matches[0].title.endswith("(A)" if r.index_version == index_a.version else "(B)")
+                seen.append(r.index_version)
+            except BaseException as e:  # noqa: BLE001
+                failures.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(6):
+        while len(seen) < 3 * (i + 1):
+            time.sleep(0.01)
+        server.swap_index(index_b if i % 2 == 0 else index_a)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert {index_a.version, index_b.version} <= set(seen)
+    assert server.metrics.snapshot().errors == {}
+    assert server.metrics.snapshot().extra["index_swaps"] == 6
+
+
+def test_swap_refuses_an_index_of_another_model(live_server, make_index, client, good_query):
+    from serving.servicer import IndexSwapError
+
+    server, _ = live_server
+    before = server.servicer.state.index_version
+    with pytest.raises(IndexSwapError, match="other-model"):
+        server.swap_index(make_index(model_version="other-model"))
+    assert server.servicer.state.index_version == before
+    assert client.identify_audio(good_query).index_version == before
+
+
+def test_reload_picks_up_a_new_index_version_on_disk(server_factory, make_index, tmp_path, good_query):
+    from serving.client import RecognizerClient
+
+    path = tmp_path / "index"
+    make_index(" (v1)").save(path)
+    server, target = server_factory(index_dir=path, watch_index_seconds=0.1)
+    with RecognizerClient(target) as c:
+        first = c.identify_audio(good_query)
+        assert first.matches[0].title.endswith("(v1)")
+        make_index(model_version="wrong-model").save(path)  # refused: keeps serving v1
+        assert server.reload_index() is False
+        assert c.identify_audio(good_query).index_version == first.index_version
+        v2 = make_index(" (v2)")
+        v2.save(path)
+        for _ in range(100):  # the watcher polls metadata.json every 0.1 s
+            if server.servicer.state.index_version == v2.version:
+                break
+            time.sleep(0.05)
+        second = c.identify_audio(good_query)
+    assert second.index_version == v2.version
+    assert second.matches[0].title.endswith("(v2)")
+
+
+# --- batching and metrics -------------------------------------------------------------------------
+def test_micro_batching_server_gives_the_same_answers(server_factory, embedder, index_dir, masters):
+    from serving.client import RecognizerClient
+    from serving.index import WindowIndex
+
+    index = WindowIndex.load(index_dir)
+    server, target = server_factory(loader=loader_for(embedder, index), batching=True)
+    queries = {tid: a[2 * C.SAMPLE_RATE : 10 * C.SAMPLE_RATE] for tid, a in masters.items()}
+    results: dict[str, object] = {}
+
+    def ask(tid):
+        with RecognizerClient(target) as c:
+            results[tid] = c.identify_audio(queries[tid], top_k=1)
+
+    threads = [threading.Thread(target=ask, args=(tid,)) for tid in queries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {tid: r.matches[0].track_id for tid, r in results.items()} == {tid: tid for tid in queries}
+    stats = server._embedding.stats()
+    assert stats["embed_requests"] == 3 and stats["embed_windows"] == 3 * 5
+
+
+def test_metrics_count_requests_and_errors(server_factory, embedder, index_dir, good_query):
+    from serving.client import ClientError, RecognizerClient
+    from serving.index import WindowIndex
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)))
+    with RecognizerClient(target) as c:
+        c.identify_audio(good_query)
+        c.identify_audio(good_query)
+        with pytest.raises(ClientError):
+            c.identify_bytes(b"junk")
+    s = server.metrics.snapshot()
+    assert s.requests == {"Identify": 3}
+    assert s.codes == {"OK": 2, "INVALID_ARGUMENT": 1}
+    assert sum(s.latency_counts) == 3
+    assert s.audio_seconds_sum == pytest.approx(20.0, abs=0.1)
+    text = server.metrics.prometheus_text()
+    assert 'earworm_responses_total{code="INVALID_ARGUMENT"} 1' in text
+    assert 'earworm_request_latency_ms_bucket{le="+Inf"} 3' in text
+    assert "3 requests" in server.metrics.summary_line()

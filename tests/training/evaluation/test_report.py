@@ -1,0 +1,53 @@
+"""Report, plots and the suite table from metrics dicts (no audio, no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.evaluation import metrics as M
+from training.evaluation.plots import write_plots
+from training.evaluation.report import write_report
+from training.evaluation.suite import SuiteConfig, suite_markdown
+
+
+def _report(num_tracks: int, open_only: bool = False) -> dict:
+    outs = [M.QueryOutcome("o1", None, "hum_real", 8.0, ("a",), (0.4,), False, 20.0)]
+    if not open_only:
+        outs += [M.QueryOutcome("q1", "a", "hum", 7.0, ("a", "b"), (0.9, 0.3), False, 10.0),
+                 M.QueryOutcome("q2", "b", "sung", 9.0, ("a", "b"), (0.5, 0.45), True, 12.0)]
+    full = M.summarize(outs, open_set_threshold=0.35)
+    full["median_duration_s"] = 8.0
+    crop = M.summarize([o for o in outs if o.in_catalogue])
+    systems = {name: {"description": name, "full": full, "crop_3s": crop} for name in ("earworm-temporal", "melody_dtw")}
+    return {"catalogue": "cat.csv", "queries": "q.csv", "created": "now", "elapsed_seconds": 1.0,
+            "query_set": {"num_queries": len(outs), "in_catalogue": len(outs) - 1, "open_set": 1,
+                          "kinds": {"hum": 1}, "num_tracks": num_tracks, "with_melody_midi": num_tracks},
+            "model": {"version": "m-1", "dir": "d"}, "index": {"num_tracks": num_tracks}, "systems": systems}
+
+
+def test_report_and_plots_are_written(tmp_path: Path):
+    rep = _report(3)
+    figures = write_plots(rep, tmp_path)
+    assert {f.name for f in figures} == {"rank_histogram.png", "mrr_vs_length.png"}
+    write_report(rep, tmp_path / "report.md", figures=figures)
+    text = (tmp_path / "report.md").read_text()
+    assert "| `earworm-temporal` | 2 | 0.750 | 50.0% |" in text  # MRR (1 + 1/2) / 2, top-1 1 of 2
+    assert "privilege" in text and "![rank_histogram](rank_histogram.png)" in text
+
+
+def test_suite_table_rows(tmp_path: Path):
+    cfg = SuiteConfig(model_dir=tmp_path, out_dir=tmp_path)
+    text = suite_markdown({"synthetic-1k": _report(1000), "openset": _report(1000, open_only=True)}, cfg, 60.0,
+                          {"synthetic-10k": "being built"})
+    assert "| synthetic-1k | 1,000 | `earworm-temporal` | 2 | 0.750 | 50.0% | 100.0% | 100.0% | 100.0% / 100.0% |" in text
+    assert "| openset | 1,000 | `melody_dtw` | 1 | – | – | – | – | 100.0% / 100.0% |" in text
+    assert "synthetic-10k: not run — being built" in text
+    assert "MRR@10 against query length" in text
+
+
+def test_cli_lists_the_commands(capsys):
+    from data_gen.cli import build_parser
+
+    help_text = build_parser().format_help()
+    for command in ("eval", "benchset", "eval-suite"):
+        assert command in help_text

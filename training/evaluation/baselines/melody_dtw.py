@@ -1,0 +1,258 @@
+"""Baseline: classic query-by-humming — the query's pitch contour against each master's known melody.
+
+The query is pitch-tracked (data_gen.pitch default extractor), reduced to ~50 ms frames (median of
+the voiced 10 ms frames in each; unvoiced stretches are dropped, as hummers breathe where the
+melody does not rest) and key-normalised (minus its median; likely octave errors are folded back).
+Each master's melody (its `melody_midi`) is rendered as a contour on the same 50 ms grid (sounding
+frames only: rests are dropped as the query's unvoiced frames are) minus a local median over
+`local_median_s`, so any passage is compared in its own key. A subsequence DTW (start and end anywhere in the melody; steps (1,1), (1,2), (2,1), i.e. local
+tempo between half and double) finds the best-matching passage; the score is minus the mean absolute
+deviation in semitones along it (each frame's cost capped at `cost_cap`).
+
+This baseline is handed the true symbolic melody of every master — a privilege the learned model,
+which only hears the polyphonic audio, does not have. Catalogues without melody_midi cannot use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+from scipy.ndimage import median_filter
+from tqdm import tqdm
+
+from data_gen import constants as C
+from data_gen.manifest import Track
+from data_gen.pitch import PitchTrack
+from training.evaluation.baselines.common import ArrayCache, file_key
+from training.evaluation.baselines.pitch_cache import SharedPitch, pitch_plus_match_ms
+from training.evaluation.systems import RankingSystem, make_result
+
+log = logging.getLogger(__name__)
+
+_SEPARATOR = 2
+"""NaN columns between concatenated melodies; no DTW step (at most 2 columns) can jump them."""
+
+
+class MissingMelodyError(ValueError):
+    """The catalogue has tracks without melody_midi, which this baseline needs."""
+
+
+@dataclass(frozen=True)
+class MelodyDtwConfig:
+    frame_s: float = 0.05
+    """Contour frame length (query and melody)."""
+    local_median_s: float = 8.0
+    """Window of the melody's running median (key normalisation of each passage)."""
+    drop_rests: bool = True
+    """Compare sounding frames only (rests removed from the melody as unvoiced frames are from the query)."""
+    cost_cap: float = 4.0
+    """Per-frame cost cap in semitones (one wrong note cannot sink a whole match)."""
+    min_voiced_s: float = 0.5
+    """A query with less voiced melody than this gets no answer."""
+    chunk_columns: int = 2_000_000
+    """Melody frames matched per kernel call (bounds memory on large catalogues)."""
+    threshold: float | None = None
+    """Score below which the answer is "no match"; None: always answer."""
+
+
+def melody_contour(midi_path: Path, frame_s: float, drop_rests: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Melody MIDI -> (MIDI pitch float64 [frames], frame times in s [frames]) every `frame_s` s.
+
+    drop_rests: keep only frames where a note sounds (the query's unvoiced frames are dropped too,
+    so both sides are "sounding-only" contours); else rests hold the previous note.
+    Raises ValueError for a MIDI file without notes.
+    """
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(str(midi_path))
+    notes = sorted((n for inst in pm.instruments if not inst.is_drum for n in inst.notes),
+                   key=lambda n: (n.start, -n.pitch))
+    if not notes:
+        raise ValueError(f"{midi_path}: no notes")
+    end = max(n.end for n in notes)
+    times = np.arange(int(np.ceil(end / frame_s)) + 1) * frame_s + frame_s / 2
+    contour = np.full(times.shape, np.nan)
+    for n in notes:  # later notes overwrite earlier ones where they overlap
+        lo, hi = np.searchsorted(times, [n.start, n.end])
+        contour[lo:hi] = n.pitch
+    valid = ~np.isnan(contour)
+    if not np.any(valid):  # every note shorter than one frame: one frame per note
+        return (np.asarray([n.pitch for n in notes], np.float64),
+                np.asarray([n.start for n in notes], np.float64))
+    if drop_rests:
+        return contour[valid], times[valid]
+    first = int(np.flatnonzero(valid)[0])
+    idx = np.maximum.accumulate(np.where(valid, np.arange(contour.size), 0))
+    idx[:first] = first
+    return contour[idx], times
+
+
+def normalized_melody(contour: np.ndarray, frame_s: float, local_median_s: float) -> np.ndarray:
+    """Contour minus its running median over `local_median_s` (float64 [frames])."""
+    size = max(1, int(round(local_median_s / frame_s)) | 1)
+    return contour - median_filter(contour, size=size, mode="nearest")
+
+
+def query_contour(track: PitchTrack, frame_s: float) -> np.ndarray:
+    """PitchTrack (10 ms) -> key-normalised float64 [frames] on the `frame_s` grid, voiced only."""
+    step = max(1, int(round(frame_s / C.PITCH_HOP_SECONDS)))
+    midi = track.f0_midi()  # NaN where unvoiced
+    n = len(midi) // step
+    if n == 0:
+        return np.zeros(0)
+    blocks = midi[: n * step].reshape(n, step)
+    enough = np.sum(~np.isnan(blocks), axis=1) * 2 > step
+    if not np.any(enough):
+        return np.zeros(0)
+    contour = np.nanmedian(blocks[enough], axis=1)
+    contour = contour - np.median(contour)
+    # fold probable octave errors back towards the median
+    contour = np.where(contour > 9, contour - 12, np.where(contour < -9, contour + 12, contour))
+    return contour - np.median(contour)
+
+
+@numba.njit(cache=True)
+def subsequence_dtw_last_row(query: np.ndarray, reference: np.ndarray, cap: float) -> np.ndarray:
+    """Accumulated cost of the best path ending at every reference column after the whole query.
+
+    query: float64 [N]; reference: float64 [M] (NaN columns are impassable).
+    Cost |q - r| capped at `cap`; a path starts anywhere in row 0 and uses steps (1,1), (1,2)
+    [query +1, reference +2] and (2,1) [query +2, reference +1, cost counted twice].
+    Returns float64 [M] (inf where no path ends).
+    """
+    n_q = query.shape[0]
+    n_r = reference.shape[0]
+    inf = np.inf
+    prev2 = np.full(n_r, inf)
+    prev = np.empty(n_r)
+    cur = np.empty(n_r)
+    for m in range(n_r):
+        r = reference[m]
+        prev[m] = inf if r != r else min(abs(query[0] - r), cap)
+    for i in range(1, n_q):
+        q = query[i]
+        for m in range(n_r):
+            r = reference[m]
+            if r != r:
+                cur[m] = inf
+                continue
+            c = min(abs(q - r), cap)
+            best = inf
+            if m >= 1:
+                best = prev[m - 1] + c
+                if i >= 2 and prev2[m - 1] + 2.0 * c < best:
+                    best = prev2[m - 1] + 2.0 * c
+            if m >= 2 and prev[m - 2] + c < best:
+                best = prev[m - 2] + c
+            cur[m] = best
+        prev2, prev, cur = prev, cur, prev2
+    return prev.copy()
+
+
+class MelodyDtwBaseline(RankingSystem):
+    name = "melody_dtw"
+    description = ("melody DTW (classic QBH): key-normalised subsequence DTW of the query's pitch "
+                   "contour against each master's true melody MIDI — it is given the symbolic melody, "
+                   "which the learned model never sees")
+
+    def __init__(self, pitch: SharedPitch | None = None, config: MelodyDtwConfig = MelodyDtwConfig()):
+        self.pitch = pitch or SharedPitch()
+        self.config = config
+        self._track_ids: list[str] = []
+        self._tracks: dict[str, Track] = {}
+        self._reference = np.zeros(0)
+        self._times = np.zeros(0)
+        self._starts = np.zeros(0, np.int64)
+        self._lengths = np.zeros(0, np.int64)
+
+    @staticmethod
+    def supports(tracks: Sequence[Track]) -> bool:
+        return all(t.melody_midi is not None for t in tracks)
+
+    def prepare(self, tracks: Sequence[Track], cache_dir: Path) -> None:
+        """Normalised melody contour of every master, concatenated with impassable separators."""
+        missing = [t.track_id for t in tracks if t.melody_midi is None]
+        if missing:
+            raise MissingMelodyError(
+                f"melody_dtw needs a melody_midi column for every track; {len(missing)} track(s) lack "
+                f"one (e.g. {', '.join(missing[:3])})"
+            )
+        cfg = self.config
+        cache = ArrayCache(Path(cache_dir) / "melody_dtw")
+        parts, times, starts, lengths = [], [], [], []
+        pos = 0
+        for t in tqdm(tracks, desc="melody contours", unit="track", mininterval=5):
+            key = file_key(t.melody_midi, "melody_dtw/2", cfg.frame_s, cfg.local_median_s, cfg.drop_rests)
+            ref = cache.get(key)  # [2, frames]: normalised contour, frame times
+            if ref is None:
+                try:
+                    contour, frame_times = melody_contour(t.melody_midi, cfg.frame_s, cfg.drop_rests)
+                    ref = np.stack([normalized_melody(contour, cfg.frame_s, cfg.local_median_s), frame_times])
+                except (OSError, ValueError, EOFError) as e:
+                    log.warning("melody_dtw: cannot read melody of %s (%s); it will never match",
+                                t.track_id, e)
+                    ref = np.full((2, 1), np.nan)
+                cache.put(key, ref)
+            parts += [ref[0], np.full(_SEPARATOR, np.nan)]
+            times += [ref[1], np.zeros(_SEPARATOR)]
+            starts.append(pos)
+            lengths.append(ref.shape[1])
+            pos += ref.shape[1] + _SEPARATOR
+        self._track_ids = [t.track_id for t in tracks]
+        self._tracks = {t.track_id: t for t in tracks}
+        self._reference = np.concatenate(parts).astype(np.float64)
+        self._times = np.concatenate(times).astype(np.float64)
+        self._starts = np.asarray(starts, np.int64)
+        self._lengths = np.asarray(lengths, np.int64)
+
+    def _match(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """query contour [N] -> (score per track [tracks], start offset of the match in s [tracks])."""
+        n_tracks = len(self._track_ids)
+        scores = np.full(n_tracks, -np.inf)
+        offsets = np.zeros(n_tracks)
+        # chunk at track boundaries so a kernel call stays within chunk_columns
+        t0 = 0
+        while t0 < n_tracks:
+            t1 = t0 + 1
+            while t1 < n_tracks and self._starts[t1] + self._lengths[t1] - self._starts[t0] <= self.config.chunk_columns:
+                t1 += 1
+            lo = self._starts[t0]
+            hi = self._starts[t1 - 1] + self._lengths[t1 - 1] + _SEPARATOR
+            last = subsequence_dtw_last_row(query, self._reference[lo:hi], self.config.cost_cap)
+            for j in range(t0, t1):
+                a = self._starts[j] - lo
+                seg = last[a : a + self._lengths[j]]
+                if seg.size and np.isfinite(seg).any():
+                    end = int(np.argmin(seg))
+                    scores[j] = -seg[end] / query.size
+                    # approximate start of the matched passage (the path's slope is not tracked)
+                    offsets[j] = float(self._times[self._starts[j] + max(0, end + 1 - query.size)])
+            t0 = t1
+        return scores, offsets
+
+    def rank(self, audio: np.ndarray, top_k: int):
+        track, pitch_ms = self.pitch.extract(audio)
+        start = time.perf_counter()
+        query = query_contour(track, self.config.frame_s)
+        if query.size * self.config.frame_s < self.config.min_voiced_s:
+            scores, offsets = np.full(len(self._track_ids), -np.inf), None
+        else:
+            scores, offsets = self._match(query)
+        match_ms = 1000.0 * (time.perf_counter() - start)
+        return make_result(
+            self._track_ids, scores, self._tracks, top_k=top_k, offsets_s=offsets,
+            audio_seconds=len(audio) / C.SAMPLE_RATE, threshold=self.config.threshold,
+            timings_ms={"pitch": pitch_ms, "match": match_ms},
+        )
+
+    def cache_key(self) -> str:
+        return f"melody_dtw/1|{self.pitch.name}|{self.config}"
+
+    def latency_ms(self, result, wall_ms: float) -> float:
+        return pitch_plus_match_ms(result.timings_ms)

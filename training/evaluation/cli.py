@@ -1,0 +1,210 @@
+"""`earworm eval`, `earworm benchset ...` and `earworm eval-suite`.
+
+    earworm eval --catalogue CAT/manifest.csv --queries Q.csv --model MODEL_DIR --out DIR \
+        [--index INDEX_DIR] [--baselines note_histogram,melody_dtw] [--aggregation temporal,vote] \
+        [--crop-seconds 3,5,10]
+    earworm benchset synthetic --out DIR [--tracks 1000]
+    earworm benchset mir1k-cross --out DIR [--source ../shared/data/mir1k] [--distractors CAT.csv]
+    earworm benchset openset --out DIR [--source ../shared/data/qbh_demo]
+    earworm eval-suite --model MODEL_DIR --out DIR
+
+Heavy imports (TensorFlow, ScaNN, music21) happen inside the run functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from data_gen import paths
+
+log = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    return paths.REPO_ROOT / "serving" / "default_model"
+
+
+def _csv(values: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in values.split(",") if v.strip())
+
+
+def _floats(values: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _csv(values))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {values!r}") from e
+
+
+def _fail(message: str) -> int:
+    print(f"earworm: error: {message}", file=sys.stderr)
+    return 2
+
+
+# --- eval ------------------------------------------------------------------------------------------
+def run_eval(args: argparse.Namespace) -> int:
+    from data_gen.audio import AudioError
+    from data_gen.manifest import ManifestError
+    from training.evaluation.runner import EvalConfig, EvalError, evaluate
+
+    model = None if args.no_model else (args.model or default_model_dir())
+    try:
+        config = EvalConfig(
+            catalogue=Path(args.catalogue).resolve(), queries=Path(args.queries).resolve(),
+            out_dir=Path(args.out).resolve(), model_dir=Path(model).resolve() if model else None,
+            index_dir=Path(args.index).resolve() if args.index else None,
+            base_index=Path(args.base_index).resolve() if args.base_index else None,
+            baselines=_csv(args.baselines), aggregations=_csv(args.aggregation),
+            crop_seconds=args.crop_seconds, top_k=args.top_k, seed=args.seed,
+            cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None,
+            thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
+            no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
+        )
+        report = evaluate(config)
+    except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
+        return _fail(str(e))
+    except RuntimeError as e:  # ModelError, IndexLoadError
+        return _fail(str(e))
+    from training.evaluation.report import MAIN_HEADER, main_row, table
+
+    print(table(MAIN_HEADER, [main_row(n, s["full"]) for n, s in report["systems"].items()]))
+    print(f"\nwrote {config.out_dir / 'metrics.json'} and {config.out_dir / 'report.md'}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from training.evaluation.runner import INDEXERS, EvalConfig
+
+    d = EvalConfig(Path("."), Path("."), Path("."), model_dir=Path("."))
+    p = sub.add_parser("eval", help="measure retrieval of a query set against a catalogue",
+                       description="Answer every query with the model (and baselines) and write "
+                                   "metrics.json, report.md and plots to --out.")
+    p.add_argument("--catalogue", required=True, help="catalogue manifest.csv (track_id,title,artist,path[,melody_midi])")
+    p.add_argument("--queries", required=True, help="query set CSV (query_id,path,track_id[,kind])")
+    p.add_argument("--model", default=None, help=f"exported model dir (default {default_model_dir()})")
+    p.add_argument("--no-model", action="store_true", help="evaluate the baselines only")
+    p.add_argument("--index", default=None, help="prebuilt index for this catalogue+model (default: "
+                                                 "build, cached in OUT/index)")
+    p.add_argument("--base-index", default=None,
+                   help="an index of some of the catalogue's tracks (same model): embed only the others")
+    p.add_argument("--indexer", default=d.indexer, choices=INDEXERS,
+                   help="how a missing index is built: the Beam pipeline, in-process, or auto")
+    p.add_argument("--baselines", default="", help="comma list: note_histogram,melody_dtw")
+    p.add_argument("--aggregation", default=",".join(d.aggregations), help="comma list: temporal,vote")
+    p.add_argument("--crop-seconds", type=_floats, default=d.crop_seconds,
+                   help="also evaluate each query cropped to these lengths, e.g. 3,5,10")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--cache-dir", default=None, help="baselines' per-master cache (default OUT/cache)")
+    p.add_argument("--thresholds-from", default=None,
+                   help="metrics.json of another run whose calibrated thresholds score open-set queries")
+    p.add_argument("--no-match-threshold", type=float, default=None,
+                   help="override the model's calibrated no-match threshold")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_eval)
+
+
+# --- benchset ---------------------------------------------------------------------------------------
+def run_benchset(args: argparse.Namespace) -> int:
+    from data_gen.manifest import ManifestError
+    from training.evaluation import benchsets
+
+    out = Path(args.out).resolve()
+    try:
+        if args.benchset == "synthetic":
+            cfg = benchsets.SyntheticConfig(
+                tracks=args.tracks, songs=args.songs, queries=args.queries, kinds=_csv(args.kinds),
+                min_seconds=args.min_seconds, max_seconds=args.max_seconds, seed=args.seed,
+                workers=args.workers)
+            result = benchsets.build_synthetic(out, cfg)
+        elif args.benchset == "mir1k-cross":
+            cfg = benchsets.Mir1kCrossConfig(
+                seed=args.seed, all_songs=args.all_songs, max_queries_per_song=args.queries_per_song)
+            result = benchsets.build_mir1k_cross(
+                out, Path(args.source) if args.source else None,
+                distractors=Path(args.distractors).resolve() if args.distractors else None, config=cfg)
+        else:
+            result = benchsets.build_openset(out, Path(args.source) if args.source else None)
+    except (ManifestError, FileNotFoundError, ValueError, benchsets.BenchsetBusyError) as e:
+        return _fail(str(e))
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _add_benchset(sub: argparse._SubParsersAction) -> None:
+    from training.evaluation.benchsets import Mir1kCrossConfig, SyntheticConfig
+
+    s, m = SyntheticConfig(), Mir1kCrossConfig()
+    p = sub.add_parser("benchset", help="build a benchmark catalogue + query set (never committed)")
+    bs = p.add_subparsers(dest="benchset", metavar="SET", required=True)
+    syn = bs.add_parser("synthetic", help="test-split melodies: rendered masters + synthetic hums/whistles/"
+                                          "singing, padded with distractor masters")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--tracks", type=int, default=s.tracks, help="catalogue size incl. distractors")
+    syn.add_argument("--songs", type=int, default=s.songs, help="test-split songs that get queries")
+    syn.add_argument("--queries", type=int, default=s.queries, help="number of queries")
+    syn.add_argument("--kinds", default=",".join(s.kinds))
+    syn.add_argument("--min-seconds", type=float, default=s.min_seconds)
+    syn.add_argument("--max-seconds", type=float, default=s.max_seconds)
+    syn.add_argument("--seed", type=int, default=s.seed)
+    syn.add_argument("--workers", type=int, default=s.workers, help="rendering processes")
+    mir = bs.add_parser("mir1k-cross", help="real MIR-1K singing vs masters of accompaniment + a "
+                                            "lead instrument playing the labelled melody")
+    mir.add_argument("--out", required=True)
+    mir.add_argument("--source", default=None, help="MIR-1K folder (default ../shared/data/mir1k)")
+    mir.add_argument("--distractors", default=None, help="catalogue manifest whose tracks pad the catalogue")
+    mir.add_argument("--all-songs", action="store_true",
+                     help="use every song, not only test-split ones (for recordings never used in training)")
+    mir.add_argument("--queries-per-song", type=int, default=m.max_queries_per_song)
+    mir.add_argument("--seed", type=int, default=m.seed)
+    ops = bs.add_parser("openset", help="real hums of songs in none of our catalogues (empty track_id)")
+    ops.add_argument("--out", required=True)
+    ops.add_argument("--source", default=None, help="qbh_demo folder (default ../shared/data/qbh_demo)")
+    p.set_defaults(func=run_benchset)
+
+
+# --- eval-suite -----------------------------------------------------------------------------------
+def run_suite(args: argparse.Namespace) -> int:
+    from data_gen.manifest import ManifestError
+    from training.evaluation.runner import EvalError
+    from training.evaluation.suite import SuiteConfig, run_suite as suite
+
+    try:
+        cfg = SuiteConfig(
+            model_dir=Path(args.model or default_model_dir()).resolve(), out_dir=Path(args.out).resolve(),
+            bench_dir=Path(args.bench).resolve() if args.bench else None,
+            sets=_csv(args.sets), baselines=_csv(args.baselines), aggregations=_csv(args.aggregation),
+            crop_seconds=args.crop_seconds, build_missing=not args.no_build, limit=args.limit)
+        table_md = suite(cfg)
+    except (ValueError, ManifestError, EvalError, FileNotFoundError) as e:
+        return _fail(str(e))
+    print(table_md)
+    return 0
+
+
+def _add_suite(sub: argparse._SubParsersAction) -> None:
+    from training.evaluation.suite import SuiteConfig
+
+    d = SuiteConfig(Path("."), Path("."))
+    p = sub.add_parser("eval-suite", help="the full table: synthetic-1k, synthetic-10k, mir1k-cross, openset "
+                                          "for the model and both baselines")
+    p.add_argument("--model", default=None, help=f"exported model dir (default {default_model_dir()})")
+    p.add_argument("--out", required=True)
+    p.add_argument("--bench", default=None, help="benchmark sets folder (default ARTIFACTS/benchsets)")
+    p.add_argument("--sets", default=",".join(d.sets))
+    p.add_argument("--baselines", default=",".join(d.baselines))
+    p.add_argument("--aggregation", default=",".join(d.aggregations))
+    p.add_argument("--crop-seconds", type=_floats, default=d.crop_seconds)
+    p.add_argument("--limit", type=int, default=None, help="only the first N queries of each set")
+    p.add_argument("--no-build", action="store_true", help="fail instead of building a missing benchset")
+    p.set_defaults(func=run_suite)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_eval(subparsers)
+    _add_benchset(subparsers)
+    _add_suite(subparsers)

@@ -1,0 +1,129 @@
+"""The systems an evaluation compares, behind one interface: audio in, ranked tracks out.
+
+The learned model answers through `serving.retrieval.Retriever` (the same code path as the server);
+each baseline implements `RankingSystem` and returns the same `RetrievalResult`, so the metrics code
+cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from data_gen import constants as C
+from data_gen.manifest import Track
+
+if TYPE_CHECKING:  # heavy imports (TensorFlow, ScaNN) stay out of `earworm --help`
+    from serving.retrieval import RetrievalResult, Retriever
+
+
+class RankingSystem(abc.ABC):
+    """Ranks the catalogue's tracks for one query recording."""
+
+    name: str = "abstract"
+    description: str = ""
+
+    def prepare(self, tracks: Sequence[Track], cache_dir: Path) -> None:
+        """Precompute per-track data for the catalogue (cached under `cache_dir`); default: none."""
+
+    @abc.abstractmethod
+    def rank(self, audio: np.ndarray, top_k: int) -> "RetrievalResult":
+        """audio: float32 [time] mono at SAMPLE_RATE -> the top_k tracks, best first."""
+
+    def cache_key(self) -> str | None:
+        """Identifies a deterministic system's settings so its answers can be cached; None: never."""
+        return None
+
+    def latency_ms(self, result: "RetrievalResult", wall_ms: float) -> float:
+        """Per-query latency to report; default: the wall time of `rank`."""
+        return wall_ms
+
+
+class SharedQueryEmbedding:
+    """Embeds each query once for all aggregations of one model (remembering how long it took)."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self._key: str | None = None
+        self._value: tuple[np.ndarray, np.ndarray, float] | None = None
+
+    def embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """audio [time] -> (window embeddings [n, d], window offsets [n] s, milliseconds it took)."""
+        key = hashlib.sha1(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+        if key != self._key or self._value is None:
+            start = time.perf_counter()
+            emb, offsets = self.embedder.embed_query(audio)
+            self._value = (emb, offsets, 1000.0 * (time.perf_counter() - start))
+            self._key = key
+        return self._value
+
+
+class ModelSystem(RankingSystem):
+    """The learned encoder + window index, answered by the server's retrieval library.
+
+    `Retriever.identify(audio)` is `embedder.embed_query(audio)` followed by
+    `identify_embeddings(...)`; with several aggregations of one model the query is embedded once
+    (SharedQueryEmbedding) and each aggregation reports embed + search + aggregate time.
+    """
+
+    def __init__(self, retriever: "Retriever", name: str, description: str = "",
+                 shared: SharedQueryEmbedding | None = None):
+        self.retriever = retriever
+        self.name = name
+        self.description = description
+        self.shared = shared
+
+    def rank(self, audio: np.ndarray, top_k: int) -> "RetrievalResult":
+        if self.shared is None:
+            return self.retriever.identify(audio, top_k=top_k)
+        emb, offsets, embed_ms = self.shared.embed(audio)
+        result = self.retriever.identify_embeddings(emb, offsets, audio.size / C.SAMPLE_RATE, top_k)
+        result.timings_ms["embed"] = embed_ms
+        result.timings_ms["total"] = embed_ms + result.timings_ms.get("total", 0.0)
+        return result
+
+    def latency_ms(self, result: "RetrievalResult", wall_ms: float) -> float:
+        return float(result.timings_ms.get("total", wall_ms))
+
+
+def make_result(
+    track_ids: Sequence[str],
+    scores: np.ndarray,
+    tracks_by_id: dict[str, Track],
+    *,
+    top_k: int,
+    audio_seconds: float,
+    offsets_s: np.ndarray | None = None,
+    threshold: float | None = None,
+    timings_ms: dict[str, float] | None = None,
+) -> "RetrievalResult":
+    """A `RetrievalResult` from one score per catalogue track (higher = better).
+
+    track_ids: [n]; scores: float [n] (-inf for a track that cannot match); offsets_s: [n] or None.
+    A system without a no-match decision passes threshold=None: it always answers.
+    """
+    from serving.retrieval import Match, RetrievalResult
+
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    order = [i for i in order if np.isfinite(scores[i])]
+    matches = []
+    for i in order:
+        t = tracks_by_id[track_ids[i]]
+        offset = float(offsets_s[i]) if offsets_s is not None else 0.0
+        matches.append(Match(t.track_id, t.title, t.artist, float(scores[i]), offset))
+    cut = -np.inf if threshold is None else float(threshold)
+    no_match = not matches or matches[0].score < cut
+    return RetrievalResult(
+        matches=matches,
+        no_match=no_match,
+        threshold=cut,
+        audio_seconds=audio_seconds,
+        timings_ms=dict(timings_ms or {}),
+    )

@@ -1,0 +1,254 @@
+"""The training loop: resumable, checkpointed, validated by MRR@10 every epoch.
+
+RUN_DIR layout (written by `train`):
+    config.json            the resolved TrainConfig (also beside every checkpoint as ckpt-N.config.json)
+    data_summary.json      counts of the training / validation data (copied into exported metadata)
+    checkpoints/           tf.train.CheckpointManager: model + optimizer + step (resume after a kill)
+    best/encoder.weights.h5, best/metrics.json   the weights with the best validation MRR@10 so far
+    history.jsonl          one line per epoch: losses, throughput, validation metrics
+    tb/                    TensorBoard summaries
+    init_from.txt          the model a fine-tuning run started from (if any)
+
+Running `train` again on the same RUN_DIR continues from the latest checkpoint with the saved
+config (the run's identity); only schedule.* (e.g. more epochs, a new time limit) may change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from training.config import TrainConfig, save_config
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "encoder.weights.h5"  # same file name as inside an export's keras/ folder
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_val_mrr: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def mrr_at_k(q: np.ndarray, m: np.ndarray, q_ids: np.ndarray, m_ids: np.ndarray, k: int = 10) -> np.ndarray:
+    """Reciprocal rank (0 beyond k) of each query's melody among all melodies of the master windows.
+
+    q [nq, d], m [nm, d] unit-norm; q_ids [nq], m_ids [nm] melody ids. A melody's score for a query
+    is its best window's cosine similarity. Returns [nq] reciprocal ranks; their mean is MRR@k.
+    """
+    melodies, col = np.unique(m_ids, return_inverse=True)
+    sims = q @ m.T  # [nq, nm]
+    order = np.argsort(col, kind="stable")
+    starts = np.searchsorted(col[order], np.arange(melodies.size))
+    per_mel = np.maximum.reduceat(sims[:, order], starts, axis=1)  # [nq, n_melodies]
+    lookup = {mid: i for i, mid in enumerate(melodies)}
+    rr = np.zeros(q.shape[0], np.float32)
+    for i, mid in enumerate(q_ids):
+        t = lookup.get(mid)
+        if t is None:
+            continue
+        rank = 1 + int(np.sum(per_mel[i] > per_mel[i, t]))
+        rr[i] = 1.0 / rank if rank <= k else 0.0
+    return rr
+
+
+def embed_arrays(body, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Run the body (spectrogram -> embedding) over [n, frames, bins, 1] in inference mode."""
+    out = [body(x[i:i + batch], training=False).numpy() for i in range(0, x.shape[0], batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def validate(body, val, k: int = 10) -> dict:
+    """MRR@k of validation queries against all validation master windows, overall and per kind/source."""
+    q = embed_arrays(body, val.query)
+    m = embed_arrays(body, val.master)
+    rr = mrr_at_k(q, m, val.melody_ids, val.melody_ids, k)
+    out = {f"val_mrr@{k}": float(rr.mean()), "val_top1": float(np.mean(rr == 1.0)),
+           "val_queries": int(rr.size), "val_melodies": int(np.unique(val.melody_ids).size)}
+    for name, groups in (("kind", val.query_kinds), ("source", val.sources)):
+        for g in np.unique(groups):
+            out[f"val_mrr@{k}/{name}={g}"] = float(rr[groups == g].mean())
+    return out
+
+
+def _resolve_config(run_dir: Path, cfg: TrainConfig) -> tuple[TrainConfig, bool]:
+    """The config to use and whether this is a resumed run (RUN_DIR/config.json exists)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return cfg, False
+    saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    if replace(saved, schedule=cfg.schedule) != cfg:
+        log.warning("%s exists: resuming with its saved config (only schedule.* taken from the new one)", path)
+    return replace(saved, schedule=cfg.schedule), True
+
+
+def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
+          init_from: str | Path | None = None) -> TrainResult:
+    """Train (or resume training) an encoder; see the module docstring.
+
+    data_dir: a data folder (train/, validation/ shards) or a list of them (one per datagen run).
+    """
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from training.dataset import summarize_split, training_dataset, validation_set
+    from training.encoder import body_of, build_encoder
+    from training.losses import combined_loss
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, resumed = _resolve_config(run_dir, cfg)
+    init_weights = None
+    if init_from is not None and not resumed:
+        from training.export import load_keras_encoder
+
+        init_model, enc_cfg = load_keras_encoder(init_from)
+        cfg = replace(cfg, encoder=enc_cfg)
+        init_weights = init_model.get_weights()
+    save_config(cfg, run_dir / "config.json")
+
+    encoder = build_encoder(cfg.encoder, seed=cfg.seed)
+    body = body_of(encoder)
+    if init_weights is not None:
+        encoder.set_weights(init_weights)
+        (run_dir / "init_from.txt").write_text(f"{Path(init_from).resolve()}\n")
+        log.info("initialised from %s", init_from)
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if cfg.optim.warmup_steps else cfg.optim.learning_rate,
+        decay_steps=max(cfg.total_steps - cfg.optim.warmup_steps, 1),
+        alpha=cfg.optim.min_lr_ratio,
+        warmup_target=cfg.optim.learning_rate if cfg.optim.warmup_steps else None,
+        warmup_steps=cfg.optim.warmup_steps)
+    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.optim.weight_decay,
+                                 clipnorm=cfg.optim.clipnorm or None)
+    opt.build(body.trainable_variables)
+    step_var = tf.Variable(0, dtype=tf.int64, name="step")
+    best_var = tf.Variable(-1.0, dtype=tf.float64, name="best_val_mrr")
+    ckpt = tf.train.Checkpoint(model=encoder, optimizer=opt, step=step_var, best=best_var)
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"),
+                                         max_to_keep=cfg.schedule.keep_checkpoints)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+
+    def save_checkpoint() -> None:
+        path = manager.save(checkpoint_number=int(step_var.numpy()))
+        save_config(cfg, f"{path}.config.json")
+        kept = {Path(p).name for p in manager.checkpoints}
+        for stale in (run_dir / "checkpoints").glob("ckpt-*.config.json"):
+            if stale.name[: -len(".config.json")] not in kept:
+                stale.unlink()
+
+    if not (run_dir / "data_summary.json").is_file():
+        from training.dataset import data_dirs
+
+        summary: dict = {"data_dirs": [str(d.resolve()) for d in data_dirs(data_dir)]}
+        for split in ("train", "validation"):
+            summary[split] = summarize_split(data_dir, split)
+        (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("data: %s", (run_dir / "data_summary.json").read_text().replace("\n", " "))
+
+    val = validation_set(data_dir, cfg)
+    log.info("validation: %d pairs, %d melodies", len(val), np.unique(val.melody_ids).size)
+    start_step = int(step_var.numpy())
+    ds = training_dataset(data_dir, cfg, cache_dir=run_dir / "cache", epoch_seed=start_step)
+    it = iter(ds)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch):
+        with tf.GradientTape() as tape:
+            x = tf.concat([batch["query"], batch["master"]], 0)
+            e = body(x, training=True)
+            q, m = tf.split(e, 2)
+            losses = combined_loss(q, m, batch["label"], cfg.loss)
+        grads = tape.gradient(losses["loss"], body.trainable_variables)
+        opt.apply_gradients(zip(grads, body.trainable_variables))
+        return losses
+
+    writer = tf.summary.create_file_writer(str(run_dir / "tb"))
+    history_path = run_dir / "history.jsonl"
+    history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.is_file() else []
+    spe = cfg.schedule.steps_per_epoch
+    t_start = time.monotonic()
+    deadline = t_start + cfg.schedule.max_minutes * 60 if cfg.schedule.max_minutes > 0 else None
+    stopped = False
+
+    if start_step == 0 and not history:
+        metrics = validate(body, val)
+        log.info("before training: %s", _fmt(metrics))
+        history.append({"epoch": 0, "step": 0, **metrics})
+        with history_path.open("a") as f:
+            f.write(json.dumps(history[-1]) + "\n")
+
+    step = start_step
+    while step < cfg.total_steps and not stopped:
+        epoch = step // spe + 1
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.monotonic()
+        bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {epoch}/{cfg.schedule.epochs}", unit="step",
+                   mininterval=10.0)
+        while True:
+            losses = train_step(next(it))
+            step += 1
+            step_var.assign(step)
+            n += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.update(1)
+            if step % cfg.schedule.log_every_steps == 0:
+                with writer.as_default(step=step):
+                    for k, v in losses.items():
+                        tf.summary.scalar(f"train/{k}", v)
+                    tf.summary.scalar("train/lr", opt.learning_rate)
+                bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
+            if step % cfg.schedule.checkpoint_every_steps == 0:
+                save_checkpoint()
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = True
+                break
+            if step % spe == 0 or step >= cfg.total_steps:
+                break
+        bar.close()
+        elapsed = time.monotonic() - t0
+        rate = n * cfg.data.batch_size / max(elapsed, 1e-9)
+        save_checkpoint()
+        if stopped and step % spe != 0:
+            log.info("time limit reached at step %d (checkpointed; rerun to resume)", step)
+            break
+        metrics = validate(body, val)
+        rec = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()},
+               "pairs_per_s": rate, "lr": float(opt.learning_rate.numpy()), **metrics}
+        history.append(rec)
+        with history_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        with writer.as_default(step=step):
+            for k, v in rec.items():
+                if isinstance(v, float) and k.startswith("val_"):
+                    tf.summary.scalar(k.replace("@", "_at_").replace("=", "_"), v)
+            tf.summary.scalar("train/pairs_per_s", rate)
+        log.info("epoch %d step %d: %.1f pairs/s, %s", epoch, step, rate, _fmt(rec))
+        if metrics["val_mrr@10"] > float(best_var.numpy()):
+            best_var.assign(metrics["val_mrr@10"])
+            (run_dir / "best").mkdir(exist_ok=True)
+            encoder.save_weights(str(run_dir / "best" / WEIGHTS_FILE))
+            (run_dir / "best" / "metrics.json").write_text(json.dumps(rec, indent=2) + "\n")
+            save_checkpoint()
+    writer.flush()
+    return TrainResult(run_dir, step, float(best_var.numpy()), history, stopped)
+
+
+def _fmt(d: dict) -> str:
+    keys = [k for k in d if k.startswith(("val_mrr", "val_top1", "train_loss", "train_triplet", "train_softmax"))]
+    return ", ".join(f"{k}={d[k]:.4f}" for k in keys)
