@@ -34,7 +34,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_pipelines.options import IndexConfig, with_default_runner_args
-from beam_pipelines.transforms import ERRORS, MAIN, _Progress, _read
+from beam_pipelines.transforms import ERRORS, MAIN, _log_unexpected, _Progress, _read, clean_reason
 from data_gen import constants as C
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class TrackEmbeddings:
 
 
 def _error(track_id: str, stage: str, reason: str, exc: BaseException | None = None) -> dict:
-    return {"track_id": track_id, "stage": stage, "reason": reason,
+    return {"track_id": track_id, "stage": stage, "reason": clean_reason(reason),
             "error": type(exc).__name__ if exc is not None else ""}
 
 
@@ -102,9 +102,10 @@ class DecodeTrackFn(beam.DoFn):
 
         try:
             audio = decode_audio(_read(t.path), max_seconds=C.MAX_MASTER_SECONDS)
-        except (AudioError, FileNotFoundError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - a bad track is reported, never fails the run
+            _log_unexpected(e, (AudioError, FileNotFoundError, OSError), t.track_id)
             self.err.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, _error(t.track_id, "decode", str(e), e))
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(t.track_id, "decode", f"{t.path}: {e}", e))
             return
         windows, offsets = cut_master_windows(audio)
         self.decoded.inc()
@@ -130,7 +131,7 @@ class EmbedBatchFn(beam.DoFn):
         windows = np.concatenate([w for _, w, _, _ in batch])
         try:
             emb = self.embedder.embed_windows(windows)
-        except (ValueError, RuntimeError) as e:  # a batch failing: retry track by track
+        except Exception as e:  # noqa: BLE001 - a batch failing: retry track by track
             log.warning("batch of %d tracks failed (%s); embedding them one by one", len(batch), e)
             yield from self._one_by_one(batch)
             return
@@ -150,7 +151,8 @@ class EmbedBatchFn(beam.DoFn):
         for t, w, offsets, seconds in batch:
             try:
                 yield self._ok(t, self.embedder.embed_windows(w), offsets, seconds)
-            except (ValueError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001
+                _log_unexpected(e, (ValueError, RuntimeError), t.track_id)
                 self.err.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS, _error(t.track_id, "embed", str(e), e))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,9 +44,25 @@ MIN_VOICED_SECONDS = 0.5
 """A performance with less voiced pitch than this has no melody to learn from."""
 
 
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
+def clean_reason(reason: str) -> str:
+    """Error text without per-run noise (object addresses), so error files are reproducible."""
+    return _ADDRESS.sub("", reason)
+
+
 def error_record(snippet_id: str, stage: str, reason: str, exc: BaseException | None = None) -> dict:
-    return {"snippet_id": snippet_id, "stage": stage, "reason": reason,
+    return {"snippet_id": snippet_id, "stage": stage, "reason": clean_reason(reason),
             "error": type(exc).__name__ if exc is not None else ""}
+
+
+def _log_unexpected(exc: BaseException, expected: tuple[type, ...], item_id: str) -> None:
+    """Expected failures are data problems (reported in the errors output only); anything else
+    is also logged with its traceback, since it may be a bug rather than a bad input."""
+    if not isinstance(exc, expected):
+        log.warning("unexpected %s on %s (routed to the errors output)", type(exc).__name__,
+                    item_id, exc_info=exc)
 
 
 def seed_for(global_seed: int, *parts: object) -> int:
@@ -122,10 +139,15 @@ def _read(path: str) -> bytes:
 
 def decode_master(paths: Sequence[str]) -> np.ndarray:
     """Decode and sum (sample-aligned) the parts of a master; peak-normalised below 1.0."""
-    from data_gen.audio import SilentAudioError, decode_audio, validate_audio
+    from data_gen.audio import AudioError, SilentAudioError, decode_audio, validate_audio
 
-    parts = [decode_audio(_read(p), max_seconds=C.MAX_MASTER_SECONDS, reject_silence=False)
-             for p in paths]
+    parts = []
+    for p in paths:
+        try:
+            parts.append(decode_audio(_read(p), max_seconds=C.MAX_MASTER_SECONDS,
+                                      reject_silence=False))
+        except AudioError as e:
+            raise type(e)(f"master part {p}: {e}") from e
     n = max(p.shape[0] for p in parts)
     master = np.zeros(n, dtype=np.float32)
     for p in parts:
@@ -166,11 +188,14 @@ class DecodeAndExtractFn(beam.DoFn):
         self.progress = _Progress("decode+pitch", self.log_every)
 
     def _performance(self, s: Snippet) -> tuple[np.ndarray, str, TimeMap, float]:
-        from data_gen.audio import decode_audio
+        from data_gen.audio import AudioError, decode_audio
 
         if s.performance:
-            audio = decode_audio(_read(s.performance), min_seconds=self.min_snippet_s,
-                                 max_seconds=C.MAX_MASTER_SECONDS)
+            try:
+                audio = decode_audio(_read(s.performance), min_seconds=self.min_snippet_s,
+                                     max_seconds=C.MAX_MASTER_SECONDS)
+            except AudioError as e:
+                raise type(e)(f"{s.performance}: {e}") from e
             return audio, ("voice" if s.source == "mir1k" else "sung"), TimeMap(), 0.0
         from beam_pipelines.synthesis import render_performance
 
@@ -189,7 +214,8 @@ class DecodeAndExtractFn(beam.DoFn):
         try:
             audio, kind, tmap, transpose = self._performance(s)
             master = decode_master(s.master)
-        except (AudioError, FileNotFoundError, OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - any bad input is reported, never fails the run
+            _log_unexpected(e, (AudioError, FileNotFoundError, OSError, ValueError), s.snippet_id)
             self.err_decode.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_record(s.snippet_id, STAGE_DECODE, str(e), e))
             return
@@ -198,7 +224,8 @@ class DecodeAndExtractFn(beam.DoFn):
         self.master_ms.inc(int(round(1000 * master.shape[0] / C.SAMPLE_RATE)))
         try:
             track = self.extractor.extract(audio)
-        except (ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001
+            _log_unexpected(e, (ValueError, RuntimeError), s.snippet_id)
             self.err_pitch.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_record(s.snippet_id, STAGE_PITCH, str(e), e))
             return
@@ -277,14 +304,16 @@ class SynthesizeQueriesFn(beam.DoFn):
                 self.synthesized[d.real_kind].inc()
                 yield Rendition(d.snippet, d.real_kind, audio, np.asarray(d.pitch.voiced),
                                 d.master, d.time_map, d.transpose, origin="real")
-            except (ValueError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001
+                _log_unexpected(e, (ValueError, RuntimeError), sid)
                 self.err.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS, error_record(
                     sid, STAGE_SYNTH, f"{d.real_kind}: {e}", e))
         for kind in self.kinds:
             try:
                 q = synthesize_query(kind, d.pitch, seed_for(self.seed, sid, kind), deviations)
-            except (ValueError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001
+                _log_unexpected(e, (ValueError, RuntimeError), sid)
                 self.err.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS, error_record(sid, STAGE_SYNTH, f"{kind}: {e}", e))
                 continue

@@ -698,6 +698,19 @@ def _clean_notes(events: Sequence[NoteEvent], end_beats: float) -> tuple[NoteEve
     return tuple(out)
 
 
+def pattern_meter(meter: Meter) -> Meter:
+    """The metre grooves are played in: bars of more than four beats split in halves/thirds."""
+    m = meter
+    while m.beats > 4:
+        if m.beats % 2 == 0:
+            m = Meter(m.beats // 2, m.beat_len, m.sub)
+        elif m.beats % 3 == 0:
+            m = Meter(m.beats // 3, m.beat_len, m.sub)
+        else:
+            break
+    return m
+
+
 def _pick_rhythm(rng: np.random.Generator, meter: Meter) -> tuple[float, ...]:
     """A strumming rhythm for the whole song: every beat, plus some off-beat subdivisions."""
     offs = []
@@ -852,27 +865,40 @@ def arrange(
                               pan=64, reverb_send=int(rng.integers(30, 90)),
                               chorus_send=int(rng.integers(0, 30)))]
 
+    # Patterns are played per "pattern bar": long bars (4/2, 6/4, 3/2...) are split in halves
+    # or thirds so that grooves written for up to four beats fill them.
+    pmeter = pattern_meter(meter)
+    pbar = pmeter.bar_len
+    per = int(round(bar / pbar))
+    pattern_starts = [b + k * pbar for b in bar_starts for k in range(per)]
+    final_bar = bar_starts[-1] if bar_starts else math.inf
+    ending = not cut  # a natural ending: the band holds the last chord
+
     def make_ctx(velocity: int, c: int, rhythm: tuple[float, ...] = ()) -> _Ctx:
-        return _Ctx(rng=rng, meter=meter, chords=chords, center=c, velocity=velocity, style=st,
-                    swing=swing, spb=spb, rhythm=rhythm, comp_rhythms=_comp_rhythms(st.name, meter))
+        return _Ctx(rng=rng, meter=pmeter, chords=chords, center=c, velocity=velocity, style=st,
+                    swing=swing, spb=spb, rhythm=rhythm, comp_rhythms=_comp_rhythms(st.name, pmeter))
 
     def per_bar(fn: Callable[[float, int], list[NoteEvent]]) -> tuple[NoteEvent, ...]:
         events: list[NoteEvent] = []
-        for i, bs in enumerate(bar_starts):
+        for i, bs in enumerate(pattern_starts):
             events.extend(fn(bs, i))
         return _clean_notes(events, end_beats)
+
+    def in_final_bar(bs: float) -> bool:
+        return ending and bs >= final_bar - 1e-9
 
     def pan() -> int:
         return int(rng.integers(24, 105))
 
-    chord_program, chord_kind = _choice(rng, st.chords)
+    # The accompaniment uses another instrument than the lead (except the ballad's pianist).
+    chord_options = [c for c in st.chords if c[0] != lead_program] or list(st.chords)
+    chord_program, chord_kind = _choice(rng, chord_options)
     if st.name == "piano_ballad" and lead_program in (0, 1, 2, 4) and rng.random() < 0.7:
         chord_program = lead_program  # the pianist plays both hands
-    ctx = make_ctx(int(rng.integers(58, 80)), center, _pick_rhythm(rng, meter))
-    final_bar = bar_starts[-1] if bar_starts else None
+    ctx = make_ctx(int(rng.integers(58, 80)), center, _pick_rhythm(rng, pmeter))
 
     def chord_bar(bs: float, _i: int) -> list[NoteEvent]:
-        kind = "pad" if (bs == final_bar and not cut) else chord_kind
+        kind = "pad" if in_final_bar(bs) else chord_kind
         return _chord_pattern(kind, ctx, bs)
 
     parts.append(Part("chords", int(chord_program), False, per_bar(chord_bar),
@@ -884,8 +910,8 @@ def arrange(
         bctx = make_ctx(int(rng.integers(75, 100)), center)
 
         def bass_bar(bs: float, i: int) -> list[NoteEvent]:
-            nxt = bctx.chord_at(bs + bar).root if i + 1 < len(bar_starts) else None
-            kind = "root" if (bs == final_bar and not cut) else bass_kind
+            nxt = bctx.chord_at(bs + pbar).root if i + 1 < len(pattern_starts) else None
+            kind = "root" if in_final_bar(bs) else bass_kind
             return _bass_pattern(kind, bctx, bs, nxt)
 
         parts.append(Part("bass", int(bass_program), False, per_bar(bass_bar),
@@ -893,14 +919,14 @@ def arrange(
 
     if st.pads and rng.random() < st.pad_prob:
         pctx = make_ctx(int(rng.integers(50, 70)), center + 5)
-        parts.append(Part("pad", int(_choice(rng, st.pads)), False,
+        parts.append(Part("pad", int(_choice(rng, [p for p in st.pads if p != lead_program] or st.pads)), False,
                           per_bar(lambda bs, i: _chord_pattern("pad", pctx, bs)),
                           _level_to_db(rng, margin, -5.0, config), pan(), int(rng.integers(50, 110)),
                           int(rng.integers(20, 80))))
 
     if st.arps and rng.random() < st.arp_prob:
         actx = make_ctx(int(rng.integers(50, 72)), min(center + 7, 72))
-        parts.append(Part("arp", int(_choice(rng, st.arps)), False,
+        parts.append(Part("arp", int(_choice(rng, [p for p in st.arps if p != lead_program] or st.arps)), False,
                           per_bar(lambda bs, i: _chord_pattern("arpeggio", actx, bs)),
                           _level_to_db(rng, margin, -4.0, config), pan(), int(rng.integers(40, 100))))
 
@@ -908,10 +934,10 @@ def arrange(
         tctx = make_ctx(int(rng.integers(70, 95)), center)
 
         def timpani_bar(bs: float, i: int) -> list[NoteEvent]:
-            if bs < grid0 - 1e-9 or round((bs - grid0) / bar) % 4 != 0:
+            if bs < grid0 - 1e-9 or round((bs - grid0) / pbar) % 4 != 0:
                 return []
             p = 40 + (tctx.chord_at(bs).root - 40) % 12
-            return [NoteEvent(p, bs, bs + meter.beat_len, tctx.vel(), tctx.jitter())]
+            return [NoteEvent(p, bs, bs + pmeter.beat_len, tctx.vel(), tctx.jitter())]
 
         parts.append(Part("timpani", 47, False, per_bar(timpani_bar),
                           _level_to_db(rng, margin, -2.0, config), 64, 60))
@@ -924,10 +950,12 @@ def arrange(
         drums_in_intro = rng.random() < 0.5
 
         def drum_bar(bs: float, i: int) -> list[NoteEvent]:
-            rel = int(round((bs - grid0) / bar))
+            rel = int(round((bs - grid0) / pbar))
             if bs < grid0 - 1e-9 and not drums_in_intro:
                 return []
-            if bs == final_bar and not cut:
+            if in_final_bar(bs):
+                if bs > final_bar + 1e-9:
+                    return []
                 return [NoteEvent(KICK, bs, bs + 0.2, dctx.vel(100), 0.0),
                         NoteEvent(CRASH, bs, bs + 2.0, dctx.vel(100), 0.0)]
             crash = rel >= 0 and rel % 8 == 0 and pattern not in ("light", "brush", "swing", "bossa")

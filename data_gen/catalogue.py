@@ -20,7 +20,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -131,11 +130,10 @@ def _worker_init() -> None:
 
 
 def _start_pool(workers: int):
-    """A process pool: forked (fast start) unless the caller runs threaded libraries that do not
-    survive a fork (TensorFlow, gRPC), then spawned (the caller needs a __main__ guard)."""
-    threaded = any(m in sys.modules for m in ("tensorflow", "grpc", "jax", "torch"))
-    ctx = multiprocessing.get_context("spawn" if threaded else "fork")
-    return ctx.Pool(workers, initializer=_worker_init)
+    """A pool of fresh interpreters ("spawn"): forking a process that already ran FluidSynth
+    (or TensorFlow, gRPC) can deadlock the children. Callers' scripts need the usual
+    `if __name__ == "__main__":` guard."""
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
 
 
 # --- Main side -----------------------------------------------------------------------------------

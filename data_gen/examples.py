@@ -73,7 +73,8 @@ def to_tf_example(ex: PairExample) -> bytes:
     feats = {k: b(getattr(ex, k).encode()) for k in STRING_FEATURES}
     feats.update({k: b(pcm16_bytes(fit_length(getattr(ex, k)))) for k in AUDIO_FEATURES})
     feats.update({k: f(getattr(ex, k)) for k in FLOAT_FEATURES})
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    # deterministic=True: map fields in key order, so the bytes do not depend on the process
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
 def from_tf_example(data: bytes) -> PairExample:

@@ -43,7 +43,7 @@ SOUNDFONT_CANDIDATES = (
     Path("/usr/share/soundfonts/default.sf2"),
 )
 DRUM_CHANNEL = 9
-RENDER_VERSION = 1  # bump when the same (melody, seed) would sound different
+RENDER_VERSION = 3  # bump when the same (melody, seed) would sound different
 
 
 class SoundfontNotFoundError(FileNotFoundError):

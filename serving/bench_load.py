@@ -51,6 +51,9 @@ class LoadResult:
     errors: dict[str, int]
     rss_mb: dict[str, float] = field(default_factory=dict)
     server: dict[str, object] = field(default_factory=dict)
+    server_cpu_ms_per_request: float | None = None
+    """Server process CPU time (user + system, all threads) per answered request: the cost of one
+    request independent of how busy the machine is (2 idle cores serve at most 2000 / this req/s)."""
 
 
 # --- query audio ---------------------------------------------------------------------------
@@ -118,6 +121,10 @@ class _RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
+    def cpu_seconds(self) -> float:
+        t = self._proc.cpu_times()
+        return float(t.user + t.system)
+
     def _run(self) -> None:
         while True:
             self.samples.append(self._proc.memory_info().rss)
@@ -125,6 +132,7 @@ class _RssSampler:
                 break
 
     def __enter__(self) -> "_RssSampler":
+        self.cpu_start = self.cpu_seconds()
         self._thread.start()
         return self
 
@@ -132,15 +140,26 @@ class _RssSampler:
         self._stop.set()
         self._thread.join()
         self.samples.append(self._proc.memory_info().rss)
+        self.cpu_used = self.cpu_seconds() - self.cpu_start
 
     def summary_mb(self) -> dict[str, float]:
         mb = np.asarray(self.samples) / 2**20
-        return {"start": float(mb[0]), "max": float(mb.max()), "end": float(mb[-1])} if mb.size else {}
+        if not mb.size:
+            return {}
+        at = lambda f: float(mb[min(int(f * (mb.size - 1)), mb.size - 1)])  # noqa: E731
+        return {"start": at(0.0), "25%": at(0.25), "50%": at(0.5), "75%": at(0.75), "end": float(mb[-1]),
+                "max": float(mb.max())}
 
 
-def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
-             server_pid: int | None = None, metrics=None) -> LoadResult:
-    """Closed-loop clients for `config.seconds`; returns latency/throughput/error/memory figures."""
+@dataclass
+class _ClientFigures:
+    latencies_ms: list[float]
+    errors: dict[str, int]
+    seconds: float
+
+
+def _drive_clients(target: str, config: LoadBenchConfig, token: str | None, on_start) -> _ClientFigures:
+    """Warm up, call `on_start()`, then run the closed-loop clients for config.seconds."""
     from data_gen.audio import encode_audio
     from serving.client import ClientError, RecognizerClient
 
@@ -171,22 +190,67 @@ def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
     threads = [threading.Thread(target=client_loop, args=(k,), name=f"client-{k}") for k in range(len(clients))]
     for t in threads:
         t.start()
-    before = metrics.snapshot() if metrics is not None else None
-    sampler = _RssSampler(server_pid, config.rss_interval_s) if server_pid else None
-    if sampler:
-        sampler.__enter__()
+    on_start()
     started = time.perf_counter()
     end_time[0] = started + config.seconds
     start_barrier.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    if sampler:
-        sampler.__exit__(None, None, None)
     for client in clients:
         client.close()
-    all_lat = np.concatenate([np.asarray(x) for x in latencies]) if any(latencies) else np.zeros(0)
-    err_total = sum(errors, Counter())
+    return _ClientFigures([x for lat in latencies for x in lat], dict(sum(errors, Counter())), elapsed)
+
+
+def _client_process(target: str, config: LoadBenchConfig, token: str | None, started, results) -> None:
+    """Entry point of the client process: the figures (or the error message) go to `results`."""
+    try:
+        results.put(_drive_clients(target, config, token, started.set))
+    except Exception as e:  # noqa: BLE001 - reported by the parent
+        results.put(f"{type(e).__name__}: {e}")
+        started.set()
+
+
+def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
+             server_pid: int | None = None, metrics=None) -> LoadResult:
+    """Closed-loop clients for `config.seconds`; returns latency/throughput/error/memory figures.
+
+    The clients run in a separate (spawned) process, as real clients would: they must not share
+    the server's interpreter lock when the server runs in this process. `metrics` (the in-process
+    server's Metrics) adds the server-side view of the same window; `server_pid` samples RSS.
+    """
+    import multiprocessing as mp
+    import queue
+
+    from serving.client import ClientError
+
+    ctx = mp.get_context("spawn")
+    started, results = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_client_process, args=(target, config, token, started, results),
+                       name="bench-clients", daemon=True)
+    proc.start()
+    try:
+        while not started.wait(1.0):
+            if not proc.is_alive():
+                raise ClientError("the benchmark's client process died during start-up")
+        before = metrics.snapshot() if metrics is not None else None
+        sampler = _RssSampler(server_pid, config.rss_interval_s) if server_pid else None
+        if sampler:
+            sampler.__enter__()
+        try:
+            figures = results.get(timeout=config.seconds + config.timeout_s + 120)
+        except queue.Empty as e:
+            raise ClientError("the benchmark's clients did not report back") from e
+        finally:
+            if sampler:
+                sampler.__exit__(None, None, None)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    if isinstance(figures, str):
+        raise ClientError(figures)
+    all_lat = np.asarray(figures.latencies_ms, np.float64)
     pct = {f"p{q}": float(np.percentile(all_lat, q)) for q in (50, 95, 99)} if all_lat.size else {}
     if all_lat.size:
         pct.update(mean=float(all_lat.mean()), max=float(all_lat.max()), min=float(all_lat.min()))
@@ -200,13 +264,14 @@ def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
                   "mean_search_ms": round(window.extra.get("search_ms", 0.0) / n, 1)}
     return LoadResult(
         clients=config.clients,
-        seconds=elapsed,
+        seconds=figures.seconds,
         requests=int(all_lat.size),
-        throughput_rps=all_lat.size / elapsed,
+        throughput_rps=all_lat.size / figures.seconds,
         latency_ms=pct,
-        errors=dict(err_total),
+        errors=figures.errors,
         rss_mb=sampler.summary_mb() if sampler else {},
         server=server,
+        server_cpu_ms_per_request=(sampler.cpu_used * 1000.0 / max(all_lat.size, 1)) if sampler else None,
     )
 
 
@@ -223,7 +288,10 @@ def format_result(result: LoadResult, query_seconds: float) -> str:
     lines.append(f"errors: {errors}")
     if result.rss_mb:
         r = result.rss_mb
-        lines.append(f"server RSS MB: start {r['start']:.0f}  max {r['max']:.0f}  end {r['end']:.0f}")
+        lines.append(f"server RSS MB over the run: start {r['start']:.0f}, 25% {r['25%']:.0f}, 50% {r['50%']:.0f}, "
+                     f"75% {r['75%']:.0f}, end {r['end']:.0f} (max {r['max']:.0f})")
+    if result.server_cpu_ms_per_request is not None:
+        lines.append(f"server CPU per request: {result.server_cpu_ms_per_request:.1f} ms (user+system)")
     if result.server:
         lines.append(f"server side: {json.dumps(result.server, default=float)}")
     return "\n".join(lines)
@@ -266,6 +334,8 @@ def run_bench_load(args: argparse.Namespace) -> int:
     from serving.client import ClientError
     from serving.server import ServerConfig, ServerError, create_server
 
+    if logging.getLogger().level > logging.DEBUG:  # one log line per request would swamp the figures
+        logging.getLogger("serving.servicer").setLevel(logging.WARNING)
     config = replace(LoadBenchConfig(), clients=args.clients, seconds=args.seconds,
                      query_seconds=args.query_seconds, seed=args.seed)
     server = None

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field, replace
@@ -35,8 +36,12 @@ log = logging.getLogger(__name__)
 AUTH_TOKEN_ENV = "EARWORM_AUTH_TOKEN"
 DEFAULT_PORT = 50051
 DEFAULT_BATCHING = False
-"""Micro-batching across requests is off by default: on the 2-core reference machine it did not
-lower latency or raise throughput (`earworm bench-load --batching on|off`; see the report)."""
+"""Micro-batching across requests is off by default because it did not pay on the 2-core machine:
+`earworm bench-load --model serving/default_model --synthetic-tracks 10000 --seconds 30 --batching
+on|off`, 4 clients, alternated runs: server CPU 17.4 vs 18.1 ms per request (-4 %), but throughput
+37-38 vs 41-45 req/s and p50 75-77 vs 75-80 ms, i.e. no gain in what a user sees (TensorFlow's
+per-window cost is nearly linear in the batch size on CPU, and two cores are already busy with
+4 concurrent requests)."""
 
 _EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -118,6 +123,19 @@ def load_components(config: ServerConfig) -> Components:
     return Components(embedder, index, retriever)
 
 
+def warm_up(components: Components) -> None:
+    """One silent query through the model and the index before reporting SERVING, so the first
+    real request does not pay for TensorFlow's tracing and allocations (about a second)."""
+    import numpy as np
+
+    from data_gen import constants as C
+
+    started = time.perf_counter()
+    emb = components.embedder.embed_windows(np.zeros((1, C.WINDOW_SAMPLES), np.float32))
+    components.retriever.identify_embeddings(emb, np.zeros(1, np.float32), C.WINDOW_SECONDS, top_k=1)
+    log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
+
+
 def read_index_version(index_dir: Path | str) -> str | None:
     """The `version` in an index directory's metadata.json (None when unreadable)."""
     try:
@@ -188,6 +206,7 @@ class EarwormServer:
         try:
             components = loader(self.config)
             check_versions(components.embedder.version, components.index, self.config.index_dir)
+            warm_up(components)
             embed = components.embedder.embed_windows
             self._embedding = MicroBatcher(embed, self.config.batch) if self.config.batching else \
                 DirectEmbedding(embed)

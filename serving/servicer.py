@@ -15,6 +15,7 @@ of an old and half of a new index.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -344,8 +345,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                               "the first StreamIdentifyRequest must carry config (sample rate, encoding)")
         cfg = first.config
         session = _StreamSession(self, state, embedding, context, cfg, outcome)
-        messages = [first]
-        for message in _chain(messages, requests):
+        for message in itertools.chain([first], requests):
             if message is not first and message.HasField("config"):
                 raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
                                   "config may only be sent in the first StreamIdentifyRequest")
@@ -358,11 +358,6 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             if done:
                 break
         yield session.final()
-
-
-def _chain(head: list, tail: Iterator) -> Iterator:
-    yield from head
-    yield from tail
 
 
 class _StreamSession:

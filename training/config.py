@@ -50,6 +50,7 @@ class ScheduleConfig:
     checkpoint_every_steps: int = 100  # also checkpointed at every epoch end
     keep_checkpoints: int = 3
     max_minutes: float = 0.0  # stop (checkpointed, resumable) after this much wall time; 0: no limit
+    stop_at_step: int = 0  # stop (checkpointed) at this global step without changing the LR schedule; 0: none
     log_every_steps: int = 20
 
 

@@ -215,7 +215,7 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
                 bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
             if step % cfg.schedule.checkpoint_every_steps == 0:
                 save_checkpoint()
-            if deadline is not None and time.monotonic() > deadline:
+            if (deadline is not None and time.monotonic() > deadline) or step == cfg.schedule.stop_at_step:
                 stopped = True
                 break
             if step % spe == 0 or step >= cfg.total_steps:
@@ -225,7 +225,7 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
         rate = n * cfg.data.batch_size / max(elapsed, 1e-9)
         save_checkpoint()
         if stopped and step % spe != 0:
-            log.info("time limit reached at step %d (checkpointed; rerun to resume)", step)
+            log.info("stopped at step %d by schedule.max_minutes/stop_at_step (checkpointed; rerun to resume)", step)
             break
         metrics = validate(body, val)
         rec = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()},

@@ -73,3 +73,61 @@ def untrained_model(tmp_path_factory) -> Path:
     from training.export import export_untrained
 
     return export_untrained(tmp_path_factory.mktemp("model") / "untrained", seed=0)
+
+
+def make_tiny_catalogue(root: Path, ids: tuple[str, ...], *, corrupt: str | None = None) -> Path:
+    """A catalogue folder: audio/<id>.wav masters (voice-like melody + drone, 9 s) and
+    manifest.csv; `corrupt` names an extra track whose file is not audio."""
+    from data_gen.manifest import Track, write_catalogue
+
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    tracks = []
+    for i, tid in enumerate(ids):
+        notes = tuple(60 + (i * 5 + k * 3) % 12 for k in range(18))
+        voice = sung_tone(notes, note_s=0.5, seed=i)
+        path = root / "audio" / f"{tid}.wav"
+        write_audio(path, 0.7 * voice + accompaniment(voice.size, i))
+        tracks.append(Track(tid, f"Title {tid}", "Artist", path))
+    if corrupt:
+        path = root / "audio" / f"{corrupt}.wav"
+        path.write_bytes(b"RIFF not really a wave file" * 20)
+        tracks.append(Track(corrupt, "Broken", "Artist", path))
+    write_catalogue(root / "manifest.csv", tracks)
+    return root / "manifest.csv"
+
+
+def make_tiny_melody_catalogue(root: Path) -> Path:
+    """A catalogue folder as `earworm catalogue build` writes it (manifest.csv with melody_midi,
+    catalogue_info.jsonl), with masters rendered here from the same notes as the melody MIDI
+    (voice-like lead + drone), plus a track whose master is corrupt."""
+    import json
+
+    import pretty_midi
+
+    from data_gen.manifest import Track, write_catalogue
+
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    (root / "midi").mkdir(parents=True, exist_ok=True)
+    tracks, info = [], []
+    lead_s = 1.0
+    for i, (tid, melody) in enumerate((("c1", "alpha_1"), ("c2", "song3"), ("c3", "song4"))):
+        notes = [60 + (i * 5 + k * 3) % 12 for k in range(24)]  # 0.5 s each, after 1 s of intro
+        pm = pretty_midi.PrettyMIDI()
+        inst = pretty_midi.Instrument(program=0, name="melody")
+        for k, m in enumerate(notes):
+            inst.notes.append(pretty_midi.Note(100, m, lead_s + 0.5 * k, lead_s + 0.5 * k + 0.45))
+        pm.instruments.append(inst)
+        midi = root / "midi" / f"{tid}.mid"
+        pm.write(str(midi))
+        audio = root / "audio" / f"{tid}.wav"
+        if tid == "c3":
+            audio.write_bytes(b"RIFF broken" * 30)
+        else:
+            voice = np.concatenate([np.zeros(int(lead_s * C.SAMPLE_RATE), np.float32),
+                                    sung_tone(tuple(notes), note_s=0.5, seed=i)])
+            write_audio(audio, 0.7 * voice + accompaniment(voice.size, i))
+        tracks.append(Track(tid, f"Title {tid}", "Artist", audio, midi))
+        info.append({"track_id": tid, "melody_id": melody})
+    write_catalogue(root / "manifest.csv", tracks)
+    (root / "catalogue_info.jsonl").write_text("".join(json.dumps(r) + "\n" for r in info))
+    return root

@@ -95,3 +95,47 @@ def test_reruns_are_byte_identical_and_replace_old_outputs(two_runs):
         if rel.name == "summary.json":
             continue  # holds the wall time
         assert (out / rel).read_bytes() == (first / rel).read_bytes(), rel
+
+
+def test_catalogue_source_pairs_performances_with_the_right_master_window(tmp_path, extractor_name):
+    """Hummed performances of a catalogue's melody MIDI (data_gen.synth.perform): frame by frame,
+    the query sings the master's note (up to the recorded transposition) at the mapped time, and
+    clearly less so when the mapping is shifted by a note and a half."""
+    import numpy as np
+
+    from beam_pipelines.transforms import shared_extractor
+    from tests.beam_pipelines.conftest import make_tiny_melody_catalogue
+
+    cat = make_tiny_melody_catalogue(tmp_path / "cat")
+    config = DatagenConfig(out_dir=str(tmp_path / "out"), catalogue_dir=str(cat), extractor=extractor_name,
+                           catalogue_performances=("hum",), kinds=("tone",), seed=3,
+                           performance_seconds=(6.5, 8.0))
+    summary = run_datagen(config, IN_PROCESS)
+    errors = [json.loads(x) for x in (tmp_path / "out" / "errors-00000-of-00001.jsonl").read_text().splitlines()]
+    assert [(e["snippet_id"], e["stage"]) for e in errors] == [("catalogue:c3:hum", "decode")]
+    examples = [e for shard in sorted((tmp_path / "out").glob("*/pairs-*.tfrecord.gz"))
+                for e in read_examples(shard)]
+    assert summary.counters["decoded"] == 2 and examples
+    assert {e.split for e in examples if e.melody_id == "song3"} == {"test"}
+    assert {e.query_kind for e in examples} == {"hum", "tone"}
+    pitch = shared_extractor(extractor_name, config.pitch_stride)
+
+    def agreement(e, q, m, shift_frames: int) -> float:
+        frames = np.flatnonzero(q.voiced[:600])
+        mf = np.rint(300 + (frames - 300) * e.tempo_factor).astype(int) + shift_frames
+        keep = (mf >= 0) & (mf < m.voiced.size)
+        frames, mf = frames[keep], mf[keep]
+        both = m.voiced[mf]
+        if both.sum() < 50:
+            return float("nan")
+        d = 12 * np.log2(q.f0_hz[frames[both]] / m.f0_hz[mf[both]]) - e.transpose
+        return float(np.mean(np.abs((d + 6) % 12 - 6) < 1.0))
+
+    aligned, shifted = [], []
+    for e in examples[:6]:
+        assert e.source == "catalogue"
+        q, m = pitch.extract(e.query_audio), pitch.extract(e.master_audio)
+        aligned.append(agreement(e, q, m, 0))
+        shifted.append(agreement(e, q, m, 75))
+    assert np.nanmean(aligned) > 0.75, aligned
+    assert np.nanmean(shifted) < np.nanmean(aligned) - 0.3, (aligned, shifted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines.pairs import TimeMap
@@ -25,8 +25,8 @@ from tests.beam_pipelines.conftest import IN_PROCESS
 from tests.conftest import sung_tone
 
 
-def pipeline() -> TestPipeline:
-    return TestPipeline(options=PipelineOptions(list(IN_PROCESS)))
+def pipeline() -> BeamTestPipeline:
+    return BeamTestPipeline(options=PipelineOptions(list(IN_PROCESS)))
 
 
 def built(p, name: str, specs: list, make) -> beam.PCollection:

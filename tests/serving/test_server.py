@@ -117,8 +117,13 @@ def test_oversize_audio_is_resource_exhausted_with_a_clear_message(server_factor
 def test_unexpected_failure_is_internal_never_unknown(server_factory, embedder, index_dir):
     from serving.index import WindowIndex
 
-    def broken(_windows):
-        raise RuntimeError("boom: secret internals")
+    calls = []
+
+    def broken(windows):  # works for the server's warm-up, then fails
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("boom: secret internals")
+        return embedder.embed_windows(windows)
 
     server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir), embed_windows=broken))
     code, details = _code_of(lambda: _stub(target).Identify(pb.IdentifyRequest(audio=_pcm(TONE)), timeout=20))
@@ -131,9 +136,12 @@ def test_deadline_exceeded_when_embedding_outlives_the_deadline(server_factory, 
     from serving.index import WindowIndex
 
     release = threading.Event()
+    calls = []
 
-    def slow(windows):
-        release.wait(5)
+    def slow(windows):  # quick for the server's warm-up, then slower than the client's deadline
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(5)
         return embedder.embed_windows(windows)
 
     server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir), embed_windows=slow))

@@ -57,7 +57,8 @@ def run_eval(args: argparse.Namespace) -> int:
             index_dir=Path(args.index).resolve() if args.index else None,
             base_index=Path(args.base_index).resolve() if args.base_index else None,
             baselines=_csv(args.baselines), aggregations=_csv(args.aggregation),
-            crop_seconds=args.crop_seconds, top_k=args.top_k, seed=args.seed,
+            crop_seconds=args.crop_seconds, crop_baselines=not args.no_crop_baselines, top_k=args.top_k,
+            seed=args.seed,
             cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None,
             thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
@@ -95,6 +96,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregation", default=",".join(d.aggregations), help="comma list: temporal,vote")
     p.add_argument("--crop-seconds", type=_floats, default=d.crop_seconds,
                    help="also evaluate each query cropped to these lengths, e.g. 3,5,10")
+    p.add_argument("--no-crop-baselines", action="store_true", help="run the length sweep for the model only")
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
@@ -178,7 +180,8 @@ def run_suite(args: argparse.Namespace) -> int:
             model_dir=Path(args.model or default_model_dir()).resolve(), out_dir=Path(args.out).resolve(),
             bench_dir=Path(args.bench).resolve() if args.bench else None,
             sets=_csv(args.sets), baselines=_csv(args.baselines), aggregations=_csv(args.aggregation),
-            crop_seconds=args.crop_seconds, build_missing=not args.no_build, limit=args.limit)
+            crop_seconds=args.crop_seconds, crop_baselines=args.crop_baselines,
+            build_missing=not args.no_build, limit=args.limit)
         table_md = suite(cfg)
     except (ValueError, ManifestError, EvalError, FileNotFoundError) as e:
         return _fail(str(e))
@@ -199,6 +202,7 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", default=",".join(d.baselines))
     p.add_argument("--aggregation", default=",".join(d.aggregations))
     p.add_argument("--crop-seconds", type=_floats, default=d.crop_seconds)
+    p.add_argument("--crop-baselines", action="store_true", help="run the baselines on the crops too")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries of each set")
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing benchset")
     p.set_defaults(func=run_suite)

@@ -30,6 +30,7 @@ LENGTH_BUCKETS_S = (0.0, 4.0, 6.0, 8.0, 10.0, 15.0, math.inf)
 """Edges of the query-length buckets in seconds: [0, 4), [4, 6), ..., [15, inf)."""
 DEFAULT_TARGET_FAR = 0.05
 UNKNOWN_KIND = "unspecified"
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ class QueryOutcome:
 
 
 def length_bucket(duration_s: float, edges: Sequence[float] = LENGTH_BUCKETS_S) -> str:
-    """'4-6s' style label of the bucket holding `duration_s` (last bucket: '15s+')."""
+    """'4-6s' style label of the bucket holding `duration_s` (last bucket: '15s+'; NaN: 'unreadable')."""
+    if not math.isfinite(duration_s):
+        return UNREADABLE
     for lo, hi in zip(edges[:-1], edges[1:]):
         if lo <= duration_s < hi:
             return f"{lo:g}s+" if math.isinf(hi) else f"{lo:g}-{hi:g}s"
@@ -194,7 +197,7 @@ def _grouped(outcomes: Sequence[QueryOutcome], key) -> dict[str, list[QueryOutco
 
 
 def _bucket_sort_key(label: str) -> float:
-    return float(label.split("-")[0].rstrip("s+"))
+    return math.inf if label == UNREADABLE else float(label.split("-")[0].rstrip("s+"))
 
 
 def summarize(

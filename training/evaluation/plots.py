@@ -63,7 +63,7 @@ def _length_points(system: dict[str, Any]) -> tuple[list[float], list[float], st
         return [c for c, _ in crops], [m for _, m in crops], "query length (cropped), s"
     xs, ys = [], []
     for label, m in system.get("full", {}).get("by_length", {}).items():
-        if not m.get("n"):
+        if not m.get("n") or not label[0].isdigit():
             continue
         bounds = label.rstrip("s+").split("-")
         lo = float(bounds[0])
@@ -74,8 +74,12 @@ def _length_points(system: dict[str, Any]) -> tuple[list[float], list[float], st
 
 
 def plot_mrr_vs_length(report: dict[str, Any], path: Path) -> Path | None:
-    series = {name: _length_points(s) for name, s in report.get("systems", {}).items()}
+    systems = report.get("systems", {})
+    series = {name: _length_points(s) for name, s in systems.items()}
     series = {k: v for k, v in series.items() if v[0]}
+    swept = {k: v for k, v in series.items() if v[2].startswith("query length (cropped)")}
+    if swept:  # do not mix cropped sweeps with length buckets on one axis
+        series = swept
     if not series:
         return None
     plt = _pyplot()
@@ -83,12 +87,11 @@ def plot_mrr_vs_length(report: dict[str, Any], path: Path) -> Path | None:
     xlabel = ""
     for name, (xs, ys, xlabel) in series.items():
         (line,) = ax.plot(xs, ys, marker="o", label=name)
-        full = report["systems"][name].get("full", {})
-        if xlabel.startswith("query length (cropped)") and full.get("in_catalogue", {}).get("n") \
-                and full.get("median_duration_s"):
+        full = systems[name].get("full", {})
+        if swept and full.get("in_catalogue", {}).get("n") and full.get("median_duration_s"):
             ax.plot([full["median_duration_s"]], [full["in_catalogue"]["mrr@10"]], marker="*", markersize=11,
                     color=line.get_color(), linestyle="none")
-    if any(k.startswith("query length (cropped)") for _, _, k in series.values()):
+    if swept:
         ax.plot([], [], marker="*", color="gray", linestyle="none", label="full queries (median length)")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("MRR@10")

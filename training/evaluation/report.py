@@ -104,12 +104,13 @@ def write_report(report: dict[str, Any], path: Path, figures: Sequence[Path] = (
                   table(["system", *(f"{b} (n={first[b].get('n', 0)})" for b in buckets)],
                         [[f"`{n}`", *(fmt(s["full"]["by_length"].get(b, {}).get(MRR)) for b in buckets)]
                          for n, s in systems.items()]), ""]
-    crops = [k for k in next(iter(systems.values())) if k.startswith("crop_")]
+    crops = sorted({k for s in systems.values() for k in s if k.startswith("crop_")},
+                   key=lambda k: float(k[len("crop_"):-1]))
     if crops:
         lines += ["## Query-length sweep (each query also cropped at a random start)", "",
                   table(["system", *(c[len("crop_"):] for c in crops), "full"],
-                        [[f"`{n}`", *(fmt(s[c]["in_catalogue"].get(MRR)) + f" (n={s[c]['in_catalogue'].get('n', 0)})"
-                                      for c in crops), fmt(s["full"]["in_catalogue"].get(MRR))]
+                        [[f"`{n}`", *((fmt(s[c]["in_catalogue"].get(MRR)) + f" (n={s[c]['in_catalogue'].get('n', 0)})")
+                                      if c in s else "–" for c in crops), fmt(s["full"]["in_catalogue"].get(MRR))]
                          for n, s in systems.items()]),
                   "", "Queries not longer than a crop length are left out of that column.", ""]
     lines += ["## Systems", ""]

@@ -67,6 +67,8 @@ class EvalConfig:
     baselines: tuple[str, ...] = ()
     aggregations: tuple[str, ...] = ("temporal",)
     crop_seconds: tuple[float, ...] = ()
+    crop_baselines: bool = True
+    """Run the baselines on the crops too (False: the length sweep is for the model only)."""
     top_k: int = 10
     seed: int = 0
     cache_dir: Path | None = None
@@ -375,7 +377,8 @@ def _outcome_cache_path(config: EvalConfig, inputs: EvalInputs, system: RankingS
     for q in inputs.queries:
         st = q.path.stat()
         h.update(f"{q.query_id}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(f"{key}|{config.top_k}|{config.seed}|{config.crop_seconds}".encode())
+    crops = config.crop_seconds if config.crop_baselines or isinstance(system, ModelSystem) else ()
+    h.update(f"{key}|{config.top_k}|{config.seed}|{crops}".encode())
     cache_dir = config.cache_dir or (config.out_dir / "cache")
     return cache_dir / "outcomes" / f"{system.name}-{h.hexdigest()[:20]}.jsonl"
 
@@ -449,7 +452,8 @@ def answer_queries(config: EvalConfig, inputs: EvalInputs, systems: Sequence[Ran
             if piece is None:
                 continue
             for s in pending:
-                outcomes[s.name][crop_label(c)].append(_answer(s, q, kind, piece, config.top_k, c))
+                if config.crop_baselines or isinstance(s, ModelSystem):
+                    outcomes[s.name][crop_label(c)].append(_answer(s, q, kind, piece, config.top_k, c))
     for s in pending:
         path = cache_paths[s.name]
         if path is not None:
@@ -519,6 +523,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     for s in systems:
         per_crop = {}
         for label, outs in outcomes[s.name].items():
+            if label != FULL and not outs:
+                continue  # this system was not run on crops
             per_crop[label] = M.summarize(outs, open_set_threshold=external.get(s.name),
                                           target_far=config.target_far)
             per_crop[label]["median_duration_s"] = (

@@ -44,8 +44,12 @@ class SuiteConfig:
     aggregations: tuple[str, ...] = ("temporal", "vote")
     crop_seconds: tuple[float, ...] = (3.0, 5.0, 10.0)
     """Query-length sweep, on synthetic-1k only."""
+    crop_baselines: bool = False
+    """Also run the baselines on the crops (their pitch tracking costs ~1 s per clip on CPU)."""
     build_missing: bool = True
     limit: int | None = None
+    indexer: str = "auto"
+    """How indexes are built (see EvalConfig.indexer)."""
     target_far: float = DEFAULT_TARGET_FAR
 
     def __post_init__(self) -> None:
@@ -97,7 +101,7 @@ def _eval(cfg: SuiteConfig, name: str, catalogue: Path, queries: Path, **kw: Any
     log.info("eval-suite: %s", name)
     ecfg = EvalConfig(catalogue=catalogue, queries=queries, out_dir=cfg.out_dir / name, model_dir=cfg.model_dir,
                       baselines=cfg.baselines, aggregations=cfg.aggregations, cache_dir=cfg.out_dir / "cache",
-                      limit=cfg.limit, target_far=cfg.target_far, **kw)
+                      limit=cfg.limit, target_far=cfg.target_far, indexer=cfg.indexer, **kw)
     return evaluate(ecfg)
 
 
@@ -115,7 +119,8 @@ def run_suite(cfg: SuiteConfig) -> str:
     if need_1k:
         cat1k, queries = _synthetic(cfg, 1000)
         if "synthetic-1k" in cfg.sets or "openset" in cfg.sets:
-            reports["synthetic-1k"] = _eval(cfg, "synthetic-1k", cat1k, queries, crop_seconds=cfg.crop_seconds)
+            reports["synthetic-1k"] = _eval(cfg, "synthetic-1k", cat1k, queries, crop_seconds=cfg.crop_seconds,
+                                            crop_baselines=cfg.crop_baselines)
     skipped: dict[str, str] = {}
     if "synthetic-10k" in cfg.sets:
         try:
@@ -177,10 +182,11 @@ def suite_markdown(reports: dict[str, dict[str, Any]], cfg: SuiteConfig, elapsed
         lines += [f"*{name}: not run — {why}.*", ""]
     sweep = reports.get("synthetic-1k")
     if sweep and cfg.crop_seconds:
-        crops = [k for k in next(iter(sweep["systems"].values())) if k.startswith("crop_")]
+        crops = sorted({k for s in sweep["systems"].values() for k in s if k.startswith("crop_")},
+                       key=lambda k: float(k[len("crop_"):-1]))
         lines += ["MRR@10 against query length (synthetic-1k, each query cropped at a random start):", "",
                   table(["system", *(c[len("crop_"):] for c in crops), "full (5-10 s)"],
-                        [[f"`{n}`", *(fmt(s[c]["in_catalogue"].get("mrr@10")) for c in crops),
+                        [[f"`{n}`", *(fmt(s[c]["in_catalogue"].get("mrr@10")) if c in s else "–" for c in crops),
                           fmt(s["full"]["in_catalogue"].get("mrr@10"))] for n, s in sweep["systems"].items()]),
                   ""]
     lines += [

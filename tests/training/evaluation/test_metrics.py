@@ -85,6 +85,7 @@ def test_length_bucket_labels():
     assert M.length_bucket(3.9) == "0-4s"
     assert M.length_bucket(4.0) == "4-6s"
     assert M.length_bucket(20.0) == "15s+"
+    assert M.length_bucket(float("nan")) == M.UNREADABLE
     assert M.reciprocal_rank(None) == 0.0 and M.reciprocal_rank(10) == pytest.approx(0.1)
     assert M.reciprocal_rank(11) == 0.0
     assert not math.isnan(M.summarize([])["num_queries"])

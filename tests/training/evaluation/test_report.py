@@ -51,3 +51,42 @@ def test_cli_lists_the_commands(capsys):
     help_text = build_parser().format_help()
     for command in ("eval", "benchset", "eval-suite"):
         assert command in help_text
+
+
+def test_suite_end_to_end_on_a_tiny_bench_folder(tiny_bench, tmp_path: Path, crepe_weights):
+    """The suite's flow (1k -> 10k and mir1k-cross extend the 1k index, openset reuses it with the
+    1k thresholds) on a bench folder laid out like ARTIFACTS/benchsets, holding 3-4 track sets."""
+    import shutil
+
+    from data_gen.manifest import Track, read_catalogue, read_queries, write_catalogue, write_queries
+    from training.evaluation.benchsets import catalogue_dir
+    from training.evaluation.suite import run_suite
+    from training.export import export_untrained
+
+    bench = tmp_path / "bench"
+    tracks = read_catalogue(tiny_bench["catalogue"])
+    queries = read_queries(tiny_bench["queries"])
+    write_catalogue(catalogue_dir(bench / "synthetic", 1000) / "manifest.csv", tracks[:2])
+    write_catalogue(catalogue_dir(bench / "synthetic", 10000) / "manifest.csv", tracks)
+    write_queries(bench / "synthetic" / "queries" / "queries.csv", [q for q in queries if q.track_id != "song_c"])
+    extra = Track("extra", "Extra", "X", tracks[2].path, tracks[2].melody_midi)
+    write_catalogue(bench / "mir1k-cross" / "catalogue" / "manifest.csv", tracks[:2] + [extra])
+    write_queries(bench / "mir1k-cross" / "queries" / "queries.csv", queries[:1])
+    write_queries(bench / "openset" / "queries.csv", [q for q in queries if q.track_id is None])
+    model = export_untrained(tmp_path / "model")
+    out = tmp_path / "suite"
+    text = run_suite(SuiteConfig(model_dir=model, out_dir=out, bench_dir=bench, baselines=("melody_dtw",),
+                                 aggregations=("temporal",), crop_seconds=(5.0,), build_missing=False,
+                                 indexer="inprocess"))
+    for name in ("synthetic-1k", "synthetic-10k", "mir1k-cross", "openset"):
+        assert (out / name / "metrics.json").is_file(), name
+        assert f"| {name} |" in text
+    assert "| synthetic-10k | 3 | `earworm-temporal` | 1 |" in text
+    import json
+
+    m10k = json.loads((out / "synthetic-10k" / "metrics.json").read_text())
+    assert m10k["index"]["num_tracks"] == 3  # the 1k index (2 tracks) + 1 added track
+    opens = json.loads((out / "openset" / "metrics.json").read_text())
+    assert opens["index"]["source"] == "given" and opens["thresholds_from"]["thresholds"]
+    assert (out / "suite.md").read_text() == text
+    shutil.rmtree(out / "synthetic-1k" / "index")  # keep tmp small

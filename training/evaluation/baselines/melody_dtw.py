@@ -1,13 +1,14 @@
 """Baseline: classic query-by-humming — the query's pitch contour against each master's known melody.
 
-The query is pitch-tracked (data_gen.pitch default extractor), reduced to ~50 ms frames (median of
-the voiced 10 ms frames in each; unvoiced stretches are dropped, as hummers breathe where the
-melody does not rest) and key-normalised (minus its median; likely octave errors are folded back).
-Each master's melody (its `melody_midi`) is rendered as a contour on the same 50 ms grid (sounding
-frames only: rests are dropped as the query's unvoiced frames are) minus a local median over
-`local_median_s`, so any passage is compared in its own key. A subsequence DTW (start and end anywhere in the melody; steps (1,1), (1,2), (2,1), i.e. local
-tempo between half and double) finds the best-matching passage; the score is minus the mean absolute
-deviation in semitones along it (each frame's cost capped at `cost_cap`).
+The query is pitch-tracked (data_gen.pitch default extractor) and reduced to ~50 ms frames (median
+of the voiced 10 ms frames in each; unvoiced stretches are dropped, likely octave errors folded
+back). Each master's melody (its `melody_midi`) is rendered as a contour on the same 50 ms grid,
+sounding frames only (rests are dropped as the query's unvoiced frames are). Key normalisation
+(default "query_window_mean"): the query minus its mean, the melody minus its running mean over as
+many frames as the query has, so every passage is compared in its own key. A subsequence DTW (start
+and end anywhere in the melody; steps (1,1), (1,2), (2,1), i.e. local tempo between half and double,
+the tempo-changing ones penalised) finds the best-matching passage; the score is minus the mean
+absolute deviation in semitones along it (each frame's cost capped at `cost_cap`).
 
 This baseline is handed the true symbolic melody of every master — a privilege the learned model,
 which only hears the polyphonic audio, does not have. Catalogues without melody_midi cannot use it.
@@ -35,6 +36,7 @@ from training.evaluation.systems import RankingSystem, make_result
 
 log = logging.getLogger(__name__)
 
+KEY_NORMALIZATIONS = ("query_window_mean", "local_median")
 _SEPARATOR = 2
 """NaN columns between concatenated melodies; no DTW step (at most 2 columns) can jump them."""
 
@@ -47,12 +49,19 @@ class MissingMelodyError(ValueError):
 class MelodyDtwConfig:
     frame_s: float = 0.05
     """Contour frame length (query and melody)."""
+    key_normalization: str = "query_window_mean"
+    """"query_window_mean": the melody minus its running mean over as many frames as the query has,
+    the query minus its mean (each passage compared in its own key, at the query's scale);
+    "local_median": the melody minus its running median over `local_median_s`, the query minus its
+    median."""
     local_median_s: float = 8.0
-    """Window of the melody's running median (key normalisation of each passage)."""
+    """Window of the melody's running median (key_normalization="local_median")."""
     drop_rests: bool = True
     """Compare sounding frames only (rests removed from the melody as unvoiced frames are from the query)."""
     cost_cap: float = 4.0
     """Per-frame cost cap in semitones (one wrong note cannot sink a whole match)."""
+    step_penalty: float = 1.0
+    """Extra cost (semitones) of each tempo-changing DTW step (a steady tempo is preferred)."""
     min_voiced_s: float = 0.5
     """A query with less voiced melody than this gets no answer."""
     chunk_columns: int = 2_000_000
@@ -118,12 +127,14 @@ def query_contour(track: PitchTrack, frame_s: float) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def subsequence_dtw_last_row(query: np.ndarray, reference: np.ndarray, cap: float) -> np.ndarray:
+def subsequence_dtw_last_row(query: np.ndarray, reference: np.ndarray, cap: float,
+                             step_penalty: float = 0.0) -> np.ndarray:
     """Accumulated cost of the best path ending at every reference column after the whole query.
 
     query: float64 [N]; reference: float64 [M] (NaN columns are impassable).
     Cost |q - r| capped at `cap`; a path starts anywhere in row 0 and uses steps (1,1), (1,2)
-    [query +1, reference +2] and (2,1) [query +2, reference +1, cost counted twice].
+    [query +1, reference +2] and (2,1) [query +2, reference +1, cost counted twice]; the two
+    tempo-changing steps cost `step_penalty` extra (a path that keeps the tempo is preferred).
     Returns float64 [M] (inf where no path ends).
     """
     n_q = query.shape[0]
@@ -146,10 +157,10 @@ def subsequence_dtw_last_row(query: np.ndarray, reference: np.ndarray, cap: floa
             best = inf
             if m >= 1:
                 best = prev[m - 1] + c
-                if i >= 2 and prev2[m - 1] + 2.0 * c < best:
-                    best = prev2[m - 1] + 2.0 * c
-            if m >= 2 and prev[m - 2] + c < best:
-                best = prev[m - 2] + c
+                if i >= 2 and prev2[m - 1] + 2.0 * c + step_penalty < best:
+                    best = prev2[m - 1] + 2.0 * c + step_penalty
+            if m >= 2 and prev[m - 2] + c + step_penalty < best:
+                best = prev[m - 2] + c + step_penalty
             cur[m] = best
         prev2, prev, cur = prev, cur, prev2
     return prev.copy()
@@ -162,11 +173,14 @@ class MelodyDtwBaseline(RankingSystem):
                    "which the learned model never sees")
 
     def __init__(self, pitch: SharedPitch | None = None, config: MelodyDtwConfig = MelodyDtwConfig()):
+        if config.key_normalization not in KEY_NORMALIZATIONS:
+            raise ValueError(f"key_normalization must be one of {KEY_NORMALIZATIONS}")
         self.pitch = pitch or SharedPitch()
         self.config = config
         self._track_ids: list[str] = []
         self._tracks: dict[str, Track] = {}
         self._reference = np.zeros(0)
+        self._filled = np.zeros(0)
         self._times = np.zeros(0)
         self._starts = np.zeros(0, np.int64)
         self._lengths = np.zeros(0, np.int64)
@@ -188,18 +202,20 @@ class MelodyDtwBaseline(RankingSystem):
         parts, times, starts, lengths = [], [], [], []
         pos = 0
         for t in tqdm(tracks, desc="melody contours", unit="track", mininterval=5):
-            key = file_key(t.melody_midi, "melody_dtw/2", cfg.frame_s, cfg.local_median_s, cfg.drop_rests)
-            ref = cache.get(key)  # [2, frames]: normalised contour, frame times
+            key = file_key(t.melody_midi, "melody_dtw/3", cfg.frame_s, cfg.drop_rests)
+            ref = cache.get(key)  # [2, frames]: MIDI pitch contour, frame times
             if ref is None:
                 try:
-                    contour, frame_times = melody_contour(t.melody_midi, cfg.frame_s, cfg.drop_rests)
-                    ref = np.stack([normalized_melody(contour, cfg.frame_s, cfg.local_median_s), frame_times])
+                    ref = np.stack(melody_contour(t.melody_midi, cfg.frame_s, cfg.drop_rests))
                 except (OSError, ValueError, EOFError) as e:
                     log.warning("melody_dtw: cannot read melody of %s (%s); it will never match",
                                 t.track_id, e)
                     ref = np.full((2, 1), np.nan)
                 cache.put(key, ref)
-            parts += [ref[0], np.full(_SEPARATOR, np.nan)]
+            contour = ref[0]
+            if cfg.key_normalization == "local_median" and np.isfinite(contour).all():
+                contour = normalized_melody(contour, cfg.frame_s, cfg.local_median_s)
+            parts += [contour, np.full(_SEPARATOR, np.nan)]
             times += [ref[1], np.zeros(_SEPARATOR)]
             starts.append(pos)
             lengths.append(ref.shape[1])
@@ -208,11 +224,27 @@ class MelodyDtwBaseline(RankingSystem):
         self._tracks = {t.track_id: t for t in tracks}
         self._reference = np.concatenate(parts).astype(np.float64)
         self._times = np.concatenate(times).astype(np.float64)
+        # separators filled with their neighbours' values, for running means that must not see NaN
+        ref = self._reference
+        filled_idx = np.maximum.accumulate(np.where(np.isfinite(ref), np.arange(ref.size), 0))
+        self._filled = ref[filled_idx]
+        self._filled = np.where(np.isfinite(self._filled), self._filled, 0.0)
         self._starts = np.asarray(starts, np.int64)
         self._lengths = np.asarray(lengths, np.int64)
 
+    def _normalized(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query [N], reference [columns]) in the configured key normalisation."""
+        if self.config.key_normalization == "local_median":
+            return query, self._reference
+        from scipy.ndimage import uniform_filter1d
+
+        size = max(1, query.size)
+        local_mean = uniform_filter1d(self._filled, size=size, mode="nearest")
+        return query - query.mean(), self._reference - local_mean
+
     def _match(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """query contour [N] -> (score per track [tracks], start offset of the match in s [tracks])."""
+        query, reference = self._normalized(query)
         n_tracks = len(self._track_ids)
         scores = np.full(n_tracks, -np.inf)
         offsets = np.zeros(n_tracks)
@@ -224,7 +256,8 @@ class MelodyDtwBaseline(RankingSystem):
                 t1 += 1
             lo = self._starts[t0]
             hi = self._starts[t1 - 1] + self._lengths[t1 - 1] + _SEPARATOR
-            last = subsequence_dtw_last_row(query, self._reference[lo:hi], self.config.cost_cap)
+            last = subsequence_dtw_last_row(query, reference[lo:hi], self.config.cost_cap,
+                                            self.config.step_penalty)
             for j in range(t0, t1):
                 a = self._starts[j] - lo
                 seg = last[a : a + self._lengths[j]]

@@ -1,0 +1,87 @@
+"""Pipeline 2: embedding catalogue masters and building / extending the window index."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_pipelines.indexing import EmbedTracks, IndexPipelineError, TrackRef, build_index
+from data_gen import constants as C
+from data_gen.manifest import read_catalogue
+from tests.beam_pipelines.conftest import IN_PROCESS, make_tiny_catalogue
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    return make_tiny_catalogue(tmp_path_factory.mktemp("cat"), ("t1", "t2"), corrupt="bad")
+
+
+def expected_windows(path) -> int:
+    from data_gen.audio import load_audio
+    from data_gen.windows import cut_master_windows
+
+    return int(cut_master_windows(load_audio(path))[0].shape[0])
+
+
+def test_embed_tracks_embeds_every_window_and_reports_bad_tracks(catalogue, untrained_model):
+    tracks = read_catalogue(catalogue)
+    refs = [TrackRef(i, t.track_id, str(t.path)) for i, t in enumerate(tracks)]
+    want = [(t.track_id, expected_windows(t.path), C.EMBEDDING_DIM, True) for t in tracks if t.track_id != "bad"]
+    with BeamTestPipeline(options=PipelineOptions(list(IN_PROCESS))) as p:
+        out = p | beam.Create(refs) | EmbedTracks(str(untrained_model), batch_tracks=2)
+        got = out["main"] | "shape" >> beam.Map(lambda e: (
+            e.track_id, e.embeddings.shape[0], e.embeddings.shape[1],
+            bool(np.allclose(np.linalg.norm(e.embeddings, axis=1), 1.0, atol=1e-3))
+            and e.offsets_s.shape[0] == e.embeddings.shape[0]))
+        assert_that(got, equal_to(want), label="main")
+        assert_that(out["errors"] | "err" >> beam.Map(lambda r: (r["track_id"], r["stage"], bool(r["reason"]))),
+                    equal_to([("bad", "decode", True)]), label="errors")
+
+
+@pytest.fixture(scope="module")
+def built(catalogue, untrained_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("index") / "idx"
+    build_index(catalogue, untrained_model, out, runner_args=IN_PROCESS)
+    return out
+
+
+def test_build_index_skips_the_bad_track_and_finds_every_window(built, catalogue, untrained_model):
+    from serving.embedder import Embedder
+    from serving.index import WindowIndex
+
+    index = WindowIndex.load(built)
+    assert [t.track_id for t in index.tracks] == ["t1", "t2"]
+    assert index.metadata.model_version == Embedder(untrained_model).version
+    assert index.metadata.recall_at_10 == pytest.approx(1.0)
+    assert index.metadata.extra["pipeline"]["errors"] == 1
+    errors = [json.loads(x) for x in (built / "errors-00000-of-00001.jsonl").read_text().splitlines()]
+    assert [(e["track_id"], e["stage"]) for e in errors] == [("bad", "decode")]
+    # windows are in track order with increasing offsets; each window finds itself first
+    assert np.all(np.diff(index.track_rows) >= 0)
+    t1 = index.track_rows == 0
+    assert np.all(np.diff(index.offsets_s[t1]) > 0) and index.offsets_s[t1][0] == 0.0
+    rows, _ = index.search(np.asarray(index.embeddings[:5]), k=1)
+    assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_add_a_release_without_re_embedding_the_old_catalogue(built, untrained_model, tmp_path):
+    from serving.index import WindowIndex
+
+    old = WindowIndex.load(built)
+    new_cat = make_tiny_catalogue(tmp_path / "release2", ("t3",))
+    out = tmp_path / "idx2"
+    build_index(new_cat, untrained_model, out, add_to=built, runner_args=IN_PROCESS)
+    new = WindowIndex.load(out)
+    assert [t.track_id for t in new.tracks] == ["t1", "t2", "t3"]
+    n_old = old.num_windows
+    np.testing.assert_array_equal(np.asarray(new.embeddings[:n_old]), np.asarray(old.embeddings))
+    assert new.num_windows > n_old and set(new.track_rows[n_old:].tolist()) == {2}
+    # the same tracks cannot be added twice
+    with pytest.raises(IndexPipelineError, match="already in"):
+        build_index(new_cat, untrained_model, tmp_path / "idx3", add_to=out, runner_args=IN_PROCESS)

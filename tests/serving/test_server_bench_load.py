@@ -1,0 +1,49 @@
+"""serving.bench_load: the load driver and the synthetic index it can build (functional checks only;
+the figures themselves come from running `earworm bench-load`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from serving.bench_load import LoadBenchConfig, build_synthetic_index, hum_like_audio, run_load
+from tests.serving.conftest import loader_for
+
+
+def test_hum_like_audio_is_deterministic_and_valid():
+    from data_gen.audio import validate_audio
+
+    a, b = hum_like_audio(3.0, seed=5), hum_like_audio(3.0, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (48_000,) and not np.array_equal(a, hum_like_audio(3.0, seed=6))
+    validate_audio(a, min_seconds=2.0)
+
+
+def test_synthetic_index_has_the_model_version_and_is_reused(tmp_path):
+    from serving.index import WindowIndex
+
+    path = build_synthetic_index(tmp_path / "syn", tracks=40, model_version="m-123", windows_per_track=15, seed=1)
+    index = WindowIndex.load(path)
+    assert index.metadata.model_version == "m-123"
+    assert index.num_tracks == 40 and 10 * 40 <= index.num_windows <= 20 * 40
+    np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
+    mtime = (path / "metadata.json").stat().st_mtime
+    assert build_synthetic_index(path, 40, "m-123", 15, 1) == path
+    assert (path / "metadata.json").stat().st_mtime == mtime
+
+
+def test_run_load_reports_requests_errors_memory_and_server_view(server_factory, embedder, index_dir):
+    from serving.index import WindowIndex
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)))
+    config = LoadBenchConfig(clients=2, seconds=1.0, query_seconds=5.0, distinct_queries=2, warmup_requests=1)
+    result = run_load(target, config, server_pid=os.getpid(), metrics=server.metrics)
+    assert result.requests > 0 and result.errors == {}
+    assert result.server["codes"] == {"OK": result.server["requests"]}
+    assert result.server["requests"] >= result.requests  # the server also counts the last in-flight ones
+    assert set(result.rss_mb) == {"start", "25%", "50%", "75%", "end", "max"}
+    assert result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
+    assert result.server_cpu_ms_per_request > 0
+    json.dumps(result.__dict__)  # the --json-out payload is serialisable
