@@ -32,7 +32,6 @@ from beam_pipelines.sources import (
     mir1k_snippets,
     read_snippets,
     sample_limit,
-    write_snippets,
 )
 
 log = logging.getLogger(__name__)
@@ -255,8 +254,8 @@ def run_datagen(config: DatagenConfig, runner_args: Sequence[str] = ()) -> Datag
 
 def write_snippets_fs(path: str, snippets: Sequence[Snippet]) -> None:
     """`sources.write_snippets` to any Beam filesystem path."""
-    import io
     import csv
+    import io
 
     from beam_pipelines.outputs import write_bytes
     from beam_pipelines.sources import SNIPPET_COLUMNS
@@ -269,4 +268,4 @@ def write_snippets_fs(path: str, snippets: Sequence[Snippet]) -> None:
     write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
-__all__ = ["DatagenSummary", "build_pipeline", "collect_snippets", "run_datagen", "write_snippets"]
+__all__ = ["DatagenSummary", "build_pipeline", "collect_snippets", "run_datagen", "write_snippets_fs"]

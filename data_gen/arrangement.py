@@ -435,7 +435,6 @@ class _Ctx:
     chords: Sequence[ChordSpan]
     center: int
     velocity: int
-    style: Style
     swing: float
     spb: float  # seconds per beat
     rhythm: tuple[float, ...] = ()  # per-song rhythm (offsets in the bar)
@@ -598,8 +597,8 @@ def _bass_pattern(kind: str, ctx: _Ctx, bar: float, next_root: int | None) -> li
     return out
 
 
-def _drum_pattern(kind: str, ctx: _Ctx, bar: float, phrase_pos: int, fill: bool, crash: bool) -> list[NoteEvent]:
-    """One bar of drums. `phrase_pos` is the bar's index inside its 4-bar phrase."""
+def _drum_pattern(kind: str, ctx: _Ctx, bar: float, fill: bool, crash: bool) -> list[NoteEvent]:
+    """One bar of drums, with a crash on its downbeat and/or a fill on its last beat."""
     m, out = ctx.meter, []
     subs = int(round(m.bar_len / m.sub_len))
 
@@ -787,7 +786,8 @@ def arrange(
         melody_offset = 0.0
         acc_start = pickup  # the anacrusis sounds alone, the band comes in on the downbeat
     grid0 = melody_offset + pickup  # master beat of the first melody downbeat
-    period = math.ceil(melody.length_beats / bar - 1e-6) * bar
+    length = max(melody.length_beats, melody.notes[-1].end)  # a Melody built without a length
+    period = math.ceil(length / bar - 1e-6) * bar
     period = max(period, bar)
     articulation = float(rng.uniform(*config.lead_articulation_range))
 
@@ -875,7 +875,7 @@ def arrange(
     ending = not cut  # a natural ending: the band holds the last chord
 
     def make_ctx(velocity: int, c: int, rhythm: tuple[float, ...] = ()) -> _Ctx:
-        return _Ctx(rng=rng, meter=pmeter, chords=chords, center=c, velocity=velocity, style=st,
+        return _Ctx(rng=rng, meter=pmeter, chords=chords, center=c, velocity=velocity,
                     swing=swing, spb=spb, rhythm=rhythm, comp_rhythms=_comp_rhythms(st.name, pmeter))
 
     def per_bar(fn: Callable[[float, int], list[NoteEvent]]) -> tuple[NoteEvent, ...]:
@@ -960,7 +960,7 @@ def arrange(
                         NoteEvent(CRASH, bs, bs + 2.0, dctx.vel(100), 0.0)]
             crash = rel >= 0 and rel % 8 == 0 and pattern not in ("light", "brush", "swing", "bossa")
             fill = fills and rel >= 0 and rel % 4 == 3
-            return _drum_pattern(pattern, dctx, bs, rel % 4, fill, crash)
+            return _drum_pattern(pattern, dctx, bs, fill, crash)
 
         parts.append(Part("drums", kit, True, per_bar(drum_bar),
                           _level_to_db(rng, margin, -1.0, config), 64, int(rng.integers(10, 50))))

@@ -1,6 +1,6 @@
 """Monophonic melodies from the folk-song and chorale corpus bundled with music21.
 
-About 14,000 tunes: the Essen folk songs, O'Neill's 1850 Irish tunes, Aird's Airs, Ryan's Mammoth
+About 13,300 tunes: the Essen folk songs, O'Neill's 1850 Irish tunes, Aird's Airs, Ryan's Mammoth
 Collection, a miscellany of folk tunes (all ABC files, many tunes per file: one tune = one melody,
 identified by file + ABC number) and the Bach chorales (MusicXML; the soprano part is the melody).
 They are the songs of Earworm's synthetic catalogue: `data_gen.render` arranges each one as a
@@ -22,9 +22,10 @@ import logging
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -116,7 +117,6 @@ class Melody:
     time_signature: str = "4/4"
     pickup_beats: float = 0.0
     length_beats: float = 0.0  # end of the last bar (>= last note end)
-    meta: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def beats_per_bar(self) -> float:
@@ -435,22 +435,27 @@ def melody_from_stream(
     )
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _without_beaming() -> Iterator[None]:
     """Skip music21's beaming while parsing ABC: it is about half the parse time and only
-    matters for engraving (beams never change pitches or timing)."""
+    matters for engraving (beams never change pitches or timing). Parses are serialised by a
+    lock, so concurrent threads never see (or restore) each other's patch."""
     from music21 import stream
 
-    original = stream.Stream.makeBeams
+    with _PARSE_LOCK:
+        original = stream.Stream.makeBeams
 
-    def _no_beams(self, *args, **kwargs):  # same call shape as Stream.makeBeams
-        return None if kwargs.get("inPlace") else self
+        def _no_beams(self, *args, **kwargs):  # same call shape as Stream.makeBeams
+            return None if kwargs.get("inPlace") else self
 
-    stream.Stream.makeBeams = _no_beams
-    try:
-        yield
-    finally:
-        stream.Stream.makeBeams = original
+        stream.Stream.makeBeams = _no_beams
+        try:
+            yield
+        finally:
+            stream.Stream.makeBeams = original
 
 
 def load_melody(ref: MelodyRef | str, *, config: MelodyConfig = CONFIG) -> Melody:

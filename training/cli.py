@@ -46,6 +46,7 @@ def run_train(args) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # per-checkpoint "Sharding callback" chatter
     from training.config import ConfigError, apply_overrides, load_config
     from training.dataset import DatasetError
     from training.export import ExportError

@@ -204,8 +204,9 @@ def note_envelope(
         decay = sustain ** (t / max(length - 1, 1))
         joined_prev = i > 0 and segments[i - 1][1] == s
         joined_next = i + 1 < len(segments) and segments[i + 1][0] == e
-        a = max(2, min(int(round(attack_s * rate)), length // 2))
-        r = max(2, min(int(round(release_s * rate)), length // 2))
+        # Ramps never longer than half the note (and at least one frame, for one-frame notes).
+        a = max(1, min(int(round(attack_s * rate)), max(length // 2, 1)))
+        r = max(1, min(int(round(release_s * rate)), max(length // 2, 1)))
         shape = np.ones(length)
         floor = legato_dip if joined_prev else 0.0
         ramp_up = floor + (1.0 - floor) * (0.5 - 0.5 * np.cos(np.pi * (np.arange(a) + 1) / (a + 1)))

@@ -149,10 +149,19 @@ def test_every_style_arranges_a_full_band(style):
         assert max(n.end for n in p.notes) <= arr.end_beats + 1e-6
     lead = arr.lead.notes
     assert [n.pitch for n in lead[:16]] == [n.pitch + arr.key_shift for n in tune.notes]
-    # The pickup lands just before a downbeat of the accompaniment's bar grid.
+    # The pickup ends on a downbeat of the accompaniment's bar grid: after whole intro bars, or
+    # (no intro) the band comes in right after the unaccompanied pickup.
     bar = A.Meter.from_time_signature(tune.time_signature).bar_len
     first_downbeat = arr.melody_offset_beats + tune.pickup_beats
-    assert abs(first_downbeat / bar - round(first_downbeat / bar)) < 1e-9 or arr.intro_beats == 0
+    if arr.intro_beats:
+        assert arr.intro_beats == pytest.approx(first_downbeat)
+        assert first_downbeat / bar == pytest.approx(round(first_downbeat / bar))
+        assert arr.chords[0].start == 0.0
+    else:
+        assert arr.melody_offset_beats == 0.0
+        assert arr.chords[0].start == pytest.approx(tune.pickup_beats)
+    for c in arr.chords:
+        assert ((c.start - first_downbeat) / (bar / 2)) == pytest.approx(round((c.start - first_downbeat) / (bar / 2)))
 
 
 def test_chords_fit_the_melody():

@@ -172,3 +172,17 @@ def test_dispatch_errors():
         synthesize("tone", c, waveform="square")
     with pytest.raises(SynthError, match="syllable"):
         synthesize("sung", c, engine="formant", syllables=("xo",))
+
+
+def test_note_envelope_handles_one_frame_notes():
+    """Notes as short as one 10 ms frame (from pitch tracks) must not break the envelope."""
+    import numpy as np
+
+    from data_gen.synth.contour import Contour
+    from data_gen.synth.dsp import note_envelope
+
+    voiced = np.array([0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0], bool)
+    f0 = np.where(voiced, 220.0, 0.0).astype(np.float32)
+    env = note_envelope(Contour(f0, voiced), np.random.default_rng(0))
+    assert env.shape == (voiced.size,)
+    assert np.all(env[~voiced] == 0) and np.all(env[voiced] > 0)
