@@ -285,7 +285,7 @@ class MelodyDtwBaseline(RankingSystem):
         )
 
     def cache_key(self) -> str:
-        return f"melody_dtw/1|{self.pitch.name}|{self.config}"
+        return f"melody_dtw/2|{self.pitch.name}|{self.config}"
 
     def latency_ms(self, result, wall_ms: float) -> float:
         return pitch_plus_match_ms(result.timings_ms)

@@ -59,10 +59,12 @@ def note_histogram(track: PitchTrack) -> np.ndarray:
 
 
 def coarse_pitch(extractor: PitchExtractor, audio: np.ndarray, hop_s: float) -> PitchTrack:
-    """Pitch of `audio` on a `hop_s` grid. CREPE is run only on those frames; other backends
-    run on their own grid and are subsampled."""
+    """Pitch of `audio` on a `hop_s` grid. CREPE is run only on those frames and decoded frame by
+    frame (no Viterbi smoothing: a histogram does not need a continuous path); other backends run on
+    their own grid and are subsampled."""
     hop = max(1, int(round(hop_s * C.SAMPLE_RATE)))
-    from data_gen.pitch.crepe import FRAME_LENGTH, CrepeExtractor, normalized_frames
+    from data_gen.pitch import cents_to_hz
+    from data_gen.pitch.crepe import FRAME_LENGTH, CrepeExtractor, local_average_cents, normalized_frames
 
     if isinstance(extractor, CrepeExtractor):
         padded = np.pad(np.asarray(audio, np.float32), FRAME_LENGTH // 2)
@@ -74,7 +76,9 @@ def coarse_pitch(extractor: PitchExtractor, audio: np.ndarray, hop_s: float) -> 
             np.asarray(forward(normalized_frames(padded, s, min(s + batch, n), hop=hop)))
             for s in range(0, n, batch)
         ])
-        return extractor.decode(act)
+        confidence = act.max(axis=1)
+        return PitchTrack(cents_to_hz(local_average_cents(act)).astype(np.float32), confidence,
+                          confidence > extractor.config.voicing_threshold)
     track = extractor.extract(audio)
     step = max(1, hop // C.PITCH_HOP)
     return PitchTrack(track.f0_hz[::step], track.confidence[::step], track.voiced[::step])
@@ -99,7 +103,7 @@ class NoteHistogramBaseline(RankingSystem):
         rows = []
         computed = 0
         for t in tqdm(tracks, desc="note histograms of masters", unit="track", mininterval=5):
-            key = file_key(t.path, "note_histogram/1", extractor.name, self.config.master_hop_s)
+            key = file_key(t.path, "note_histogram/2", extractor.name, self.config.master_hop_s)
             hist = cache.get(key)
             if hist is None:
                 try:
@@ -132,7 +136,7 @@ class NoteHistogramBaseline(RankingSystem):
         )
 
     def cache_key(self) -> str:
-        return f"note_histogram/1|{self.pitch.name}|{self.config}"
+        return f"note_histogram/2|{self.pitch.name}|{self.config}"
 
     def latency_ms(self, result, wall_ms: float) -> float:
         return pitch_plus_match_ms(result.timings_ms)
