@@ -9,6 +9,7 @@ Run `python -m protos.build` (the setup script does). The generated modules sit 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,14 +23,20 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Compile every .proto into `out_root` (mirroring protos/earworm/v1). Returns written files."""
-    import grpc_tools
-    from grpc_tools import protoc
+    """Compile every .proto into `out_root` (mirroring protos/earworm/v1). Returns written files.
 
-    include = str(Path(grpc_tools.__file__).parent / "_proto")
+    protoc runs in a child process: grpc_tools bundles its own protobuf C++ runtime, which must not
+    be loaded into a process that already holds TensorFlow's (they crash each other).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("grpc_tools")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("grpcio-tools is not installed: run scripts/setup.sh")
+    include = str(Path(list(spec.submodule_search_locations)[0]) / "_proto")
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     args = [
-        "grpc_tools.protoc",
+        sys.executable, "-m", "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_root}",
@@ -37,8 +44,9 @@ def generate(out_root: Path) -> list[Path]:
         f"--grpc_python_out={out_root}",
         *files,
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed ({done.returncode}): {done.stderr.strip()}")
     out_dir = out_root / PROTO_DIR.relative_to(PROTO_ROOT)
     return sorted(p for p in out_dir.glob("*_pb2*.py*"))
 

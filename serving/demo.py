@@ -1,7 +1,6 @@
 """`earworm demo`: the main job, end to end on one machine.
 
-1. the model: the project's default model (serving/default_model/); while it does not exist, an
-   untrained export in the work dir, with a loud warning (answers are then meaningless);
+1. the model: the project's default model (serving/default_model/, shipped in the repository);
 2. the demo catalogue: `size` rendered masters of test-split melodies (data_gen.catalogue);
 3. its index (beam_pipelines.indexing.build_index, the `earworm index` pipeline's library entry);
 4. the no-match threshold (serving.calibration) when the index has none: out-of-catalogue scores
@@ -31,7 +30,6 @@ from data_gen.paths import artifacts_dir
 
 log = logging.getLogger(__name__)
 
-BANNER = "=" * 78
 
 
 @dataclass(frozen=True)
@@ -62,10 +60,6 @@ class DemoPaths:
     def manifest(self) -> Path:
         return self.catalogue / "manifest.csv"
 
-    @property
-    def untrained_model(self) -> Path:
-        return self.root / "untrained_model"
-
     def index(self, model_version: str) -> Path:
         return self.root / f"index-{model_version}"
 
@@ -93,20 +87,14 @@ def _step(text: str) -> None:
 
 
 def resolve_model(paths: DemoPaths) -> Path:
-    """The default model, or (loudly) an untrained export while the default model is missing."""
+    """The shipped default model (serving/default_model/); an error if the checkout lacks it."""
     default = default_model_dir()
-    if (default / "metadata.json").is_file():
-        return default
-    print(f"{BANNER}\nWARNING: the default model {default} does not exist yet.\n"
-          "Falling back to an UNTRAINED encoder exported into the work dir: the demo runs end to\n"
-          f"end, but its answers are meaningless until the trained model is shipped.\n{BANNER}",
-          file=sys.stderr, flush=True)
-    log.warning("using an untrained model (the default model is missing)")
-    if not (paths.untrained_model / "metadata.json").is_file():
-        from training.export import export_untrained
-
-        export_untrained(paths.untrained_model, seed=0)
-    return paths.untrained_model
+    if not (default / "metadata.json").is_file():
+        raise FileNotFoundError(
+            f"the default model {default} is missing from this checkout; restore it with "
+            "`git checkout -- serving/default_model` or retrain it (training/README.md)"
+        )
+    return default
 
 
 def ensure_catalogue(paths: DemoPaths, config: DemoConfig) -> Path:

@@ -69,7 +69,7 @@ def _reader(shards: list[str]) -> tf.data.Dataset:
             continue
         part = tf.data.Dataset.from_tensor_slices(files).interleave(
             lambda f, c=comp: tf.data.TFRecordDataset(f, compression_type=c),
-            cycle_length=min(len(files), 64), block_length=1, deterministic=True)
+            cycle_length=min(len(files), 64), block_length=1)
         ds = part if ds is None else ds.concatenate(part)
     return ds
 
