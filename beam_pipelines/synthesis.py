@@ -122,17 +122,10 @@ def _register_fit(contour, kind: str, register: str) -> int:
 
 
 def _channel(audio: np.ndarray, d, rng: np.random.Generator) -> np.ndarray:
-    """Room, background noise, phone microphone and final level, as `perform` applies them."""
-    from data_gen.synth import channel, dsp
+    """Room, background noise, phone microphone and final level, exactly as `perform` applies them."""
+    from data_gen.synth.deviations import apply_channel
 
-    audio = np.asarray(audio, dtype=np.float64)
-    if d.reverb_rt60_s > 0:
-        audio = channel.reverberate(audio, d.reverb_rt60_s, d.reverb_drr_db, rng)
-    if d.noise_kind:
-        audio = channel.add_noise(audio, d.noise_kind, d.snr_db, rng)
-    if d.mic is not None:
-        audio = channel.phone_mic(audio, d.mic)
-    return np.clip(dsp.normalize_peak(audio, 10.0 ** (d.peak_db / 20.0)), -1.0, 1.0).astype(np.float32)
+    return apply_channel(audio, d, rng).astype(np.float32)
 
 
 def synthesize_query(kind: str, pitch, seed: int, deviations) -> SynthQuery:

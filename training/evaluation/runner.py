@@ -148,17 +148,24 @@ def catalogue_fingerprint(catalogue: Path, tracks: Sequence[Track]) -> str:
 
 # --- index ---------------------------------------------------------------------------------------
 def _embed_catalogue(embedder: Any, tracks: Sequence[Track]):
-    """Fallback indexing in-process: embed every master's windows. Returns build() arguments."""
+    """In-process indexing: embed every readable master's windows. Returns build() arguments."""
     from serving.index import TrackInfo
 
     embs, rows, offs, infos = [], [], [], []
-    for row, t in enumerate(tqdm(tracks, desc="embedding masters", unit="track", mininterval=5)):
-        audio = load_audio(t.path, max_seconds=C.MAX_MASTER_SECONDS)
+    for t in tqdm(tracks, desc="embedding masters", unit="track", mininterval=5):
+        try:
+            audio = load_audio(t.path, max_seconds=C.MAX_MASTER_SECONDS)
+        except AudioError as e:  # like the indexing pipeline: skip the track, say why
+            log.warning("not indexing %s: %s", t.track_id, e)
+            continue
+        row = len(infos)
         e, o = embedder.embed_master(audio)
         embs.append(e)
         offs.append(o)
         rows.append(np.full(len(e), row, np.int32))
         infos.append(TrackInfo(t.track_id, t.title, t.artist))
+    if not infos:
+        raise EvalError("no master of the catalogue could be read: nothing to index")
     return np.concatenate(embs), np.concatenate(rows), np.concatenate(offs), infos
 
 
@@ -179,7 +186,7 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
             try:
                 if json.loads(key_file.read_text()) == key:
                     cached = WindowIndex.load(index_dir)
-            except (OSError, json.JSONDecodeError, Exception) as e:  # noqa: BLE001 - rebuild instead
+            except (OSError, ValueError, RuntimeError) as e:  # corrupt / partial index: rebuild it
                 log.warning("cached index in %s unusable (%s); rebuilding", index_dir, e)
         if cached is not None:
             index = cached
@@ -236,7 +243,7 @@ def _build_index(config: EvalConfig, inputs: EvalInputs, embedder: Any, index_di
         log.info("building the index with beam_pipelines.indexing.build_index")
         path = build_index(config.catalogue, config.model_dir, index_dir)
         return WindowIndex.load(path)
-    log.info("building the index in-process (beam_pipelines.indexing not available)")
+    log.info("building the index in-process")
     emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks)
     index = WindowIndex.build(emb, rows, offs, infos, model_version=embedder.version)
     index.save(index_dir)
