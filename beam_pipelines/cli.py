@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dg.add_argument("--out", required=True, help="output folder (replaced on rerun)")
     dg.add_argument("--mir1k", nargs="?", const="default", default=None, metavar="DIR",
                     help="use MIR-1K (DIR, or ../shared/data/mir1k when given without a value)")
+    dg.add_argument("--mir1k-leads", default=None, metavar="DIR",
+                    help="MIR-1K masters = instrument lead (from `earworm mir1k-leads --out DIR`) + "
+                    "accompaniment, instead of voice + accompaniment")
     dg.add_argument("--catalogue", default=None, metavar="DIR",
                     help="a catalogue folder written by `earworm catalogue build`")
     dg.add_argument("--snippets", default=None, metavar="CSV", help="a snippet manifest CSV")
@@ -135,7 +138,8 @@ def run_datagen_cli(args: argparse.Namespace) -> int:
     _quiet_beam()
     mir1k = str(shared_data_dir() / "mir1k") if args.mir1k == "default" else args.mir1k
     config = DatagenConfig(
-        out_dir=args.out, mir1k_dir=mir1k, catalogue_dir=args.catalogue, snippets_csv=args.snippets,
+        out_dir=args.out, mir1k_dir=mir1k, mir1k_leads_dir=args.mir1k_leads, catalogue_dir=args.catalogue,
+        snippets_csv=args.snippets,
         limit=args.limit, splits=args.splits or None, kinds=args.kinds, keep_real=not args.no_real,
         catalogue_performances=args.performances, extractor=args.extractor,
         pitch_stride=args.pitch_stride,

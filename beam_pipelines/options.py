@@ -40,6 +40,8 @@ class DatagenConfig:
 
     out_dir:              output root (local path or any Beam filesystem URL).
     mir1k_dir:            MIR-1K folder (manifest.csv + audio/); None: not used.
+    mir1k_leads_dir:      folder of `earworm mir1k-leads`: MIR-1K masters are lead + accompaniment
+                          instead of voice + accompaniment; None: voice + accompaniment.
     catalogue_dir:        a catalogue folder written by `earworm catalogue build`; None: not used.
     snippets_csv:         a snippet manifest CSV (the normalised form, see `sources`); None: not used.
     limit:                at most this many snippets per source (a deterministic hash-ordered
@@ -71,6 +73,7 @@ class DatagenConfig:
 
     out_dir: str
     mir1k_dir: str | None = None
+    mir1k_leads_dir: str | None = None
     catalogue_dir: str | None = None
     snippets_csv: str | None = None
     limit: int | None = None

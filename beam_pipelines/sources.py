@@ -96,11 +96,17 @@ def sample_limit(snippets: Sequence[Snippet], limit: int | None) -> list[Snippet
     return sorted(ordered, key=lambda s: s.snippet_id)
 
 
-def mir1k_snippets(root: str | os.PathLike[str]) -> list[Snippet]:
+def mir1k_snippets(root: str | os.PathLike[str],
+                   leads_dir: str | os.PathLike[str] | None = None) -> list[Snippet]:
     """MIR-1K (layout: `manifest.csv` with clip_id,singer,song_id,...; `audio/<clip>.voice.ogg` and
-    `audio/<clip>.accompaniment.ogg`, sample-aligned). The voice is the performance; voice +
-    accompaniment is the master; the split follows the song_id, so every clip of a test song is
-    in the test split only."""
+    `audio/<clip>.accompaniment.ogg`, sample-aligned). The voice is the performance; the master is
+    voice + accompaniment, or, with `leads_dir` (written by `earworm mir1k-leads`), the clip's
+    instrument lead (`<clip>.lead.ogg`, the melody of its pitch labels) + accompaniment, a master
+    that holds the melody but not the query's own voice. A missing lead file is reported by the
+    pipeline's decode stage (errors output) like any unreadable master. The split follows the
+    song_id, so every clip of a test song is in the test split only."""
+    from data_gen.mir1k_leads import lead_path
+
     root = Path(root)
     manifest = root / "manifest.csv"
     if not manifest.is_file():
@@ -119,7 +125,8 @@ def mir1k_snippets(root: str | os.PathLike[str]) -> list[Snippet]:
             accomp = root / "audio" / f"{clip}.accompaniment.ogg"
             out.append(Snippet(
                 snippet_id=f"mir1k:{clip}", melody_id=song, split=split_of(song), source="mir1k",
-                performance=str(voice), generator="", master=(str(voice), str(accomp)),
+                performance=str(voice), generator="",
+                master=(str(lead_path(leads_dir, clip) if leads_dir else voice), str(accomp)),
                 alignment="sample",
             ))
     if not out:

@@ -101,7 +101,7 @@ def collect_snippets(config: DatagenConfig) -> list[Snippet]:
     sorted by id. Raises SourceError when no source is given or an id repeats."""
     groups: list[list[Snippet]] = []
     if config.mir1k_dir:
-        groups.append(sample_limit(mir1k_snippets(config.mir1k_dir), config.limit))
+        groups.append(sample_limit(mir1k_snippets(config.mir1k_dir, config.mir1k_leads_dir), config.limit))
     if config.catalogue_dir:
         groups.append(sample_limit(
             catalogue_snippets(config.catalogue_dir, config.catalogue_performances), config.limit))

@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = (
     "data_gen.cli_catalogue",  # earworm catalogue build
     "data_gen.cli_queries",  # earworm queries make
+    "data_gen.cli_leads",  # earworm mir1k-leads
     "data_gen.cli_pitch",  # earworm pitch bench
     "beam_pipelines.cli",  # earworm datagen / index
     "training.cli",  # earworm train / export

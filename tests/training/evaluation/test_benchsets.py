@@ -12,8 +12,9 @@ from data_gen import constants as C
 from data_gen.audio import load_audio, write_audio
 from data_gen.manifest import ManifestError, read_catalogue, read_queries
 from tests.training.evaluation.conftest import melody_notes, synth
+from data_gen.mir1k_leads import notes_from_pitch_labels
 from training.evaluation.benchsets import Mir1kCrossConfig, build_mir1k_cross, build_openset
-from training.evaluation.benchsets.mir1k_cross import notes_from_pitch_labels, select_songs
+from training.evaluation.benchsets.mir1k_cross import select_songs
 
 CLIP_PITCHES = {"fake_1_01": [60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 64, 60, 62, 64, 62, 60],
                 "fake_1_02": [67, 69, 71, 72, 71, 69, 67, 65, 64, 62, 60, 62, 64, 65, 67, 65, 64]}

@@ -31,6 +31,8 @@ from tqdm import tqdm
 from data_gen import constants as C
 from data_gen.audio import load_audio, write_audio
 from data_gen.manifest import ManifestError, Query, Track, read_catalogue, write_catalogue, write_queries
+from data_gen.mir1k_leads import NoteSegmentation, notes_from_pitch_labels, read_pitch_labels, render_lead
+from data_gen.mir1k_leads import rms as _rms
 from training.evaluation.benchsets.common import (
     default_source,
     read_csv_rows,
@@ -43,8 +45,6 @@ log = logging.getLogger(__name__)
 
 NAME = "mir1k"
 QUERY_KIND = "sung_real"
-PV_HOP_S = 0.02
-PV_FIRST_CENTRE_S = 0.02
 LEAD_PROGRAMS = (73, 65, 56, 40, 71, 81)
 """GM programs for the lead: flute, alto sax, trumpet, violin, clarinet, sawtooth lead."""
 
@@ -67,49 +67,9 @@ class Mir1kCrossConfig:
     soundfont: str | None = None
     """GM soundfont for the lead; None: data_gen.render.find_soundfont() ($EARWORM_SOUNDFONT, system)."""
 
-
-def read_pitch_labels(path: Path) -> np.ndarray:
-    """pitch/<clip>.pv -> float64 [frames] MIDI semitones (0 = unvoiced)."""
-    values = np.loadtxt(path, dtype=np.float64, ndmin=1)
-    if values.ndim != 1:
-        raise ValueError(f"{path}: expected one value per line")
-    return values
-
-
-def notes_from_pitch_labels(semitones: np.ndarray, config: Mir1kCrossConfig = Mir1kCrossConfig()
-                            ) -> list[tuple[float, float, int]]:
-    """Frame-wise MIDI pitch (20 ms hop, 0 = unvoiced) -> notes [(start_s, end_s, pitch)].
-
-    A note continues while the pitch stays within `note_hysteresis` semitones of it (so vibrato and
-    glides do not shatter it); its pitch is the rounded median of its frames; notes shorter than
-    `min_note_s` are dropped.
-    """
-    notes: list[tuple[float, float, int]] = []
-    start = None
-    frames: list[float] = []
-
-    def close(end_index: int) -> None:
-        if start is None or not frames:
-            return
-        t0 = PV_FIRST_CENTRE_S + start * PV_HOP_S - PV_HOP_S / 2
-        t1 = PV_FIRST_CENTRE_S + end_index * PV_HOP_S + PV_HOP_S / 2
-        if t1 - t0 >= config.min_note_s:
-            notes.append((max(0.0, t0), t1, int(np.rint(np.median(frames)))))
-
-    current = None
-    for i, v in enumerate(np.asarray(semitones, np.float64)):
-        if v <= 0:
-            close(i - 1)
-            start, frames, current = None, [], None
-            continue
-        if current is None or abs(v - current) > config.note_hysteresis:
-            close(i - 1)
-            start, frames = i, []
-            current = v
-        frames.append(v)
-        current = float(np.median(frames))
-    close(len(semitones) - 1)
-    return notes
+    @property
+    def segmentation(self) -> NoteSegmentation:
+        return NoteSegmentation(self.note_hysteresis, self.min_note_s)
 
 
 def select_songs(rows: Sequence[dict[str, str]], all_songs: bool) -> dict[str, list[dict[str, str]]]:
@@ -121,23 +81,6 @@ def select_songs(rows: Sequence[dict[str, str]], all_songs: bool) -> dict[str, l
         if all_songs or split_of(row["song_id"]) == "test":
             songs.setdefault(row["song_id"], []).append(row)
     return {s: sorted(clips, key=lambda r: r["clip_id"]) for s, clips in sorted(songs.items())}
-
-
-def render_lead(notes: Sequence[tuple[float, float, int]], program: int, seconds: float,
-                soundfont: str | None = None) -> np.ndarray:
-    """Notes -> float32 [seconds * SAMPLE_RATE] of a GM instrument (FluidSynth)."""
-    import pretty_midi
-
-    from data_gen.render import find_soundfont
-
-    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)
-    inst = pretty_midi.Instrument(program=program, name="lead")
-    for t0, t1, p in notes:
-        inst.notes.append(pretty_midi.Note(velocity=100, pitch=int(p), start=float(t0), end=float(t1)))
-    pm.instruments.append(inst)
-    audio = pm.fluidsynth(fs=C.SAMPLE_RATE, synthesizer=str(soundfont or find_soundfont())).astype(np.float32)
-    n = int(round(seconds * C.SAMPLE_RATE))
-    return np.pad(audio, (0, max(0, n - audio.size)))[:n]
 
 
 def write_melody_midi(path: Path, notes: Sequence[tuple[float, float, int]]) -> None:
@@ -152,10 +95,6 @@ def write_melody_midi(path: Path, notes: Sequence[tuple[float, float, int]]) -> 
     pm.write(str(path))
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-
-
 def build_master(source: Path, song_id: str, clips: Sequence[dict[str, str]], config: Mir1kCrossConfig
                  ) -> tuple[np.ndarray, list[tuple[float, float, int]], dict[str, Any]]:
     """One song's master audio [time], its melody notes (master time) and facts about it."""
@@ -166,7 +105,8 @@ def build_master(source: Path, song_id: str, clips: Sequence[dict[str, str]], co
     for clip in clips:
         cid = clip["clip_id"]
         a = load_audio(source / "audio" / f"{cid}.accompaniment.ogg", reject_silence=False)
-        for t0, t1, p in notes_from_pitch_labels(read_pitch_labels(source / "pitch" / f"{cid}.pv"), config):
+        labels = read_pitch_labels(source / "pitch" / f"{cid}.pv")
+        for t0, t1, p in notes_from_pitch_labels(labels, config.segmentation):
             if t0 < a.size / C.SAMPLE_RATE:
                 notes.append((t + t0, t + min(t1, a.size / C.SAMPLE_RATE), p))
         accomp.append(a)
