@@ -227,6 +227,9 @@ def run_datagen(config: DatagenConfig, runner_args: Sequence[str] = ()) -> Datag
     result.wait_until_finish()
     counters = _counters(result)
 
+    from beam_pipelines.transforms import SPILL_DIR
+
+    outputs.delete_tree(outputs.join(staging, SPILL_DIR))  # leftovers of retried bundles, if any
     empty = outputs.empty_gzip()
     for split, n in shards.items():
         outputs.ensure_shards(staging, split, SHARD_PREFIX, n, SHARD_SUFFIX, empty)

@@ -137,3 +137,5 @@ def test_write_example_shards_sorts_records_within_a_shard(tmp_path):
     assert got[2].query_audio[0] == np.float32(np.round(0.03 * 32767) / 32767)
     assert (tmp_path / "test" / "pairs-00000-of-00001.tfrecord.gz").is_file()
     assert not (tmp_path / "validation").exists()  # empty shards are the driver's job
+    # the workers' spill files are gone once their shard is written
+    assert not list((tmp_path / ".spill").glob("*"))
