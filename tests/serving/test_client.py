@@ -124,8 +124,9 @@ def test_demo_table_marks_right_and_wrong_answers(client, hum_file, tmp_path, ca
 
     tracks = {tid: T(f"Title {tid}") for tid in TRACK_IDS}
     queries = [(hum_file, "hum", TRACK_IDS[1]), (hum_file, "whistle", TRACK_IDS[0])]
-    correct, threshold = identify_examples(client, queries, tracks, top_k=3)
+    correct, ranked_first, threshold = identify_examples(client, queries, tracks, top_k=3)
     assert correct == 1 and threshold > 0
+    assert ranked_first == 1  # one hum file: its top candidate is the first query's song only
     rows = capsys.readouterr().out.splitlines()[2:]
     assert rows[0].endswith("yes") and rows[1].endswith("NO")
     assert f"Title {TRACK_IDS[0]}" in rows[1] and f"Title {TRACK_IDS[1]}" in rows[1]  # expected vs answer
