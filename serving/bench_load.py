@@ -35,7 +35,8 @@ class LoadBenchConfig:
     distinct_queries: int = 8
     warmup_requests: int = 2
     """Per client, before the clock starts (the first model calls trace and allocate)."""
-    synthetic_windows_per_track: int = 15
+    synthetic_windows_per_track: int = int(30.0 / C.MASTER_WINDOW_HOP_SECONDS)
+    """About as many as a rendered catalogue master (~34 s) gets: 10k tracks -> ~300k windows."""
     rss_interval_s: float = 0.5
     timeout_s: float = 10.0
     seed: int = 0

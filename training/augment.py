@@ -62,7 +62,7 @@ class AugmentConfig:
     enabled: bool = True
     query: SideAugment = QUERY_DEFAULT
     master: SideAugment = MASTER_DEFAULT
-    query_jitter_s: float = 1.0  # query crop offset vs the master's (serving: master windows every 2 s)
+    query_jitter_s: float = 1.0  # query crop offset vs the master's (serving cuts master windows every 1 s)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs); an existing one is resumed")
     p.add_argument("--config", help="TOML or JSON config file (see training/configs/)")
     p.add_argument("--init-from", help="exported model folder to fine-tune (its keras/ weights and encoder config)")
+    p.add_argument("--grow", action="store_true",
+                   help="with --init-from: keep this run's encoder config (e.g. added encoder.temporal_dilations) "
+                        "and copy the init model's weights into the layers the two share")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set loss.softmax_weight=0 --set schedule.epochs=5 (repeatable)")
     p.add_argument("--epochs", type=int, help="shortcut for --set schedule.epochs=N")
@@ -57,9 +60,12 @@ def run_train(args) -> int:
                       ("batch_size", "data.batch_size"), ("max_minutes", "schedule.max_minutes")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    if args.grow and not args.init_from:
+        log.error("--grow needs --init-from MODEL_DIR")
+        return 2
     try:
         cfg = apply_overrides(load_config(args.config), overrides)
-        result = train(args.data, args.out, cfg, init_from=args.init_from)
+        result = train(args.data, args.out, cfg, init_from=args.init_from, grow=args.grow)
     except (ConfigError, DatasetError, ExportError) as e:
         log.error("%s", e)
         return 2

@@ -8,6 +8,9 @@
               (with the semitone-spaced front-end this makes the features (nearly) invariant to
               transposition: the same interval pattern anywhere on the axis gives the same value)
            -> 1-D convs over time (the melodic sequence)  [batch, frames', temporal_channels]
+           -> residual dilated 1-D convs (`temporal_dilations`): the receptive field spans the
+              whole window, so the embedding encodes the order of the melody's figures, not
+              only a bag of ~1 s fragments
            -> mean and max over time, dropout, dense projection, L2 normalisation
       -> [batch, embedding_dim] unit-norm
 
@@ -32,12 +35,17 @@ class EncoderConfig:
     pools: tuple[tuple[int, int], ...] = ((2, 1), (2, 2), (2, 1), (1, 1))  # (time, freq) per block
     freq_pooling: str = "max"  # "max" (key-invariant) or "flatten" (keeps absolute pitch)
     temporal_channels: tuple[int, ...] = (128,)
+    temporal_dilations: tuple[int, ...] = ()  # residual blocks after temporal_channels, e.g. (2, 4)
     embedding_dim: int = C.EMBEDDING_DIM
     dropout: float = 0.1
 
     def __post_init__(self):
         if len(self.pools) != len(self.channels):
             raise ValueError(f"pools ({len(self.pools)}) and channels ({len(self.channels)}) differ in length")
+        if self.temporal_dilations and not self.temporal_channels:
+            raise ValueError("temporal_dilations needs at least one entry in temporal_channels")
+        if any(d < 1 for d in self.temporal_dilations):
+            raise ValueError(f"temporal_dilations must be >= 1, not {self.temporal_dilations}")
         if self.freq_pooling not in ("max", "flatten"):
             raise ValueError(f"freq_pooling must be 'max' or 'flatten', not {self.freq_pooling!r}")
 
@@ -48,7 +56,7 @@ class EncoderConfig:
     def from_dict(d: dict) -> "EncoderConfig":
         d = dict(d)
         d["frontend"] = FrontendConfig(**d.get("frontend", {}))
-        for k in ("channels", "temporal_channels"):
+        for k in ("channels", "temporal_channels", "temporal_dilations"):
             if k in d:
                 d[k] = tuple(int(v) for v in d[k])
         if "pools" in d:
@@ -75,6 +83,13 @@ def build_body(cfg: EncoderConfig) -> keras.Model:
         x = keras.layers.Conv1D(ch, 3, padding="same", use_bias=False, name=f"tconv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"tbn{i}")(x)
         x = keras.layers.ReLU(name=f"trelu{i}")(x)
+    for i, dilation in enumerate(cfg.temporal_dilations):
+        # x + BN(conv(x)) with BN's scale starting at 0: a new block starts as the identity, so a
+        # model grown from a trained one (train --grow) starts exactly where that model was
+        y = keras.layers.Conv1D(x.shape[-1], 3, padding="same", dilation_rate=dilation, use_bias=False,
+                                name=f"rconv{i}")(x)
+        y = keras.layers.BatchNormalization(gamma_initializer="zeros", name=f"rbn{i}")(y)
+        x = keras.layers.ReLU(name=f"rrelu{i}")(keras.layers.Add(name=f"radd{i}")([x, y]))
     x = keras.layers.Concatenate(name="time_pool")(
         [keras.layers.GlobalAveragePooling1D(name="time_mean")(x),
          keras.layers.GlobalMaxPooling1D(name="time_max")(x)])

@@ -80,6 +80,34 @@ def validate(body, val, k: int = 10) -> dict:
     return out
 
 
+def transfer_weights(src, dst) -> list[str]:
+    """Copy the weights of every layer of `src` into the layer of `dst` with the same name.
+
+    Returns the names of the layers of `dst` that have weights but no counterpart in `src`.
+    A layer present in both with different weight shapes is an error (not a silent re-init).
+    """
+    from training.export import ExportError
+
+    src_layers = {layer.name: layer for layer in src.layers}
+    fresh = []
+    for layer in dst.layers:
+        if not layer.weights:
+            continue
+        old = src_layers.get(layer.name)
+        if old is None:
+            fresh.append(layer.name)
+            continue
+        old_w = old.get_weights()
+        if [w.shape for w in old_w] != [tuple(w.shape) for w in layer.weights]:
+            raise ExportError(f"layer {layer.name!r}: the init model's weights have shapes "
+                              f"{[w.shape for w in old_w]}, this config's {[tuple(w.shape) for w in layer.weights]}")
+        layer.set_weights(old_w)
+    missing = sorted(set(n for n, l in src_layers.items() if l.weights) - {l.name for l in dst.layers})
+    if missing:
+        raise ExportError(f"the init model has layers this config lacks: {', '.join(missing)}")
+    return fresh
+
+
 def _resolve_config(run_dir: Path, cfg: TrainConfig) -> tuple[TrainConfig, bool]:
     """The config to use and whether this is a resumed run (RUN_DIR/config.json exists)."""
     path = run_dir / "config.json"
@@ -92,10 +120,13 @@ def _resolve_config(run_dir: Path, cfg: TrainConfig) -> tuple[TrainConfig, bool]
 
 
 def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
-          init_from: str | Path | None = None) -> TrainResult:
+          init_from: str | Path | None = None, grow: bool = False) -> TrainResult:
     """Train (or resume training) an encoder; see the module docstring.
 
     data_dir: a data folder (train/, validation/ shards) or a list of them (one per datagen run).
+    init_from: an exported model to start from. Its encoder config replaces cfg.encoder, unless
+      `grow`: then cfg.encoder (e.g. with extra residual blocks) is built and every layer of the
+      init model found there by name with the same weight shapes is copied (`transfer_weights`).
     """
     import keras
     import tensorflow as tf
@@ -113,13 +144,20 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
         from training.export import load_keras_encoder
 
         init_model, enc_cfg = load_keras_encoder(init_from)
-        cfg = replace(cfg, encoder=enc_cfg)
-        init_weights = init_model.get_weights()
+        if grow:
+            init_weights = init_model
+        else:
+            cfg = replace(cfg, encoder=enc_cfg)
+            init_weights = init_model.get_weights()
     save_config(cfg, run_dir / "config.json")
 
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)
     body = body_of(encoder)
-    if init_weights is not None:
+    if isinstance(init_weights, keras.Model):
+        fresh = transfer_weights(body_of(init_weights), body)
+        log.info("grown from %s; new layers (initialised afresh): %s", init_from, ", ".join(fresh) or "none")
+        (run_dir / "init_from.txt").write_text(f"{Path(init_from).resolve()}\n")
+    elif init_weights is not None:
         encoder.set_weights(init_weights)
         (run_dir / "init_from.txt").write_text(f"{Path(init_from).resolve()}\n")
         log.info("initialised from %s", init_from)

@@ -82,3 +82,32 @@ def test_mrr_at_k_by_melody():
     np.testing.assert_allclose(rr, [0.0, 0.0, 0.0])
     rr = mrr_at_k(q, m, np.array(["b", "a", "b"]), m_ids, k=10)
     np.testing.assert_allclose(rr, [0.5, 0.5, 0.5])  # each true melody is second
+
+
+def test_grow_adds_identity_blocks_and_keeps_the_shared_weights(tiny_data_dir, tiny_run, tmp_path):
+    """--grow: residual dilated blocks start as the identity, so the grown model embeds exactly as
+    the model it grew from; every shared layer keeps its weights."""
+    from training.encoder import body_of
+    from training.export import ExportError, export_run, load_keras_encoder
+    from training.train import transfer_weights
+
+    run, cfg, _ = tiny_run
+    model_dir = export_run(run, tmp_path / "model")
+    grown_cfg = apply_overrides(cfg, ["encoder.temporal_dilations=[2,4]", "schedule.epochs=0"])
+    ft = train(tiny_data_dir, tmp_path / "grown", grown_cfg, init_from=model_dir, grow=True)
+    assert ft.steps == 0
+    saved = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert saved["encoder"]["temporal_dilations"] == [2, 4]
+
+    from training.encoder import build_encoder
+
+    base, _ = load_keras_encoder(model_dir)
+    grown = build_encoder(grown_cfg.encoder, seed=5)
+    assert transfer_weights(body_of(base), body_of(grown)) == ["rconv0", "rbn0", "rconv1", "rbn1"]
+    audio = np.random.default_rng(1).normal(0, 0.1, (2, C.WINDOW_SAMPLES)).astype(np.float32)
+    np.testing.assert_allclose(grown(audio, training=False).numpy(), base(audio, training=False).numpy(),
+                               atol=1e-6)
+    # A layer whose shape changed is refused, not silently re-initialised.
+    wider = build_encoder(apply_overrides(cfg, ["encoder.temporal_channels=[32]"]).encoder)
+    with pytest.raises(ExportError, match="tconv0"):
+        transfer_weights(body_of(base), body_of(wider))

@@ -179,7 +179,8 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
     else:
         index_dir = config.out_dir / INDEX_SUBDIR
         key = {"catalogue": catalogue_fingerprint(config.catalogue, inputs.tracks),
-               "model_version": embedder.version}
+               "model_version": embedder.version,
+               "master_window_hop_s": C.MASTER_WINDOW_HOP_SECONDS, "window_s": C.WINDOW_SECONDS}
         key_file = config.out_dir / INDEX_KEY_FILE
         cached = None
         if key_file.is_file() and (index_dir / "metadata.json").is_file():
