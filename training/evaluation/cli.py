@@ -181,7 +181,7 @@ def run_suite(args: argparse.Namespace) -> int:
             bench_dir=Path(args.bench).resolve() if args.bench else None,
             sets=_csv(args.sets), baselines=_csv(args.baselines), aggregations=_csv(args.aggregation),
             crop_seconds=args.crop_seconds, crop_baselines=args.crop_baselines,
-            build_missing=not args.no_build, limit=args.limit)
+            build_missing=not args.no_build, limit=args.limit, indexer=args.indexer)
         table_md = suite(cfg)
     except (ValueError, ManifestError, EvalError, FileNotFoundError) as e:
         return _fail(str(e))
@@ -190,6 +190,7 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 def _add_suite(sub: argparse._SubParsersAction) -> None:
+    from training.evaluation.runner import INDEXERS
     from training.evaluation.suite import SuiteConfig
 
     d = SuiteConfig(Path("."), Path("."))
@@ -205,6 +206,8 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-baselines", action="store_true", help="run the baselines on the crops too")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries of each set")
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing benchset")
+    p.add_argument("--indexer", default=d.indexer, choices=INDEXERS,
+                   help="how missing indexes are built: the Beam pipeline, in-process, or auto (Beam)")
     p.set_defaults(func=run_suite)
 
 
