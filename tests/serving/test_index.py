@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("scann")
 
+from data_gen import constants as C
 from serving.bench_scale import SyntheticConfig, synthetic_chunk, synthetic_layout
 from serving.index import (
     DuplicateTrackError,
@@ -229,7 +230,7 @@ def test_add_release_reuses_stored_embeddings(tmp_path):
     # the new tracks are findable: a new window's own vector comes back first, mapped to its track
     rows, scores = bigger.search(new_emb[[0, 17, 49]], 1)
     assert [bigger.tracks[bigger.track_rows[r]].track_id for r in rows[:, 0]] == ["new0", "new1", "new4"]
-    assert bigger.offsets_s[rows[1, 0]] == pytest.approx(14.0)
+    assert bigger.offsets_s[rows[1, 0]] == pytest.approx(7 * C.MASTER_WINDOW_HOP_SECONDS)  # its 8th window
     releases = bigger.metadata.extra["releases"]
     assert [r["tracks_added"] for r in releases] == [30, 5] and releases[1]["parent"] == loaded.version
     bigger.save(tmp_path / "v2")
