@@ -139,28 +139,25 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg, resumed = _resolve_config(run_dir, cfg)
-    init_weights = None
+    init_model = None
     if init_from is not None and not resumed:
         from training.export import load_keras_encoder
 
         init_model, enc_cfg = load_keras_encoder(init_from)
-        if grow:
-            init_weights = init_model
-        else:
+        if not grow:
             cfg = replace(cfg, encoder=enc_cfg)
-            init_weights = init_model.get_weights()
     save_config(cfg, run_dir / "config.json")
 
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)
     body = body_of(encoder)
-    if isinstance(init_weights, keras.Model):
-        fresh = transfer_weights(body_of(init_weights), body)
-        log.info("grown from %s; new layers (initialised afresh): %s", init_from, ", ".join(fresh) or "none")
+    if init_model is not None:
+        if grow:
+            fresh = transfer_weights(body_of(init_model), body)
+            log.info("grown from %s; new layers (initialised afresh): %s", init_from, ", ".join(fresh) or "none")
+        else:
+            encoder.set_weights(init_model.get_weights())
+            log.info("initialised from %s", init_from)
         (run_dir / "init_from.txt").write_text(f"{Path(init_from).resolve()}\n")
-    elif init_weights is not None:
-        encoder.set_weights(init_weights)
-        (run_dir / "init_from.txt").write_text(f"{Path(init_from).resolve()}\n")
-        log.info("initialised from %s", init_from)
 
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if cfg.optim.warmup_steps else cfg.optim.learning_rate,
