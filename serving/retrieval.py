@@ -12,8 +12,8 @@ One implementation for the server, the evaluation and the benchmarks:
      ratio * query_offset, for a few tempo ratios (the singer may be slower/faster than the record).
      Hits are histogrammed per (track, ratio) on start bins of `offset_bin_seconds`, each hit also
      voting into its `offset_tolerance_bins` neighbouring bins (master windows are
-     MASTER_WINDOW_HOP_SECONDS apart, so a true alignment's hits scatter by up to half of that); within the best bin each query window counts
-     once (its best hit). Score = sum of those similarities / number of query windows, so it lies in
+     MASTER_WINDOW_HOP_SECONDS apart, so a true alignment's hits scatter by up to half of that);
+     within the best bin each query window counts once (its best hit). Score = sum of those similarities / number of query windows, so it lies in
      [0, 1] for unit-norm embeddings and is comparable across query lengths; among equal scores the
      (ratio, bin) whose implied starts agree best wins; the offset is the similarity-weighted mean
      start of the chosen bin's hits. A track whose windows match the query in

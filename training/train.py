@@ -146,6 +146,11 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
         init_model, enc_cfg = load_keras_encoder(init_from)
         if not grow:
             cfg = replace(cfg, encoder=enc_cfg)
+        elif cfg.encoder.frontend != enc_cfg.frontend:  # the copied layers were trained on its spectrograms
+            from training.export import ExportError
+
+            raise ExportError(f"--grow keeps the front-end of {init_from}, but this config's differs: "
+                              f"{cfg.encoder.frontend} vs {enc_cfg.frontend}")
     save_config(cfg, run_dir / "config.json")
 
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)

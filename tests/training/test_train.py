@@ -107,6 +107,10 @@ def test_grow_adds_identity_blocks_and_keeps_the_shared_weights(tiny_data_dir, t
     audio = np.random.default_rng(1).normal(0, 0.1, (2, C.WINDOW_SAMPLES)).astype(np.float32)
     np.testing.assert_allclose(grown(audio, training=False).numpy(), base(audio, training=False).numpy(),
                                atol=1e-6)
+    # Another front-end is refused: the copied layers were trained on the init model's spectrograms.
+    other_fe = apply_overrides(grown_cfg, ["encoder.frontend.floor_db=40.0"])
+    with pytest.raises(ExportError, match="front-end"):
+        train(tiny_data_dir, tmp_path / "other_fe", other_fe, init_from=model_dir, grow=True)
     # A layer whose shape changed is refused, not silently re-initialised.
     wider = build_encoder(apply_overrides(cfg, ["encoder.temporal_channels=[32]"]).encoder)
     with pytest.raises(ExportError, match="tconv0"):
