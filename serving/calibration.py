@@ -63,6 +63,9 @@ class Calibration:
     model_version: str = ""
     index_version: str = ""
     neighbors_per_window: int | None = None
+    rerank_candidates: int | None = None
+    """The retriever's effective re-ranking depth (0: none, as for "vote"); None: a calibration made
+    before re-ranking existed."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,7 @@ class Calibration:
                 model_version=str(d.get("model_version", "")), index_version=str(d.get("index_version", "")),
                 neighbors_per_window=None if d.get("neighbors_per_window") is None
                 else int(d["neighbors_per_window"]),
+                rerank_candidates=None if d.get("rerank_candidates") is None else int(d["rerank_candidates"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"incomplete calibration entry ({e!r})") from e
@@ -119,6 +123,7 @@ def calibrate_scores(
     model_version: str = "",
     index_version: str = "",
     neighbors_per_window: int | None = None,
+    rerank_candidates: int | None = None,
     sources: dict[str, Any] | None = None,
 ) -> Calibration:
     """Choose the threshold from top-1 scores. out_scores [n_out]; in_scores [n_in] with in_correct
@@ -150,7 +155,7 @@ def calibrate_scores(
         true_accept_rate=tar, data=data,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         model_version=model_version, index_version=index_version,
-        neighbors_per_window=neighbors_per_window,
+        neighbors_per_window=neighbors_per_window, rerank_candidates=rerank_candidates,
     )
 
 
@@ -231,7 +236,8 @@ def calibrate_retriever(retriever: "Retriever", out_of_catalogue: Iterable[np.nd
         out_scores, in_scores if pairs else None, in_correct if pairs else None,
         aggregation=retriever.config.aggregation, target_false_accept_rate=target_false_accept_rate,
         model_version=retriever.index.metadata.model_version, index_version=retriever.index.version,
-        neighbors_per_window=retriever.config.neighbors_per_window, sources=sources,
+        neighbors_per_window=retriever.config.neighbors_per_window,
+        rerank_candidates=retriever.rerank_candidates, sources=sources,
     )
 
 
@@ -314,6 +320,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             sc["out"], sc["in"] or None, sc["ok"] or None, aggregation=agg,
             target_false_accept_rate=args.target_far, model_version=index.metadata.model_version,
             index_version=index.version, neighbors_per_window=args.neighbors_per_window,
+            rerank_candidates=retrievers[agg].rerank_candidates,
             sources={"queries": str(args.queries or ""), "qbh_demo": not args.no_qbh_demo,
                      "skipped": skipped})
         save_calibration(index.path, cal)

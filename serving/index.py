@@ -297,6 +297,10 @@ class WindowIndex:
         self._leaves_to_search = metadata.config.get("leaves_to_search")
         self._searcher_config = SearcherConfig.from_dict(metadata.config.get("searcher", {}))
         self._track_index = {t.track_id: i for i, t in enumerate(tracks)}
+        # each track's window rows in time order (CSR): rows _by_track[_track_bounds[t]:_track_bounds[t+1]]
+        self._by_track = np.lexsort((offsets_s, track_rows))
+        self._track_bounds = np.searchsorted(np.asarray(track_rows)[self._by_track],
+                                             np.arange(len(tracks) + 1), side="left")
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -324,6 +328,10 @@ class WindowIndex:
     def embeddings(self) -> np.ndarray:
         """float32 [n, dim] (read-only; a memmap of embeddings.npy for a loaded index)."""
         return self._embeddings
+
+    def windows_of(self, track_row: int) -> np.ndarray:
+        """Index rows of one track's windows, in time order."""
+        return self._by_track[self._track_bounds[track_row] : self._track_bounds[track_row + 1]]
 
     def track_row(self, track_id: str) -> int:
         """Row of `track_id` in `tracks`; KeyError when absent."""

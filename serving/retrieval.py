@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -81,6 +81,13 @@ class RetrievalConfig:
     tempo_ratios: tuple[float, ...] = DEFAULT_TEMPO_RATIOS
     offset_bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
     offset_tolerance_bins: int = 1
+    rerank_candidates: int = 50
+    """"temporal" only: re-score this many best tracks by exact alignment over all their windows
+    (`rerank_temporal`); 0 = off."""
+    rerank_step_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
+    """Grid of query start positions in the master that the re-ranking tries."""
+    rerank_tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
+    """A query window may match a master window up to this far from its aligned position."""
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -91,6 +98,9 @@ class RetrievalConfig:
             raise ValueError("tempo_ratios must be positive")
         if self.offset_bin_seconds <= 0 or self.offset_tolerance_bins < 0:
             raise ValueError("offset_bin_seconds must be > 0 and offset_tolerance_bins >= 0")
+        if self.rerank_candidates < 0 or self.rerank_step_seconds <= 0 or self.rerank_tolerance_seconds < 0:
+            raise ValueError("rerank_candidates must be >= 0, rerank_step_seconds > 0 and "
+                             "rerank_tolerance_seconds >= 0")
 
 
 @dataclass(frozen=True)
@@ -230,6 +240,99 @@ def aggregate_temporal(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarra
     return TrackScores(group_track[first], group_score[first] / q, np.maximum(group_offset[first], 0.0))
 
 
+def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted window times `key` [W] and their similarities `sims` [W, q]: at each time in `times`
+    ([..., 1] for every query window, or [..., q] one per query window), the best similarity per query
+    window among windows within `tol` of it (0 where none) and that window's position (-1 where none).
+    Returns ([..., q] float32, [..., q] int64)."""
+    q = sims.shape[1]
+    shape = np.broadcast_shapes(times.shape, (q,))
+    best = np.zeros(shape, np.float32)
+    best_j = np.full(shape, -1, np.int64)
+    first = np.searchsorted(key, times - tol, side="left")
+    qi = np.arange(q)
+    # windows are a hop apart (the last one may be closer): at most 2 * tol / hop + 2 fall in range
+    for k in range(int(np.ceil(2 * tol / C.MASTER_WINDOW_HOP_SECONDS)) + 2):
+        j = np.minimum(first + k, key.size - 1)
+        ok = (first + k < key.size) & (key[j] <= times + tol)
+        if not ok.any():
+            break
+        val = np.where(ok, sims[j, qi], -1.0)
+        better = val > best
+        best = np.where(better, val, best)
+        best_j = np.where(better, np.broadcast_to(j, shape), best_j)
+    return best, best_j
+
+
+def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates: np.ndarray,
+                    embeddings: np.ndarray, window_offsets: np.ndarray,
+                    windows_of: Callable[[int], np.ndarray],
+                    tempo_ratios: Sequence[float] = DEFAULT_TEMPO_RATIOS,
+                    step_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2,
+                    tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2) -> TrackScores:
+    """Exact time-aligned score of each candidate track against the query (the second stage).
+
+    The first stage sees only the `neighbors_per_window` nearest catalogue windows of each query window;
+    in a large catalogue the right track's windows are often crowded out of that list, so its aggregated
+    score misses some query windows. Here every query window is compared with every window of each
+    candidate track: for each tempo ratio r and master start s (a grid of `step_seconds`), query window i
+    (starting at q_i in the query) aligns with master time s + r * q_i and takes the best similarity of
+    the master windows within `tolerance_seconds` of it (0 where there is none: the query runs off the
+    master); the alignment's score is the sum over query windows / number of query windows, the track's
+    score the best alignment's (same scale as `aggregate_temporal`). Ties prefer ratio 1 and then the
+    earliest start.
+
+    query_emb [q, d], query_offsets [q]; candidates [c] track rows; embeddings [n, d] and
+    window_offsets [n] of the index; windows_of(t) = index rows of track t in time order
+    (`WindowIndex.windows_of`).
+    """
+    candidates = np.asarray(candidates, np.int64)
+    q = query_emb.shape[0]
+    c = candidates.size
+    if c == 0 or q == 0:
+        return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    rows_per = [np.asarray(windows_of(int(t))) for t in candidates]
+    rows = np.concatenate(rows_per)
+    seg = np.repeat(np.arange(c), [r.size for r in rows_per])
+    m_off = np.asarray(window_offsets, np.float64)[rows]
+    sims = np.maximum(np.asarray(embeddings[rows], np.float32) @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
+    ratios = np.asarray(sorted(tempo_ratios, key=lambda r: (abs(np.log(r)), r)), np.float64)
+    q_off = np.asarray(query_offsets, np.float64)
+    q_off = q_off - q_off.min()
+    step, tol = float(step_seconds), float(tolerance_seconds)
+    # f[c, k, i]: best similarity of query window i to a master window of candidate c within `tol` of
+    # time t0 + k * step; an alignment (ratio r, start cell g) scores sum_i f[c, g + shift[r, i], i] / q
+    t0 = -2.0 * step
+    span = float(m_off.max())
+    n_starts = int(np.floor((span - t0) / step)) + 1
+    shifts = np.rint(ratios[:, None] * q_off[None, :] / step).astype(np.int64)  # [R, q]
+    cells = t0 + np.arange(n_starts + int(shifts.max()) + 1) * step
+    gap = span + float(ratios.max() * q_off.max()) + 2 * (tol + step) + 10.0
+    key = m_off + seg * gap  # the candidates' offsets pushed apart: one searchsorted serves them all
+    f = _best_within(key, sims, (cells[None, :] + (np.arange(c) * gap)[:, None])[:, :, None], tol)[0]  # [c,T,q]
+    f = np.ascontiguousarray(f.transpose(2, 0, 1))  # [q, c, T]: the shifted slices below are contiguous
+    score = np.empty((c, ratios.size, n_starts), np.float32)
+    for r in range(ratios.size):
+        acc = np.zeros((c, n_starts), np.float32)
+        for i in range(q):
+            acc += f[i, :, shifts[r, i] : shifts[r, i] + n_starts]
+        score[:, r, :] = acc
+    score /= q
+    c_idx = np.arange(c)
+    pick = score.reshape(c, -1).argmax(axis=1)  # first max: the ratio closest to 1, then the earliest start
+    r_idx, g_idx = np.unravel_index(pick, score.shape[1:])
+    best_score = score[c_idx, r_idx, g_idx].astype(np.float64)
+    # offset: the similarity-weighted start implied by the chosen alignment's matched master windows
+    aligned = (t0 + g_idx * step)[:, None] + ratios[r_idx][:, None] * q_off[None, :]  # [c, q]
+    t = aligned + (c_idx * gap)[:, None]
+    best, best_j = _best_within(key, sims, t, tol + step)  # [c, q]
+    w = best.astype(np.float64)
+    implied = m_off[np.maximum(best_j, 0)] - ratios[r_idx][:, None] * q_off[None, :]
+    total = w.sum(axis=1)
+    offset = np.where(total > 0, (w * implied).sum(axis=1) / np.maximum(total, 1e-12), aligned[:, 0])
+    return TrackScores(candidates, best_score, np.maximum(offset, 0.0))
+
+
 def aggregate(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
               query_offsets: np.ndarray, config: RetrievalConfig) -> TrackScores:
     if config.aggregation == "vote":
@@ -263,7 +366,28 @@ class Retriever:
         self.embedder = embedder
         self.index = index
         self.config = config
+        self._rerank_count = config.rerank_candidates if config.aggregation == "temporal" else 0
         self.threshold, self.threshold_source = self._resolve_threshold()
+
+    @property
+    def rerank_candidates(self) -> int:
+        """How many first-stage tracks are re-scored (0 for "vote", which is order-free by design)."""
+        return self._rerank_count
+
+    def _rerank(self, emb: np.ndarray, offsets: np.ndarray,
+                ranked: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+        """The first `rerank_candidates` of `ranked` (track row, score, offset), re-scored by
+        `rerank_temporal` and re-sorted (ties: lower track row); the rest keep their order after them."""
+        head, tail = ranked[: self._rerank_count], ranked[self._rerank_count :]
+        if not head:
+            return ranked
+        cfg = self.config
+        exact = rerank_temporal(emb, offsets, np.array([t for t, _, _ in head]), self.index.embeddings,
+                                self.index.offsets_s, self.index.windows_of, cfg.tempo_ratios,
+                                cfg.rerank_step_seconds, cfg.rerank_tolerance_seconds)
+        order = np.lexsort((exact.track_rows, -exact.scores))
+        order = order[exact.scores[order] > 0]
+        return [(int(exact.track_rows[j]), float(exact.scores[j]), float(exact.offsets_s[j])) for j in order] + tail
 
     def _resolve_threshold(self) -> tuple[float, str]:
         if self.config.no_match_threshold is not None:
@@ -285,6 +409,11 @@ class Retriever:
                 if cal.neighbors_per_window not in (None, self.config.neighbors_per_window):
                     log.info("calibration used %s neighbours per window, this retriever uses %d",
                              cal.neighbors_per_window, self.config.neighbors_per_window)
+                if (cal.rerank_candidates or 0) != self._rerank_count:
+                    log.warning("the calibration in %s was made %s; this retriever re-ranks %d candidates, "
+                                "so its scores differ: run `earworm calibrate` again", self.index.path,
+                                "before re-ranking existed" if cal.rerank_candidates is None
+                                else f"re-ranking {cal.rerank_candidates} candidates", self._rerank_count)
                 return float(cal.threshold), "calibration"
         log.warning("no calibrated no-match threshold for aggregation %r (index %s): using the default "
                     "%.2f; run the calibration for a measured operating point", self.config.aggregation,
@@ -349,12 +478,14 @@ class Retriever:
             t1 = time.perf_counter()
             r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
             scores = aggregate(r, s, self.index.track_rows, self.index.offsets_s, offs[i], self.config)
+            ranked = [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
+                      for j in top_tracks(scores, max(top_k, self._rerank_count))]
+            if self._rerank_count:
+                ranked = self._rerank(embs[i], offs[i], ranked)
             matches = [
-                Match(self.index.tracks[int(scores.track_rows[j])].track_id,
-                      self.index.tracks[int(scores.track_rows[j])].title,
-                      self.index.tracks[int(scores.track_rows[j])].artist,
-                      float(scores.scores[j]), round(float(scores.offsets_s[j]), 3))
-                for j in top_tracks(scores, top_k)
+                Match(self.index.tracks[t].track_id, self.index.tracks[t].title, self.index.tracks[t].artist,
+                      score, round(offset, 3))
+                for t, score, offset in ranked[:top_k]
             ]
             no_match = not matches or matches[0].score < self.threshold
             agg_ms = (time.perf_counter() - t1) * 1e3
@@ -367,5 +498,5 @@ class Retriever:
 __all__ = [
     "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_TEMPO_RATIOS", "EmbedderLike", "Match",
     "ModelMismatchError", "RetrievalConfig", "RetrievalResult", "Retriever", "TrackScores", "aggregate",
-    "aggregate_temporal", "aggregate_vote", "top_tracks",
+    "aggregate_temporal", "aggregate_vote", "rerank_temporal", "top_tracks",
 ]

@@ -276,3 +276,17 @@ def test_sharded_index_merges_shards_and_round_trips(tmp_path):
     loaded = WindowIndex.load(tmp_path / "sharded")
     np.testing.assert_array_equal(loaded.search(q, 10)[0], tree.search(q, 10)[0])
     assert loaded.search(q, 10)[0].max() >= 1000  # hits from the second shard map to global rows
+
+
+def test_windows_of_lists_each_tracks_rows_in_time_order():
+    rng = np.random.default_rng(3)
+    rows = np.array([1, 0, 1, 2, 0, 1], np.int32)
+    offs = np.array([4.0, 2.0, 0.0, 1.0, 0.0, 2.0], np.float32)
+    emb = rng.normal(size=(6, C.EMBEDDING_DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    tracks = [TrackInfo(f"t{i}", f"T{i}", "A") for i in range(4)]
+    index = WindowIndex.build(emb, rows, offs, tracks, "m")
+    assert index.windows_of(0).tolist() == [4, 1]
+    assert index.windows_of(1).tolist() == [2, 5, 0]
+    assert index.windows_of(2).tolist() == [3]
+    assert index.windows_of(3).tolist() == []  # a track without windows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from serving.retrieval import (
     Retriever,
     aggregate_temporal,
     aggregate_vote,
+    rerank_temporal,
 )
 
 DIM = C.EMBEDDING_DIM
@@ -178,6 +180,64 @@ def test_batch_identification_equals_single(index, embedder):
     assert batch[1].matches[0].track_id == "aligned" and batch[1].matches[0].offset_s == pytest.approx(12.0)
     with pytest.raises(RuntimeError, match="no embedder"):
         r.identify(audio())
+
+
+def crowded_index() -> WindowIndex:
+    """Query windows e(0..Q-1). "partial" matches the first half of the query, in time order, with 0.9
+    (so it is each of those windows' nearest neighbour); "whole" matches every query window in time
+    order with 0.8, but is the nearest neighbour only of the second half."""
+    embs, rows, offs = [], [], []
+    half = Q // 2
+    for i in range(Q):
+        embs.append(mix(i, 0.8, 20 + i)); rows.append(0); offs.append(3.0 + i)
+    for i in range(half):
+        embs.append(mix(i, 0.9, 40 + i)); rows.append(1); offs.append(30.0 + i)
+    tracks = [TrackInfo("whole", "Whole", "A"), TrackInfo("partial", "Partial", "B")]
+    return WindowIndex.build(np.stack(embs), np.array(rows), np.array(offs, np.float32), tracks,
+                             FakeEmbedder.version)
+
+
+def test_rerank_recovers_the_windows_the_first_stage_crowded_out(embedder):
+    """With one neighbour per window the first stage sees only half of "whole"'s windows and ranks
+    "partial" first; the exact re-scoring of the candidates sees all of them."""
+    index = crowded_index()
+    first_stage_only = RetrievalConfig(neighbors_per_window=1, rerank_candidates=0, no_match_threshold=0.5)
+    r = Retriever(embedder, index, first_stage_only).identify(audio())
+    assert [m.track_id for m in r.matches] == ["partial", "whole"]
+    assert r.matches[0].score == pytest.approx(0.9 / 2, abs=1e-4)
+    assert r.matches[1].score == pytest.approx(0.8 / 2, abs=1e-4)
+    reranked = Retriever(embedder, index, replace(first_stage_only, rerank_candidates=10)).identify(audio())
+    assert [m.track_id for m in reranked.matches] == ["whole", "partial"]
+    assert reranked.matches[0].score == pytest.approx(0.8, abs=1e-4)
+    assert reranked.matches[0].offset_s == pytest.approx(3.0, abs=1e-3)
+    assert reranked.matches[1].score == pytest.approx(0.9 / 2, abs=1e-4)
+    # the vote aggregation is order-free by design: no re-ranking
+    vote = Retriever(embedder, index, replace(first_stage_only, aggregation="vote", rerank_candidates=10))
+    assert vote.identify(audio()).matches[0].track_id == "partial"
+
+
+def test_rerank_temporal_scores_alignments_with_tempo_and_reports_where(index):
+    query = np.stack([e(i) for i in range(Q)])
+    q_off = np.arange(Q, dtype=np.float64)
+    s = rerank_temporal(query, q_off, np.array([2, 0, 1, 3]), index.embeddings, index.offsets_s, index.windows_of)
+    got = {int(t): (float(sc), float(o)) for t, sc, o in zip(s.track_rows, s.scores, s.offsets_s)}
+    assert got[0][0] == pytest.approx(0.8, abs=1e-5) and got[0][1] == pytest.approx(10.0, abs=1e-3)
+    assert got[2][0] == pytest.approx(0.7, abs=1e-5) and got[2][1] == pytest.approx(5.0, abs=0.05)  # ratio 1.33
+    assert got[1][0] == pytest.approx(0.9 / Q, abs=1e-5)  # reversed in time: one window per alignment
+    assert got[3][0] == 0.0
+    only_same_tempo = rerank_temporal(query, q_off, np.array([2]), index.embeddings, index.offsets_s,
+                                      index.windows_of, tempo_ratios=(1.0,))
+    assert only_same_tempo.scores[0] < 0.7 * 0.75
+    empty = rerank_temporal(query, q_off, np.array([], np.int64), index.embeddings, index.offsets_s,
+                            index.windows_of)
+    assert empty.track_rows.size == 0
+
+
+@pytest.mark.parametrize("bad", [dict(rerank_candidates=-1), dict(rerank_step_seconds=0.0),
+                                 dict(rerank_tolerance_seconds=-0.1)])
+def test_rerank_config_is_validated(bad):
+    with pytest.raises(ValueError, match="rerank"):
+        RetrievalConfig(**bad)
 
 
 def test_aggregation_ignores_padding_and_negative_hits():
