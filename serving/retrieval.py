@@ -19,7 +19,14 @@ One implementation for the server, the evaluation and the benchmarks:
      start of the chosen bin's hits. A track whose windows match the query in
      random order (a common motif, a repeated chorus-like fragment) scores much lower than one that
      matches in time order.
-4. the best `top_k` tracks are returned with their score and offset (where in the master the query
+4. re-ranking ("temporal" only): the first stage sees just `neighbors_per_window` catalogue windows per
+   query window, and in a large catalogue the right track's windows get crowded out of those lists,
+   so its score misses some query windows. The best `rerank_candidates` tracks are therefore re-scored
+   exactly (`rerank_temporal`): every query window against every window of the track, over the same
+   tempo ratios and a grid of start positions, on the same [0, 1] scale. On the synthetic benchmark
+   this lifted MRR@10 from 0.718 to 0.753 with 1,000 tracks (see the README for 10,000) for ~2-3 ms
+   of CPU per query with 50 candidates;
+5. the best `top_k` tracks are returned with their score and offset (where in the master the query
    starts, seconds, >= 0); `no_match` is set when the best score is below the no-match threshold.
 
 The threshold comes from `RetrievalConfig.no_match_threshold`, or else from the index directory's

@@ -62,6 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
             cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None,
             thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
+            rerank_candidates=args.rerank_candidates,
         )
         report = evaluate(config)
     except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
@@ -105,6 +106,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="metrics.json of another run whose calibrated thresholds score open-set queries")
     p.add_argument("--no-match-threshold", type=float, default=None,
                    help="override the model's calibrated no-match threshold")
+    p.add_argument("--rerank-candidates", type=int, default=d.rerank_candidates,
+                   help="temporal aggregation: how many best tracks are re-scored exactly "
+                        "(default %(default)s, the server's; 0 = first stage only)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_eval)
 

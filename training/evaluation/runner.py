@@ -30,6 +30,7 @@ from tqdm import tqdm
 from data_gen import constants as C
 from data_gen.audio import AudioError, load_audio
 from data_gen.manifest import ManifestError, Query, Track, read_catalogue, read_queries
+from serving.retrieval import RetrievalConfig
 from training.evaluation import metrics as M
 from training.evaluation.baselines import BASELINES
 from training.evaluation.systems import ModelSystem, RankingSystem, SharedQueryEmbedding
@@ -81,6 +82,8 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first `limit` queries."""
     plots: bool = True
+    rerank_candidates: int = RetrievalConfig().rerank_candidates
+    """Temporal aggregation: the retriever's exact re-ranking depth (0: the first stage only)."""
     indexer: str = "auto"
     """How a missing index is built: "beam" (beam_pipelines.indexing, the production pipeline),
     "inprocess" (embed here, then WindowIndex.build: no pipeline start-up, for small catalogues),
@@ -99,6 +102,8 @@ class EvalConfig:
             raise ValueError(f"crop lengths must be positive, got {self.crop_seconds}")
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
+        if self.rerank_candidates < 0:
+            raise ValueError("rerank_candidates must be >= 0")
         if self.indexer not in INDEXERS:
             raise ValueError(f"indexer must be one of {', '.join(INDEXERS)}, got {self.indexer!r}")
 
@@ -297,16 +302,18 @@ def make_systems(config: EvalConfig, inputs: EvalInputs) -> tuple[list[RankingSy
     info: dict[str, Any] = {}
     if config.model_dir is not None:
         from serving.embedder import Embedder
-        from serving.retrieval import RetrievalConfig, Retriever
+        from serving.retrieval import Retriever
 
         embedder = Embedder(config.model_dir)
         index, index_info = build_or_load_index(config, inputs, embedder)
-        info["model"] = {"dir": str(config.model_dir), "version": embedder.version}
+        info["model"] = {"dir": str(config.model_dir), "version": embedder.version,
+                         "rerank_candidates": config.rerank_candidates}
         info["index"] = index_info
         shared = SharedQueryEmbedding(embedder)
         for agg in config.aggregations:
             rcfg = RetrievalConfig(top_k=config.top_k, aggregation=agg,
-                                   no_match_threshold=config.no_match_threshold)
+                                   no_match_threshold=config.no_match_threshold,
+                                   rerank_candidates=config.rerank_candidates)
             retriever = Retriever(embedder, index, rcfg)
             info["model"].setdefault("no_match_threshold", {})[agg] = {
                 "threshold": retriever.threshold, "source": retriever.threshold_source}

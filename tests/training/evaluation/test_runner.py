@@ -98,3 +98,5 @@ def test_config_validation(tiny_bench, tmp_path):
         _config(tiny_bench, tmp_path)
     with pytest.raises(ValueError, match="aggregation"):
         _config(tiny_bench, tmp_path, model_dir=tmp_path, aggregations=("max",))
+    with pytest.raises(ValueError, match="rerank_candidates"):
+        _config(tiny_bench, tmp_path, model_dir=tmp_path, rerank_candidates=-1)
