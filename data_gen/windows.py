@@ -42,3 +42,34 @@ def cut_master_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def cut_query_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cut_windows(audio, C.QUERY_WINDOW_HOP)
+
+
+def tempo_view(audio: np.ndarray, rate: float) -> np.ndarray:
+    """The recording played `rate` times slower (`rate` > 1: longer, slower and lower; < 1: shorter,
+    faster and higher), by band-limited resampling (`scipy.signal.resample_poly`, `rate` approximated
+    by a fraction with a denominator of at most 20). Changing the speed moves the pitch too, which a
+    key-invariant encoder does not mind; rate 1 returns the audio itself."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    if rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    frac = Fraction(rate).limit_denominator(20)
+    if frac == 1:
+        return audio
+    return resample_poly(audio, frac.numerator, frac.denominator).astype(np.float32, copy=False)
+
+
+def cut_query_views(audio: np.ndarray, rates: tuple[float, ...] = (1.0,)
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Query windows of each tempo view (`tempo_view(audio, rate)` for every rate), concatenated:
+    (windows [n, WINDOW_SAMPLES] float32, offsets_seconds [n] float32 in their view's own time,
+    views [n] int64: index into `rates`)."""
+    windows, offsets, views = [], [], []
+    for v, rate in enumerate(rates):
+        w, o = cut_query_windows(tempo_view(audio, rate))
+        windows.append(w)
+        offsets.append(o)
+        views.append(np.full(o.shape[0], v, np.int64))
+    return np.concatenate(windows), np.concatenate(offsets), np.concatenate(views)

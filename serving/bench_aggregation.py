@@ -262,8 +262,8 @@ def compare_real(catalogue: Path, queries: Path, model_dir: Path, index_dir: Pat
                 continue
         else:
             row = None
-        emb, off = embedder.embed_query(audio)
-        items.append((emb, off, audio.size / C.SAMPLE_RATE))
+        qe = embedder.embed_query(audio, RetrievalConfig().query_tempo_rates)  # the retrievers' views
+        items.append((qe.emb, qe.offsets_s, audio.size / C.SAMPLE_RATE, qe.views))
         expected.append(row)
         start = q.extra.get("master_offset_s") or q.extra.get("offset_s")
         starts.append(float(start) if start not in (None, "") else None)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.index import CALIBRATION_FILE
+from serving.retrieval import DEFAULT_QUERY_TEMPO_RATES, parse_tempo_rates
 
 if TYPE_CHECKING:
     from serving.retrieval import Retriever
@@ -66,6 +67,20 @@ class Calibration:
     rerank_candidates: int | None = None
     """The retriever's effective re-ranking depth (0: none, as for "vote"); None: a calibration made
     before re-ranking existed."""
+    query_tempo_rates: tuple[float, ...] | None = None
+    """The retriever's tempo views of a query; None: a calibration made before tempo views existed
+    (one view, the query as sung)."""
+
+    def retrieval_differs(self, rerank_candidates: int, query_tempo_rates: Sequence[float]) -> str | None:
+        """Why scores of a retriever with these settings are not on this calibration's scale (None: they are)."""
+        if (self.rerank_candidates or 0) != rerank_candidates:
+            made = ("before re-ranking existed" if self.rerank_candidates is None
+                    else f"re-ranking {self.rerank_candidates} candidates")
+            return f"it was made {made}, the retriever re-ranks {rerank_candidates}"
+        if tuple(self.query_tempo_rates or (1.0,)) != tuple(query_tempo_rates):
+            return (f"it was made with tempo views {list(self.query_tempo_rates or (1.0,))}, the retriever "
+                    f"uses {list(query_tempo_rates)}")
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +98,8 @@ class Calibration:
                 neighbors_per_window=None if d.get("neighbors_per_window") is None
                 else int(d["neighbors_per_window"]),
                 rerank_candidates=None if d.get("rerank_candidates") is None else int(d["rerank_candidates"]),
+                query_tempo_rates=None if d.get("query_tempo_rates") is None
+                else tuple(float(r) for r in d["query_tempo_rates"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"incomplete calibration entry ({e!r})") from e
@@ -124,6 +141,7 @@ def calibrate_scores(
     index_version: str = "",
     neighbors_per_window: int | None = None,
     rerank_candidates: int | None = None,
+    query_tempo_rates: Sequence[float] | None = None,
     sources: dict[str, Any] | None = None,
 ) -> Calibration:
     """Choose the threshold from top-1 scores. out_scores [n_out]; in_scores [n_in] with in_correct
@@ -156,6 +174,7 @@ def calibrate_scores(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         model_version=model_version, index_version=index_version,
         neighbors_per_window=neighbors_per_window, rerank_candidates=rerank_candidates,
+        query_tempo_rates=None if query_tempo_rates is None else tuple(float(r) for r in query_tempo_rates),
     )
 
 
@@ -237,7 +256,8 @@ def calibrate_retriever(retriever: "Retriever", out_of_catalogue: Iterable[np.nd
         aggregation=retriever.config.aggregation, target_false_accept_rate=target_false_accept_rate,
         model_version=retriever.index.metadata.model_version, index_version=retriever.index.version,
         neighbors_per_window=retriever.config.neighbors_per_window,
-        rerank_candidates=retriever.rerank_candidates, sources=sources,
+        rerank_candidates=retriever.rerank_candidates, query_tempo_rates=retriever.config.query_tempo_rates,
+        sources=sources,
     )
 
 
@@ -263,6 +283,7 @@ class CalibrateCommandConfig:
     target_false_accept_rate: float = DEFAULT_TARGET_FALSE_ACCEPT_RATE
     aggregations: tuple[str, ...] = ("temporal", "vote")
     neighbors_per_window: int = 100  # = RetrievalConfig().neighbors_per_window
+    query_tempo_rates: tuple[float, ...] = DEFAULT_QUERY_TEMPO_RATES
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -294,7 +315,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print("no out-of-catalogue queries: give --queries with empty track_id rows, or keep the qbh_demo hums")
         return 2
     retrievers = {a: Retriever(embedder, index, RetrievalConfig(aggregation=a, no_match_threshold=0.0,
-                                                                neighbors_per_window=args.neighbors_per_window))
+                                                                neighbors_per_window=args.neighbors_per_window,
+                                                                query_tempo_rates=args.tempo_views))
                   for a in args.aggregations.split(",")}
     scores: dict[str, dict[str, list]] = {a: {"in": [], "ok": [], "out": []} for a in retrievers}
     skipped = 0
@@ -306,9 +328,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
             log.warning("skipping %s: %s", path, e)
             skipped += 1
             continue
-        emb, off = embedder.embed_query(audio)
+        q = next(iter(retrievers.values())).embed(audio)  # the retrievers differ only in aggregation
         for agg, retriever in retrievers.items():
-            best = retriever.identify_embeddings(emb, off, audio.size / C.SAMPLE_RATE, top_k=1).best
+            best = retriever.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k=1,
+                                                 views=q.views).best
             s = best.score if best else 0.0
             if want is None:
                 scores[agg]["out"].append(s)
@@ -321,6 +344,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             target_false_accept_rate=args.target_far, model_version=index.metadata.model_version,
             index_version=index.version, neighbors_per_window=args.neighbors_per_window,
             rerank_candidates=retrievers[agg].rerank_candidates,
+            query_tempo_rates=retrievers[agg].config.query_tempo_rates,
             sources={"queries": str(args.queries or ""), "qbh_demo": not args.no_qbh_demo,
                      "skipped": skipped})
         save_calibration(index.path, cal)
@@ -349,5 +373,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="open-set false-accept rate to allow (default %(default)s)")
     p.add_argument("--aggregations", default=",".join(d.aggregations))
     p.add_argument("--neighbors-per-window", type=int, default=d.neighbors_per_window)
+    p.add_argument("--tempo-views", type=parse_tempo_rates, default=d.query_tempo_rates,
+                   help="the server's tempo views of a query (default %(default)s)")
     p.add_argument("--limit", type=int, help="at most N in- and N out-of-catalogue queries")
     p.set_defaults(func=run_calibrate)

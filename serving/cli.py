@@ -47,6 +47,7 @@ def _on_off(text: str) -> bool:
 def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) -> None:
     """Flags shared by `serve` and `bench-load` (in-process server)."""
     from serving.batching import BatchingConfig
+    from serving.retrieval import parse_tempo_rates
     from serving.server import ServerConfig
     from serving.servicer import ServicerConfig
 
@@ -64,6 +65,10 @@ def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) ->
                    help=f"how long a batch waits for more requests (default {b.max_wait_ms} ms)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the calibrated no-match threshold")
+    p.add_argument("--tempo-views", type=parse_tempo_rates, default=d.query_tempo_rates,
+                   help="comma list of the tempo views each query is matched in (how many times longer "
+                        f"each plays; default {','.join(map(str, d.query_tempo_rates))}; 1 = as sung, "
+                        "a third of the embedding work)")
 
 
 def server_config_from_args(args: argparse.Namespace, **overrides):
@@ -81,6 +86,7 @@ def server_config_from_args(args: argparse.Namespace, **overrides):
         batching=args.batching,
         batch=replace(BatchingConfig(), max_wait_ms=args.batch_wait_ms),
         no_match_threshold=args.threshold,
+        query_tempo_rates=args.tempo_views,
         **overrides,
     )
 

@@ -223,13 +223,15 @@ def open_set_hums() -> list[Path]:
 
 def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manifest: Path,
                        config: DemoConfig, held_out: Path | None) -> str:
-    """Calibrate the no-match threshold when the index has none. Returns a one-line summary."""
+    """Calibrate the no-match threshold when the index has none (or one made with other retrieval
+    settings). Returns a one-line summary."""
     from serving.calibration import load_calibration
     from serving.retrieval import RetrievalConfig
 
-    aggregation = RetrievalConfig().aggregation
-    existing = load_calibration(index_dir, aggregation)
-    if existing is not None:
+    default = RetrievalConfig()
+    existing = load_calibration(index_dir, default.aggregation)
+    rerank = default.rerank_candidates if default.aggregation == "temporal" else 0
+    if existing is not None and existing.retrieval_differs(rerank, default.query_tempo_rates) is None:
         return f"threshold {existing.threshold:.3f} (calibrated {existing.created}, reused)"
     from tqdm import tqdm
 

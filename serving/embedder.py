@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.windows import cut_master_windows, cut_query_windows
+from data_gen.windows import cut_master_windows, cut_query_views
+from serving.retrieval import QueryEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,8 @@ class Embedder:
         windows, offsets = cut_master_windows(audio)
         return self.embed_windows(windows), offsets
 
-    def embed_query(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Whole query [time] -> (embeddings [n, dim], window offsets in seconds [n])."""
-        windows, offsets = cut_query_windows(audio)
-        return self.embed_windows(windows), offsets
+    def embed_query(self, audio: np.ndarray, tempo_rates: Sequence[float] = (1.0,)) -> QueryEmbedding:
+        """Whole query [time] -> its windows in each tempo view (`cut_query_views`), embedded in one
+        batch: QueryEmbedding(emb [n, dim], offsets_s [n], views [n])."""
+        windows, offsets, views = cut_query_views(audio, tuple(tempo_rates))
+        return QueryEmbedding(self.embed_windows(windows), offsets, views)

@@ -2,7 +2,10 @@
 
 One implementation for the server, the evaluation and the benchmarks:
 
-1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`);
+1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`),
+   once per tempo view (`query_tempo_rates`: the query resampled to play 0.8x / 1x / 1.25x as long, so
+   that one view is close to the master's tempo; see `RetrievalConfig.query_tempo_rates`); steps 2-4
+   run on each view and a track keeps its best view's score;
 2. each query window retrieves its `neighbors_per_window` nearest catalogue windows (`WindowIndex.search`);
 3. the hits are aggregated per track:
    - "vote": for each query window, the track's best window similarity; the track's score is the mean
@@ -62,10 +65,31 @@ to 1, unrelated audio with an untrained or trained model rarely keeps half of it
 similar. Calibrate (serving.calibration) for a real operating point."""
 DEFAULT_TEMPO_RATIOS = (0.75, 0.87, 1.0, 1.15, 1.33)
 """Master seconds per query second that the temporal aggregation tries (sung 25 % slower .. faster)."""
+DEFAULT_QUERY_TEMPO_RATES = (1.0, 0.8, 1.25)
+"""Tempo views of a query (`data_gen.windows.tempo_view`: how many times longer the view plays). The
+encoder hears the notes' durations, so a window of a query sung much slower or faster than the record
+matches its master window less well; the view closest to the master's tempo restores it."""
+
+
+def parse_tempo_rates(text: str) -> tuple[float, ...]:
+    """"1,0.8,1.25" -> (1.0, 0.8, 1.25): tempo views for a command-line flag (ValueError when bad)."""
+    rates = tuple(float(v) for v in text.split(",") if v.strip())
+    RetrievalConfig(query_tempo_rates=rates)  # raises ValueError unless distinct and positive
+    return rates
 
 
 class ModelMismatchError(ValueError):
     """The embedder's model is not the one the index was built with (scores would be meaningless)."""
+
+
+@dataclass(frozen=True)
+class QueryEmbedding:
+    """The embedded windows of one query: emb [n, d] float32, offsets_s [n] (window starts, seconds
+    in their view's own time), views [n] int (index into the tempo rates the query was cut with)."""
+
+    emb: np.ndarray
+    offsets_s: np.ndarray
+    views: np.ndarray
 
 
 class EmbedderLike(Protocol):
@@ -74,7 +98,7 @@ class EmbedderLike(Protocol):
     @property
     def version(self) -> str: ...
 
-    def embed_query(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def embed_query(self, audio: np.ndarray, tempo_rates: Sequence[float] = (1.0,)) -> QueryEmbedding: ...
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,9 @@ class RetrievalConfig:
     no_match_threshold: float | None = None
     """None: read from the index's calibration.json (else DEFAULT_NO_MATCH_THRESHOLD, with a warning)."""
     tempo_ratios: tuple[float, ...] = DEFAULT_TEMPO_RATIOS
+    query_tempo_rates: tuple[float, ...] = DEFAULT_QUERY_TEMPO_RATES
+    """Tempo views the query is embedded in (1.0 = as sung); each is aggregated, re-ranked and scored
+    on its own and a track keeps its best view. (1.0,) = one view, a third of the embedding work."""
     offset_bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
     offset_tolerance_bins: int = 1
     rerank_candidates: int = 50
@@ -103,6 +130,9 @@ class RetrievalConfig:
             raise ValueError("top_k and neighbors_per_window must be >= 1")
         if not self.tempo_ratios or min(self.tempo_ratios) <= 0:
             raise ValueError("tempo_ratios must be positive")
+        if (not self.query_tempo_rates or min(self.query_tempo_rates) <= 0
+                or len(set(self.query_tempo_rates)) != len(self.query_tempo_rates)):
+            raise ValueError(f"query_tempo_rates must be distinct positive rates, got {self.query_tempo_rates}")
         if self.offset_bin_seconds <= 0 or self.offset_tolerance_bins < 0:
             raise ValueError("offset_bin_seconds must be > 0 and offset_tolerance_bins >= 0")
         if self.rerank_candidates < 0 or self.rerank_step_seconds <= 0 or self.rerank_tolerance_seconds < 0:
@@ -416,11 +446,10 @@ class Retriever:
                 if cal.neighbors_per_window not in (None, self.config.neighbors_per_window):
                     log.info("calibration used %s neighbours per window, this retriever uses %d",
                              cal.neighbors_per_window, self.config.neighbors_per_window)
-                if (cal.rerank_candidates or 0) != self._rerank_count:
-                    log.warning("the calibration in %s was made %s; this retriever re-ranks %d candidates, "
-                                "so its scores differ: run `earworm calibrate` again", self.index.path,
-                                "before re-ranking existed" if cal.rerank_candidates is None
-                                else f"re-ranking {cal.rerank_candidates} candidates", self._rerank_count)
+                differs = cal.retrieval_differs(self._rerank_count, self.config.query_tempo_rates)
+                if differs:
+                    log.warning("the calibration in %s does not fit this retriever's scores (%s): run "
+                                "`earworm calibrate` again", self.index.path, differs)
                 return float(cal.threshold), "calibration"
         log.warning("no calibrated no-match threshold for aggregation %r (index %s): using the default "
                     "%.2f; run the calibration for a measured operating point", self.config.aggregation,
@@ -437,41 +466,60 @@ class Retriever:
         return Retriever(self.embedder, self.index, config)
 
     # -- identification --------------------------------------------------------------------------
-    def identify(self, audio: np.ndarray, top_k: int | None = None) -> RetrievalResult:
-        """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult."""
+    def embed(self, audio: np.ndarray) -> QueryEmbedding:
+        """audio float32 [time] mono at SAMPLE_RATE -> its windows embedded in this config's tempo views."""
         if self.embedder is None:
             raise RuntimeError("this Retriever has no embedder; use identify_embeddings")
+        return self.embedder.embed_query(audio, self.config.query_tempo_rates)
+
+    def identify(self, audio: np.ndarray, top_k: int | None = None) -> RetrievalResult:
+        """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult."""
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(f"audio must be a non-empty [time] array, got shape {audio.shape}")
         t0 = time.perf_counter()
-        emb, offsets = self.embedder.embed_query(audio)
+        q = self.embed(audio)
         embed_ms = (time.perf_counter() - t0) * 1e3
-        result = self.identify_embeddings(emb, offsets, audio.size / C.SAMPLE_RATE, top_k)
+        result = self.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k, views=q.views)
         result.timings_ms["embed"] = embed_ms
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 
     def identify_embeddings(self, emb: np.ndarray, offsets_s: np.ndarray, audio_seconds: float,
-                            top_k: int | None = None) -> RetrievalResult:
-        """emb float32 [n, d] query window embeddings, offsets_s [n] their starts in the query (s)."""
-        return self.identify_embeddings_batch([(emb, offsets_s, audio_seconds)], top_k)[0]
+                            top_k: int | None = None, views: np.ndarray | None = None) -> RetrievalResult:
+        """emb float32 [n, d] query window embeddings, offsets_s [n] their starts in the query (s),
+        views [n] their tempo view (None: all one view)."""
+        return self.identify_embeddings_batch([(emb, offsets_s, audio_seconds, views)], top_k)[0]
 
-    def identify_embeddings_batch(self, queries: Sequence[tuple[np.ndarray, np.ndarray, float]],
-                                  top_k: int | None = None) -> list[RetrievalResult]:
-        """Many queries' (emb [n_i, d], offsets_s [n_i], audio_seconds) with one index search call."""
+    def _rank_view(self, rows: np.ndarray, sims: np.ndarray, emb: np.ndarray, offsets: np.ndarray,
+                   depth: int) -> list[tuple[int, float, float]]:
+        """One tempo view's windows: aggregate their hits, keep the best `depth`, re-rank them."""
+        scores = aggregate(rows, sims, self.index.track_rows, self.index.offsets_s, offsets, self.config)
+        ranked = [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
+                  for j in top_tracks(scores, depth)]
+        return self._rerank(emb, offsets, ranked) if self._rerank_count else ranked
+
+    def identify_embeddings_batch(self, queries: Sequence[tuple], top_k: int | None = None
+                                  ) -> list[RetrievalResult]:
+        """Many queries' (emb [n_i, d], offsets_s [n_i], audio_seconds[, views [n_i] or None]) with one
+        index search call. With several tempo views, each view is ranked on its own and a track keeps
+        its best view's score and offset (ties: the lower view index)."""
         t0 = time.perf_counter()
         top_k = int(top_k or self.config.top_k)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        embs, offs = [], []
-        for emb, offsets, _ in queries:
-            emb = np.asarray(emb, np.float32)
-            offsets = np.asarray(offsets, np.float64)
+        embs, offs, views_of = [], [], []
+        for item in queries:
+            emb, offsets = np.asarray(item[0], np.float32), np.asarray(item[1], np.float64)
             if emb.ndim != 2 or offsets.shape != (emb.shape[0],):
                 raise ValueError(f"emb must be [n, d] with offsets [n], got {emb.shape} and {offsets.shape}")
+            views = item[3] if len(item) > 3 else None
+            views = np.zeros(emb.shape[0], np.int64) if views is None else np.asarray(views, np.int64)
+            if views.shape != offsets.shape:
+                raise ValueError(f"views must be [n] like the offsets, got {views.shape}")
             embs.append(emb)
             offs.append(offsets)
+            views_of.append(views)
         sizes = [e.shape[0] for e in embs]
         if embs and sum(sizes):
             rows, sims = self.index.search(np.concatenate(embs), self.config.neighbors_per_window)
@@ -481,29 +529,33 @@ class Retriever:
         search_ms = (time.perf_counter() - t0) * 1e3
         results = []
         bounds = np.cumsum([0] + sizes)
-        for i, (_, _, audio_seconds) in enumerate(queries):
+        depth = max(top_k, self._rerank_count)
+        for i, item in enumerate(queries):
             t1 = time.perf_counter()
             r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
-            scores = aggregate(r, s, self.index.track_rows, self.index.offsets_s, offs[i], self.config)
-            ranked = [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
-                      for j in top_tracks(scores, max(top_k, self._rerank_count))]
-            if self._rerank_count:
-                ranked = self._rerank(embs[i], offs[i], ranked)
+            best: dict[int, tuple[float, float]] = {}
+            for v in np.unique(views_of[i]):
+                m = views_of[i] == v
+                for t, score, offset in self._rank_view(r[m], s[m], embs[i][m], offs[i][m], depth):
+                    if t not in best or score > best[t][0]:
+                        best[t] = (score, offset)
+            ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
             matches = [
                 Match(self.index.tracks[t].track_id, self.index.tracks[t].title, self.index.tracks[t].artist,
                       score, round(offset, 3))
-                for t, score, offset in ranked[:top_k]
+                for t, (score, offset) in ranked
             ]
             no_match = not matches or matches[0].score < self.threshold
             agg_ms = (time.perf_counter() - t1) * 1e3
-            results.append(RetrievalResult(matches, no_match, self.threshold, float(audio_seconds),
+            results.append(RetrievalResult(matches, no_match, self.threshold, float(item[2]),
                                            {"search": search_ms, "aggregate": agg_ms,
                                             "total": search_ms + agg_ms}))
         return results
 
 
 __all__ = [
-    "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_TEMPO_RATIOS", "EmbedderLike", "Match",
-    "ModelMismatchError", "RetrievalConfig", "RetrievalResult", "Retriever", "TrackScores", "aggregate",
-    "aggregate_temporal", "aggregate_vote", "rerank_temporal", "top_tracks",
+    "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_QUERY_TEMPO_RATES", "DEFAULT_TEMPO_RATIOS",
+    "EmbedderLike", "Match", "ModelMismatchError", "QueryEmbedding", "RetrievalConfig", "RetrievalResult",
+    "Retriever", "TrackScores", "aggregate", "aggregate_temporal", "aggregate_vote", "parse_tempo_rates",
+    "rerank_temporal", "top_tracks",
 ]

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import BatchingConfig, DirectEmbedding, MicroBatcher
 from serving.metrics import Metrics
+from serving.retrieval import DEFAULT_QUERY_TEMPO_RATES
 from serving.servicer import SERVICE_NAME, IndexSwapError, RecognizerServicer, ServicerConfig, ServingState
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class ServerConfig:
     """Poll the index's metadata.json this often and swap in a new version (0: never)."""
     no_match_threshold: float | None = None
     """Override the calibrated no-match threshold (None: the index's calibration.json)."""
+    query_tempo_rates: tuple[float, ...] = DEFAULT_QUERY_TEMPO_RATES
+    """Tempo views of each query (`serving.retrieval.RetrievalConfig.query_tempo_rates`)."""
 
     @property
     def max_receive_bytes(self) -> int:
@@ -119,7 +122,8 @@ def load_components(config: ServerConfig) -> Components:
     except Exception as e:  # ModelError, IndexLoadError, OSError: all mean "cannot start"
         raise ServerError(str(e)) from e
     check_versions(embedder.version, index, config.index_dir)
-    retriever = Retriever(embedder, index, RetrievalConfig(no_match_threshold=config.no_match_threshold))
+    retriever = Retriever(embedder, index, RetrievalConfig(no_match_threshold=config.no_match_threshold,
+                                                           query_tempo_rates=config.query_tempo_rates))
     return Components(embedder, index, retriever)
 
 

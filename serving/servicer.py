@@ -28,7 +28,7 @@ import numpy as np
 
 from data_gen import constants as C
 from data_gen.audio import AudioError, SilentAudioError, TooShortAudioError, decode_audio, pcm_to_audio
-from data_gen.windows import cut_query_windows, window_starts
+from data_gen.windows import cut_query_views, tempo_view, window_starts
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import EmbeddingTimeout
@@ -300,11 +300,12 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         top_k = self._top_k(request.top_k)
         audio = self._decode(audio_msg)
         outcome.audio_seconds = audio.shape[0] / C.SAMPLE_RATE
-        windows, offsets = cut_query_windows(audio)
+        windows, offsets, views = cut_query_views(audio, state.retriever.config.query_tempo_rates)
         t0 = time.perf_counter()
         emb = self._embed(embedding, windows, context)
         outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
-        result = state.retriever.identify_embeddings(emb, offsets, outcome.audio_seconds, top_k=top_k)
+        result = state.retriever.identify_embeddings(emb, offsets, outcome.audio_seconds, top_k=top_k,
+                                                     views=views)
         outcome.search_ms += result.timings_ms.get("total", 0.0)
         outcome.top_score = result.matches[0].score if result.matches else None
         outcome.no_match = bool(result.no_match)
@@ -388,7 +389,7 @@ class _StreamSession:
         while self.next_interim < self.config.min_query_seconds:
             self.next_interim += self.interval
         self.pending_interim = False
-        self.cache: dict[int, np.ndarray] = {}  # window start sample -> embedding [dim]
+        self.cache: dict[tuple[int, int], np.ndarray] = {}  # (tempo view, window start) -> embedding [dim]
         self.confident_streak: list[str] = []  # top track of consecutive confident interims
 
     @property
@@ -422,33 +423,43 @@ class _StreamSession:
                 raise  # no interim answer for silence so far; the final answer decides
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
 
-    def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings of the query windows of `audio`, re-using windows embedded earlier."""
-        starts = window_starts(audio.shape[0], C.QUERY_WINDOW_HOP)
-        # Resampled audio may still change near its end as more arrives: cache only settled windows.
-        settle = 0 if self.sample_rate == C.SAMPLE_RATE else C.SAMPLE_RATE // 2
-        todo = [s for s in starts if int(s) not in self.cache]
-        if todo:
-            padded = audio if audio.shape[0] >= C.WINDOW_SAMPLES else np.pad(
-                audio, (0, C.WINDOW_SAMPLES - audio.shape[0]))
-            windows = np.stack([padded[s : s + C.WINDOW_SAMPLES] for s in todo]).astype(np.float32)
-            emb = self.servicer._embed(self.embedding, windows, self.context)
-            fresh = dict(zip((int(s) for s in todo), emb))
-        else:
-            fresh = {}
-        out = np.stack([fresh[int(s)] if int(s) in fresh else self.cache[int(s)] for s in starts])
-        for s, e in fresh.items():
-            if s + C.WINDOW_SAMPLES <= audio.shape[0] - settle:
-                self.cache[s] = e
-        return out, (starts / C.SAMPLE_RATE).astype(np.float32)
+    def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embeddings of the query windows of `audio` in each tempo view (as `cut_query_views`):
+        (emb [n, dim], offsets [n] s, views [n]), re-using windows embedded earlier."""
+        rates = self.state.retriever.config.query_tempo_rates
+        keys, windows_todo, offsets, views = [], [], [], []
+        for v, rate in enumerate(rates):
+            view = tempo_view(audio, rate)
+            starts = window_starts(view.shape[0], C.QUERY_WINDOW_HOP)
+            # Resampled audio may still change near its end as more arrives: cache only settled windows.
+            settle = 0 if self.sample_rate == C.SAMPLE_RATE and rate == 1.0 else C.SAMPLE_RATE // 2
+            padded = view if view.shape[0] >= C.WINDOW_SAMPLES else np.pad(
+                view, (0, C.WINDOW_SAMPLES - view.shape[0]))
+            for st in (int(x) for x in starts):
+                key = (v, st, st + C.WINDOW_SAMPLES <= view.shape[0] - settle)
+                keys.append(key)
+                if key[:2] not in self.cache:
+                    windows_todo.append((key, padded[st : st + C.WINDOW_SAMPLES]))
+            offsets.append(starts / C.SAMPLE_RATE)
+            views.append(np.full(starts.shape[0], v, np.int64))
+        fresh: dict[tuple[int, int], np.ndarray] = {}
+        if windows_todo:
+            emb = self.servicer._embed(self.embedding, np.stack([w for _, w in windows_todo]).astype(np.float32),
+                                       self.context)
+            fresh = {key[:2]: e for (key, _), e in zip(windows_todo, emb)}
+        out = np.stack([fresh[k[:2]] if k[:2] in fresh else self.cache[k[:2]] for k in keys])
+        for k in keys:
+            if k[2] and k[:2] in fresh:
+                self.cache[k[:2]] = fresh[k[:2]]
+        return out, np.concatenate(offsets).astype(np.float32), np.concatenate(views)
 
     def _answer(self, final: bool) -> pb.StreamIdentifyResponse:
         audio = self._audio(final)
         t0 = time.perf_counter()
-        emb, offsets = self._embed(audio)
+        emb, offsets, views = self._embed(audio)
         self.outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
         seconds = audio.shape[0] / C.SAMPLE_RATE
-        result = self.state.retriever.identify_embeddings(emb, offsets, seconds, top_k=self.top_k)
+        result = self.state.retriever.identify_embeddings(emb, offsets, seconds, top_k=self.top_k, views=views)
         self.outcome.search_ms += result.timings_ms.get("total", 0.0)
         self.outcome.answers += 1
         self.outcome.top_score = result.matches[0].score if result.matches else None

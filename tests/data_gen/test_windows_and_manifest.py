@@ -4,7 +4,7 @@ import pytest
 from data_gen import constants as C
 from data_gen.manifest import (ManifestError, Query, Track, read_catalogue, read_queries,
                                write_catalogue, write_queries)
-from data_gen.windows import cut_windows, window_starts
+from data_gen.windows import cut_query_views, cut_windows, tempo_view, window_starts
 
 
 def test_window_starts_cover_the_end():
@@ -25,6 +25,30 @@ def test_window_offsets_in_seconds():
     w, off = cut_windows(audio, C.QUERY_WINDOW_HOP)
     assert off.tolist() == [0, 1, 2, 3, 4, 5, 6]
     assert w[3, 0] == 3 * C.SAMPLE_RATE
+
+
+def test_tempo_view_plays_rate_times_longer_at_a_scaled_pitch():
+    sr = C.SAMPLE_RATE
+    t = np.arange(2 * sr) / sr
+    tone = np.sin(2 * np.pi * 440.0 * t).astype(np.float32)
+    assert tempo_view(tone, 1.0) is tone
+    slow = tempo_view(tone, 1.25)
+    assert slow.dtype == np.float32 and slow.shape[0] == int(2 * sr * 1.25)
+    peak = np.argmax(np.abs(np.fft.rfft(slow))) * sr / slow.shape[0]
+    assert peak == pytest.approx(440.0 / 1.25, rel=0.01)  # slower and lower, like a slowed record
+    assert tempo_view(tone, 0.8).shape[0] == int(2 * sr * 0.8)
+    with pytest.raises(ValueError, match="positive"):
+        tempo_view(tone, 0.0)
+
+
+def test_query_views_concatenate_the_windows_of_every_view():
+    audio = np.random.default_rng(0).standard_normal(10 * C.SAMPLE_RATE).astype(np.float32)
+    windows, offsets, views = cut_query_views(audio, (1.0, 0.8, 1.25))
+    per_view = [cut_windows(tempo_view(audio, r), C.QUERY_WINDOW_HOP)[1] for r in (1.0, 0.8, 1.25)]
+    assert [int((views == v).sum()) for v in range(3)] == [len(o) for o in per_view] == [7, 5, 10]
+    assert windows.shape == (len(views), C.WINDOW_SAMPLES) and offsets.shape == views.shape
+    np.testing.assert_array_equal(windows[views == 0], cut_windows(audio, C.QUERY_WINDOW_HOP)[0])
+    np.testing.assert_allclose(offsets[views == 2], per_view[2])
 
 
 def test_catalogue_round_trip(tmp_path):

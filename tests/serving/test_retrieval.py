@@ -16,10 +16,12 @@ from serving.index import TrackInfo, WindowIndex
 from serving.retrieval import (
     DEFAULT_NO_MATCH_THRESHOLD,
     ModelMismatchError,
+    QueryEmbedding,
     RetrievalConfig,
     Retriever,
     aggregate_temporal,
     aggregate_vote,
+    parse_tempo_rates,
     rerank_temporal,
 )
 
@@ -48,9 +50,14 @@ class FakeEmbedder:
         self.query = query
         self.calls = 0
 
-    def embed_query(self, audio):
+    def embed_query(self, audio, tempo_rates=(1.0,)):
+        """The fixed windows in the first view (as sung); other views get unrelated windows."""
         self.calls += 1
-        return self.query, np.arange(self.query.shape[0], dtype=np.float32) * C.QUERY_WINDOW_HOP_SECONDS
+        self.rates = tuple(tempo_rates)
+        n = self.query.shape[0]
+        emb = np.concatenate([self.query] + [np.tile(e(127), (n, 1)) for _ in tempo_rates[1:]])
+        offsets = np.tile(np.arange(n, dtype=np.float32) * C.QUERY_WINDOW_HOP_SECONDS, len(tempo_rates))
+        return QueryEmbedding(emb, offsets, np.repeat(np.arange(len(tempo_rates)), n))
 
 
 def scenario_index(model_version: str = FakeEmbedder.version) -> WindowIndex:
@@ -180,6 +187,37 @@ def test_batch_identification_equals_single(index, embedder):
     assert batch[1].matches[0].track_id == "aligned" and batch[1].matches[0].offset_s == pytest.approx(12.0)
     with pytest.raises(RuntimeError, match="no embedder"):
         r.identify(audio())
+
+
+def test_each_tempo_view_is_ranked_alone_and_a_track_keeps_its_best_view(index):
+    """View 0 is the query as sung (matches "aligned" at 0.8); view 1 is the query resampled so that
+    it matches "tempo" window for window (0.7 at ratio 1 instead of 1.33); alone, view 1 would be
+    scored against all its windows, and mixing it into view 0's alignment would dilute both."""
+    r = Retriever(None, index, RetrievalConfig(no_match_threshold=0.5, tempo_ratios=(1.0,)))
+    sung = np.stack([e(i) for i in range(Q)])
+    off = np.arange(Q, dtype=np.float64)
+    one = {m.track_id: m.score for m in r.identify_embeddings(sung, off, 12.0).matches}
+    assert one["tempo"] < 0.7 * 0.75  # with the query's own tempo only, "tempo" drifts apart
+    both = r.identify_embeddings(np.concatenate([sung, sung]), np.concatenate([off, off * 1.33]), 12.0,
+                                 views=np.repeat([0, 1], Q))
+    got = {m.track_id: m for m in both.matches}
+    assert [m.track_id for m in both.matches][:2] == ["aligned", "tempo"]
+    assert got["aligned"].score == pytest.approx(0.8, abs=1e-4)  # view 0's score, not an average
+    assert got["tempo"].score == pytest.approx(0.7, abs=1e-4) and got["tempo"].offset_s == pytest.approx(5.0, abs=0.05)
+    with pytest.raises(ValueError, match="views"):
+        r.identify_embeddings(sung, off, 12.0, views=np.zeros(Q - 1, np.int64))
+
+
+def test_identify_embeds_the_configured_tempo_views(index, embedder):
+    r = Retriever(embedder, index, RetrievalConfig(no_match_threshold=0.5, query_tempo_rates=(1.0, 0.8, 1.25)))
+    res = r.identify(audio())
+    assert embedder.rates == (1.0, 0.8, 1.25)
+    assert res.matches[0].track_id == "aligned" and res.matches[0].score == pytest.approx(0.8, abs=1e-4)
+    with pytest.raises(ValueError, match="query_tempo_rates"):
+        RetrievalConfig(query_tempo_rates=(1.0, 1.0))
+    with pytest.raises(ValueError, match="query_tempo_rates"):
+        RetrievalConfig(query_tempo_rates=(1.0, -0.8))
+    assert parse_tempo_rates("1, 0.8,1.25") == (1.0, 0.8, 1.25)
 
 
 def crowded_index() -> WindowIndex:

@@ -284,14 +284,42 @@ def test_stream_sends_interims_then_a_final_answer_when_the_client_closes(server
     assert answers[-1].result.matches[0].track_id == TRACK_IDS[2]
 
 
-def test_stream_ends_early_once_confident_and_stable(client, masters):
+def test_stream_ends_early_once_confident_and_stable(server_factory, embedder, index_dir, masters):
+    from serving.client import RecognizerClient
+    from serving.index import WindowIndex
+    from serving.retrieval import RetrievalConfig
+
+    # The query as sung only: in resampled tempo views of 2-3 s of audio, the untrained test model
+    # scores every track alike (~0.99), so the early stop would wait for more audio (tested below).
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir),
+                                                 RetrievalConfig(query_tempo_rates=(1.0,))))
     audio = masters[TRACK_IDS[0]][: 16 * C.SAMPLE_RATE]
-    answers = list(client.stream(audio, chunk_seconds=0.5, interim_interval_seconds=1.0))
+    with RecognizerClient(target, timeout=20) as client:
+        answers = list(client.stream(audio, chunk_seconds=0.5, interim_interval_seconds=1.0))
     assert answers[-1].is_final and all(not a.is_final for a in answers[:-1])
     assert answers[-1].matches[0].track_id == TRACK_IDS[0]
     # exact master audio scores ~1 > threshold + margin: final after two agreeing interims (2 s, 3 s)
     assert answers[-1].audio_seconds < 16.0
     assert len(answers) == 2
+
+
+def test_stream_answers_like_identify_in_every_tempo_view(server_factory, embedder, index_dir, masters):
+    """The stream's per-view window cache (settled windows only) gives the answer Identify gives for
+    the same audio, with the default tempo views."""
+    from serving.client import RecognizerClient
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                               servicer={"confident_margin": 10.0})  # never final early
+    audio = masters[TRACK_IDS[1]][3 * C.SAMPLE_RATE : 12 * C.SAMPLE_RATE]
+    with RecognizerClient(target, timeout=30) as client:
+        answers = list(client.stream(audio, chunk_seconds=0.7, interim_interval_seconds=1.5))
+        whole = client.identify_audio(audio)
+    assert len(answers) > 2 and answers[-1].is_final
+    got = [(m.track_id, m.score, m.offset_seconds) for m in answers[-1].matches]
+    want = [(m.track_id, m.score, m.offset_seconds) for m in whole.matches]
+    assert [g[0] for g in got] == [w[0] for w in want] and got[0][0] == TRACK_IDS[1]
+    np.testing.assert_allclose([g[1:] for g in got], [w[1:] for w in want], atol=1e-4)
 
 
 def test_stream_caps_the_audio_at_the_maximum(server_factory, embedder, index_dir, masters):
@@ -404,8 +432,10 @@ def test_reload_picks_up_a_new_index_version_on_disk(server_factory, make_index,
 
 # --- batching and metrics -------------------------------------------------------------------------
 def test_micro_batching_server_gives_the_same_answers(server_factory, embedder, index_dir, masters):
+    from data_gen.windows import cut_query_views
     from serving.client import RecognizerClient
     from serving.index import WindowIndex
+    from serving.retrieval import RetrievalConfig
 
     index = WindowIndex.load(index_dir)
     server, target = server_factory(loader=loader_for(embedder, index), batching=True)
@@ -423,7 +453,9 @@ def test_micro_batching_server_gives_the_same_answers(server_factory, embedder, 
         t.join()
     assert {tid: r.matches[0].track_id for tid, r in results.items()} == {tid: tid for tid in queries}
     stats = server._embedding.stats()
-    assert stats["embed_requests"] == 3 and stats["embed_windows"] == 3 * 5
+    per_query = cut_query_views(queries[TRACK_IDS[0]], RetrievalConfig().query_tempo_rates)[0].shape[0]
+    assert per_query == 5 + 4 + 7  # 8 s as sung, played 0.8x and 1.25x as long
+    assert stats["embed_requests"] == 3 and stats["embed_windows"] == 3 * per_query
 
 
 def test_metrics_count_requests_and_errors(server_factory, embedder, index_dir, good_query):

@@ -62,7 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
             cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None,
             thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
-            rerank_candidates=args.rerank_candidates,
+            rerank_candidates=args.rerank_candidates, query_tempo_rates=args.tempo_views,
         )
         report = evaluate(config)
     except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
@@ -77,6 +77,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from serving.retrieval import parse_tempo_rates
     from training.evaluation.runner import INDEXERS, EvalConfig
 
     d = EvalConfig(Path("."), Path("."), Path("."), model_dir=Path("."))
@@ -109,6 +110,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank-candidates", type=int, default=d.rerank_candidates,
                    help="temporal aggregation: how many best tracks are re-scored exactly "
                         "(default %(default)s, the server's; 0 = first stage only)")
+    p.add_argument("--tempo-views", type=parse_tempo_rates, default=d.query_tempo_rates,
+                   help="comma list of the query's tempo views (how many times longer each plays; "
+                        f"default: the server's, {','.join(map(str, d.query_tempo_rates))}; 1 = the query as sung only)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_eval)
 

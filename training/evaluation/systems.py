@@ -20,7 +20,7 @@ from data_gen import constants as C
 from data_gen.manifest import Track
 
 if TYPE_CHECKING:  # heavy imports (TensorFlow, ScaNN) stay out of `earworm --help`
-    from serving.retrieval import RetrievalResult, Retriever
+    from serving.retrieval import QueryEmbedding, RetrievalResult, Retriever
 
 
 class RankingSystem(abc.ABC):
@@ -46,20 +46,22 @@ class RankingSystem(abc.ABC):
 
 
 class SharedQueryEmbedding:
-    """Embeds each query once for all aggregations of one model (remembering how long it took)."""
+    """Embeds each query once (in the given tempo views) for all aggregations of one model,
+    remembering how long it took."""
 
-    def __init__(self, embedder):
+    def __init__(self, embedder, tempo_rates: Sequence[float] = (1.0,)):
         self.embedder = embedder
+        self.tempo_rates = tuple(tempo_rates)
         self._key: str | None = None
-        self._value: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._value: tuple["QueryEmbedding", float] | None = None
 
-    def embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """audio [time] -> (window embeddings [n, d], window offsets [n] s, milliseconds it took)."""
+    def embed(self, audio: np.ndarray) -> tuple["QueryEmbedding", float]:
+        """audio [time] -> (its QueryEmbedding, milliseconds it took)."""
         key = hashlib.sha1(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
         if key != self._key or self._value is None:
             start = time.perf_counter()
-            emb, offsets = self.embedder.embed_query(audio)
-            self._value = (emb, offsets, 1000.0 * (time.perf_counter() - start))
+            q = self.embedder.embed_query(audio, self.tempo_rates)
+            self._value = (q, 1000.0 * (time.perf_counter() - start))
             self._key = key
         return self._value
 
@@ -67,13 +69,16 @@ class SharedQueryEmbedding:
 class ModelSystem(RankingSystem):
     """The learned encoder + window index, answered by the server's retrieval library.
 
-    `Retriever.identify(audio)` is `embedder.embed_query(audio)` followed by
-    `identify_embeddings(...)`; with several aggregations of one model the query is embedded once
-    (SharedQueryEmbedding) and each aggregation reports embed + search + aggregate time.
+    `Retriever.identify(audio)` is `Retriever.embed(audio)` followed by `identify_embeddings(...)`;
+    with several aggregations of one model the query is embedded once (SharedQueryEmbedding, with the
+    retrievers' tempo views) and each aggregation reports embed + search + aggregate time.
     """
 
     def __init__(self, retriever: "Retriever", name: str, description: str = "",
                  shared: SharedQueryEmbedding | None = None):
+        if shared is not None and shared.tempo_rates != tuple(retriever.config.query_tempo_rates):
+            raise ValueError(f"the shared query embedding uses tempo views {shared.tempo_rates}, the "
+                             f"retriever {retriever.config.query_tempo_rates}")
         self.retriever = retriever
         self.name = name
         self.description = description
@@ -82,8 +87,9 @@ class ModelSystem(RankingSystem):
     def rank(self, audio: np.ndarray, top_k: int) -> "RetrievalResult":
         if self.shared is None:
             return self.retriever.identify(audio, top_k=top_k)
-        emb, offsets, embed_ms = self.shared.embed(audio)
-        result = self.retriever.identify_embeddings(emb, offsets, audio.size / C.SAMPLE_RATE, top_k)
+        q, embed_ms = self.shared.embed(audio)
+        result = self.retriever.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k,
+                                                    views=q.views)
         result.timings_ms["embed"] = embed_ms
         result.timings_ms["total"] = embed_ms + result.timings_ms.get("total", 0.0)
         return result
