@@ -70,16 +70,22 @@ class Calibration:
     query_tempo_rates: tuple[float, ...] | None = None
     """The retriever's tempo views of a query; None: a calibration made before tempo views existed
     (one view, the query as sung)."""
+    tempo_view_penalty: float | None = None
+    """The retriever's score penalty of the tempo views (None: made before tempo views existed)."""
 
-    def retrieval_differs(self, rerank_candidates: int, query_tempo_rates: Sequence[float]) -> str | None:
+    def retrieval_differs(self, rerank_candidates: int, query_tempo_rates: Sequence[float],
+                          tempo_view_penalty: float) -> str | None:
         """Why scores of a retriever with these settings are not on this calibration's scale (None: they are)."""
         if (self.rerank_candidates or 0) != rerank_candidates:
             made = ("before re-ranking existed" if self.rerank_candidates is None
                     else f"re-ranking {self.rerank_candidates} candidates")
             return f"it was made {made}, the retriever re-ranks {rerank_candidates}"
-        if tuple(self.query_tempo_rates or (1.0,)) != tuple(query_tempo_rates):
-            return (f"it was made with tempo views {list(self.query_tempo_rates or (1.0,))}, the retriever "
-                    f"uses {list(query_tempo_rates)}")
+        views = tuple(self.query_tempo_rates or (1.0,))
+        if views != tuple(query_tempo_rates):
+            return f"it was made with tempo views {list(views)}, the retriever uses {list(query_tempo_rates)}"
+        if len(views) > 1 and (self.tempo_view_penalty or 0.0) != tempo_view_penalty:
+            return (f"it was made with tempo-view penalty {self.tempo_view_penalty}, the retriever uses "
+                    f"{tempo_view_penalty}")
         return None
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +106,8 @@ class Calibration:
                 rerank_candidates=None if d.get("rerank_candidates") is None else int(d["rerank_candidates"]),
                 query_tempo_rates=None if d.get("query_tempo_rates") is None
                 else tuple(float(r) for r in d["query_tempo_rates"]),
+                tempo_view_penalty=None if d.get("tempo_view_penalty") is None
+                else float(d["tempo_view_penalty"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"incomplete calibration entry ({e!r})") from e
@@ -142,6 +150,7 @@ def calibrate_scores(
     neighbors_per_window: int | None = None,
     rerank_candidates: int | None = None,
     query_tempo_rates: Sequence[float] | None = None,
+    tempo_view_penalty: float | None = None,
     sources: dict[str, Any] | None = None,
 ) -> Calibration:
     """Choose the threshold from top-1 scores. out_scores [n_out]; in_scores [n_in] with in_correct
@@ -175,6 +184,7 @@ def calibrate_scores(
         model_version=model_version, index_version=index_version,
         neighbors_per_window=neighbors_per_window, rerank_candidates=rerank_candidates,
         query_tempo_rates=None if query_tempo_rates is None else tuple(float(r) for r in query_tempo_rates),
+        tempo_view_penalty=tempo_view_penalty,
     )
 
 
@@ -257,7 +267,7 @@ def calibrate_retriever(retriever: "Retriever", out_of_catalogue: Iterable[np.nd
         model_version=retriever.index.metadata.model_version, index_version=retriever.index.version,
         neighbors_per_window=retriever.config.neighbors_per_window,
         rerank_candidates=retriever.rerank_candidates, query_tempo_rates=retriever.config.query_tempo_rates,
-        sources=sources,
+        tempo_view_penalty=retriever.config.tempo_view_penalty, sources=sources,
     )
 
 
@@ -345,6 +355,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             index_version=index.version, neighbors_per_window=args.neighbors_per_window,
             rerank_candidates=retrievers[agg].rerank_candidates,
             query_tempo_rates=retrievers[agg].config.query_tempo_rates,
+            tempo_view_penalty=retrievers[agg].config.tempo_view_penalty,
             sources={"queries": str(args.queries or ""), "qbh_demo": not args.no_qbh_demo,
                      "skipped": skipped})
         save_calibration(index.path, cal)

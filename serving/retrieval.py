@@ -65,6 +65,10 @@ to 1, unrelated audio with an untrained or trained model rarely keeps half of it
 similar. Calibrate (serving.calibration) for a real operating point."""
 DEFAULT_TEMPO_RATIOS = (0.75, 0.87, 1.0, 1.15, 1.33)
 """Master seconds per query second that the temporal aggregation tries (sung 25 % slower .. faster)."""
+DEFAULT_TEMPO_VIEW_PENALTY = 0.36
+"""Score penalty per unit of |ln rate| of a tempo view. Measured (`earworm eval`, MRR@10, views 0.8x /
+1x / 1.25x): 0 gave synthetic-10k 0.650 and mir1k-cross 0.788 (real singing, at the record's tempo,
+where one view gave 0.834); 0.36 (0.08 at 0.8x / 1.25x) gave 0.662 and 0.832."""
 DEFAULT_QUERY_TEMPO_RATES = (1.0, 0.8, 1.25)
 """Tempo views of a query (`data_gen.windows.tempo_view`: how many times longer the view plays). The
 encoder hears the notes' durations, so a window of a query sung much slower or faster than the record
@@ -113,6 +117,9 @@ class RetrievalConfig:
     query_tempo_rates: tuple[float, ...] = DEFAULT_QUERY_TEMPO_RATES
     """Tempo views the query is embedded in (1.0 = as sung); each is aggregated, re-ranked and scored
     on its own and a track keeps its best view. (1.0,) = one view, a third of the embedding work."""
+    tempo_view_penalty: float = DEFAULT_TEMPO_VIEW_PENALTY
+    """A view's scores are lowered by this times |ln rate| (0.08 for the 0.8x and 1.25x views): a prior
+    that the singer is at the record's tempo, so a changed tempo must match clearly better to win."""
     offset_bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
     offset_tolerance_bins: int = 1
     rerank_candidates: int = 50
@@ -133,6 +140,8 @@ class RetrievalConfig:
         if (not self.query_tempo_rates or min(self.query_tempo_rates) <= 0
                 or len(set(self.query_tempo_rates)) != len(self.query_tempo_rates)):
             raise ValueError(f"query_tempo_rates must be distinct positive rates, got {self.query_tempo_rates}")
+        if not self.tempo_view_penalty >= 0:
+            raise ValueError(f"tempo_view_penalty must be >= 0, got {self.tempo_view_penalty}")
         if self.offset_bin_seconds <= 0 or self.offset_tolerance_bins < 0:
             raise ValueError("offset_bin_seconds must be > 0 and offset_tolerance_bins >= 0")
         if self.rerank_candidates < 0 or self.rerank_step_seconds <= 0 or self.rerank_tolerance_seconds < 0:
@@ -446,7 +455,8 @@ class Retriever:
                 if cal.neighbors_per_window not in (None, self.config.neighbors_per_window):
                     log.info("calibration used %s neighbours per window, this retriever uses %d",
                              cal.neighbors_per_window, self.config.neighbors_per_window)
-                differs = cal.retrieval_differs(self._rerank_count, self.config.query_tempo_rates)
+                differs = cal.retrieval_differs(self._rerank_count, self.config.query_tempo_rates,
+                                                self.config.tempo_view_penalty)
                 if differs:
                     log.warning("the calibration in %s does not fit this retriever's scores (%s): run "
                                 "`earworm calibrate` again", self.index.path, differs)
@@ -490,6 +500,13 @@ class Retriever:
         """emb float32 [n, d] query window embeddings, offsets_s [n] their starts in the query (s),
         views [n] their tempo view (None: all one view)."""
         return self.identify_embeddings_batch([(emb, offsets_s, audio_seconds, views)], top_k)[0]
+
+    def _view_penalty(self, view: int) -> float:
+        """What view `view` (an index into `query_tempo_rates`) loses against the query as sung."""
+        rates = self.config.query_tempo_rates
+        if view >= len(rates):
+            raise ValueError(f"query window of tempo view {view}, but the config has {len(rates)} views")
+        return self.config.tempo_view_penalty * abs(float(np.log(rates[view])))
 
     def _rank_view(self, rows: np.ndarray, sims: np.ndarray, emb: np.ndarray, offsets: np.ndarray,
                    depth: int) -> list[tuple[int, float, float]]:
@@ -536,10 +553,11 @@ class Retriever:
             best: dict[int, tuple[float, float]] = {}
             for v in np.unique(views_of[i]):
                 m = views_of[i] == v
+                penalty = self._view_penalty(int(v)) if np.any(views_of[i] != v) else 0.0
                 for t, score, offset in self._rank_view(r[m], s[m], embs[i][m], offs[i][m], depth):
-                    if t not in best or score > best[t][0]:
-                        best[t] = (score, offset)
-            ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
+                    if t not in best or score - penalty > best[t][0]:
+                        best[t] = (score - penalty, offset)
+            ranked = [kv for kv in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])) if kv[1][0] > 0][:top_k]
             matches = [
                 Match(self.index.tracks[t].track_id, self.index.tracks[t].title, self.index.tracks[t].artist,
                       score, round(offset, 3))
@@ -555,6 +573,7 @@ class Retriever:
 
 __all__ = [
     "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_QUERY_TEMPO_RATES", "DEFAULT_TEMPO_RATIOS",
+    "DEFAULT_TEMPO_VIEW_PENALTY",
     "EmbedderLike", "Match", "ModelMismatchError", "QueryEmbedding", "RetrievalConfig", "RetrievalResult",
     "Retriever", "TrackScores", "aggregate", "aggregate_temporal", "aggregate_vote", "parse_tempo_rates",
     "rerank_temporal", "top_tracks",

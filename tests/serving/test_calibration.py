@@ -83,16 +83,20 @@ def test_save_load_merges_aggregations(tmp_path):
 
 def test_a_calibration_knows_the_retrieval_settings_its_scores_came_from(tmp_path):
     cal = calibrate_scores([0.1, 0.2], aggregation="temporal", rerank_candidates=50,
-                           query_tempo_rates=[1.0, 0.8, 1.25], target_false_accept_rate=0.0)
+                           query_tempo_rates=[1.0, 0.8, 1.25], tempo_view_penalty=0.36,
+                           target_false_accept_rate=0.0)
     save_calibration(tmp_path, cal)
     loaded = load_calibration(tmp_path, "temporal")
     assert loaded == cal and loaded.query_tempo_rates == (1.0, 0.8, 1.25)
-    assert loaded.retrieval_differs(50, (1.0, 0.8, 1.25)) is None
-    assert "tempo views" in loaded.retrieval_differs(50, (1.0,))
-    assert "re-ranking 50" in loaded.retrieval_differs(0, (1.0, 0.8, 1.25))
+    views = (1.0, 0.8, 1.25)
+    assert loaded.retrieval_differs(50, views, 0.36) is None
+    assert "tempo views" in loaded.retrieval_differs(50, (1.0,), 0.36)
+    assert "penalty" in loaded.retrieval_differs(50, views, 0.0)
+    assert "re-ranking 50" in loaded.retrieval_differs(0, views, 0.36)
     # a calibration from before tempo views existed was made with the query as sung only
     old = calibrate_scores([0.1], aggregation="temporal", rerank_candidates=50)
-    assert old.retrieval_differs(50, (1.0,)) is None and old.retrieval_differs(50, (1.0, 0.8)) is not None
+    assert old.retrieval_differs(50, (1.0,), 0.36) is None
+    assert old.retrieval_differs(50, (1.0, 0.8), 0.36) is not None
 
 
 def test_corrupt_calibration_file(tmp_path):

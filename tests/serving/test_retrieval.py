@@ -193,7 +193,7 @@ def test_each_tempo_view_is_ranked_alone_and_a_track_keeps_its_best_view(index):
     """View 0 is the query as sung (matches "aligned" at 0.8); view 1 is the query resampled so that
     it matches "tempo" window for window (0.7 at ratio 1 instead of 1.33); alone, view 1 would be
     scored against all its windows, and mixing it into view 0's alignment would dilute both."""
-    r = Retriever(None, index, RetrievalConfig(no_match_threshold=0.5, tempo_ratios=(1.0,)))
+    r = Retriever(None, index, RetrievalConfig(no_match_threshold=0.5, tempo_ratios=(1.0,), tempo_view_penalty=0.0))
     sung = np.stack([e(i) for i in range(Q)])
     off = np.arange(Q, dtype=np.float64)
     one = {m.track_id: m.score for m in r.identify_embeddings(sung, off, 12.0).matches}
@@ -206,6 +206,15 @@ def test_each_tempo_view_is_ranked_alone_and_a_track_keeps_its_best_view(index):
     assert got["tempo"].score == pytest.approx(0.7, abs=1e-4) and got["tempo"].offset_s == pytest.approx(5.0, abs=0.05)
     with pytest.raises(ValueError, match="views"):
         r.identify_embeddings(sung, off, 12.0, views=np.zeros(Q - 1, np.int64))
+    with pytest.raises(ValueError, match="tempo view 3"):
+        r.identify_embeddings(np.concatenate([sung, sung]), np.concatenate([off, off]), 12.0,
+                              views=np.repeat([0, 3], Q))
+    # the prior for the tempo as sung: view 1 (0.8x) loses 0.36 * |ln 0.8| = 0.08 of its scores
+    prior = r.with_config(tempo_view_penalty=0.36).identify_embeddings(
+        np.concatenate([sung, sung]), np.concatenate([off, off * 1.33]), 12.0, views=np.repeat([0, 1], Q))
+    assert {m.track_id: m.score for m in prior.matches}["tempo"] == pytest.approx(0.7 - 0.36 * np.log(1.25), abs=1e-4)
+    with pytest.raises(ValueError, match="tempo_view_penalty"):
+        RetrievalConfig(tempo_view_penalty=-0.1)
 
 
 def test_identify_embeds_the_configured_tempo_views(index, embedder):

@@ -63,6 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
             thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
             rerank_candidates=args.rerank_candidates, query_tempo_rates=args.tempo_views,
+            tempo_view_penalty=args.tempo_view_penalty,
         )
         report = evaluate(config)
     except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
@@ -113,6 +114,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tempo-views", type=parse_tempo_rates, default=d.query_tempo_rates,
                    help="comma list of the query's tempo views (how many times longer each plays; "
                         f"default: the server's, {','.join(map(str, d.query_tempo_rates))}; 1 = the query as sung only)")
+    p.add_argument("--tempo-view-penalty", type=float, default=d.tempo_view_penalty,
+                   help="score penalty of a tempo view per unit of |ln rate| (default %(default)s, the server's)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_eval)
 

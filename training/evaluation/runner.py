@@ -86,6 +86,8 @@ class EvalConfig:
     """Temporal aggregation: the retriever's exact re-ranking depth (0: the first stage only)."""
     query_tempo_rates: tuple[float, ...] = RetrievalConfig().query_tempo_rates
     """The retriever's tempo views of each query ((1.0,): the query as sung only)."""
+    tempo_view_penalty: float = RetrievalConfig().tempo_view_penalty
+    """The retriever's score penalty of the tempo views, per unit of |ln rate|."""
     indexer: str = "auto"
     """How a missing index is built: "beam" (beam_pipelines.indexing, the production pipeline),
     "inprocess" (embed here, then WindowIndex.build: no pipeline start-up, for small catalogues),
@@ -106,7 +108,8 @@ class EvalConfig:
             raise ValueError("top_k must be >= 1")
         if self.rerank_candidates < 0:
             raise ValueError("rerank_candidates must be >= 0")
-        RetrievalConfig(query_tempo_rates=self.query_tempo_rates)  # validates them
+        RetrievalConfig(query_tempo_rates=self.query_tempo_rates,  # validates them
+                        tempo_view_penalty=self.tempo_view_penalty)
         if self.indexer not in INDEXERS:
             raise ValueError(f"indexer must be one of {', '.join(INDEXERS)}, got {self.indexer!r}")
 
@@ -311,14 +314,16 @@ def make_systems(config: EvalConfig, inputs: EvalInputs) -> tuple[list[RankingSy
         index, index_info = build_or_load_index(config, inputs, embedder)
         info["model"] = {"dir": str(config.model_dir), "version": embedder.version,
                          "rerank_candidates": config.rerank_candidates,
-                         "query_tempo_rates": list(config.query_tempo_rates)}
+                         "query_tempo_rates": list(config.query_tempo_rates),
+                         "tempo_view_penalty": config.tempo_view_penalty}
         info["index"] = index_info
         shared = SharedQueryEmbedding(embedder, config.query_tempo_rates)
         for agg in config.aggregations:
             rcfg = RetrievalConfig(top_k=config.top_k, aggregation=agg,
                                    no_match_threshold=config.no_match_threshold,
                                    rerank_candidates=config.rerank_candidates,
-                                   query_tempo_rates=config.query_tempo_rates)
+                                   query_tempo_rates=config.query_tempo_rates,
+                                   tempo_view_penalty=config.tempo_view_penalty)
             retriever = Retriever(embedder, index, rcfg)
             info["model"].setdefault("no_match_threshold", {})[agg] = {
                 "threshold": retriever.threshold, "source": retriever.threshold_source}
