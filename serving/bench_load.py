@@ -301,6 +301,7 @@ def format_result(result: LoadResult, query_seconds: float) -> str:
 # --- CLI ------------------------------------------------------------------------------------
 def register(subparsers) -> None:
     from serving.cli import _on_off, _positive_int
+    from serving.retrieval import parse_tempo_rates
 
     d = LoadBenchConfig()
     p = subparsers.add_parser(
@@ -322,6 +323,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=_positive_int, default=None, help="server threads (in-process server)")
     p.add_argument("--batching", type=_on_off, default=None, help="in-process server: on|off")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="in-process server")
+    p.add_argument("--tempo-views", type=parse_tempo_rates, default=None,
+                   help="in-process server: the query's tempo views (default: the server's)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(func=run_bench_load)
@@ -358,7 +361,8 @@ def run_bench_load(args: argparse.Namespace) -> int:
             sc = replace(sc, model_dir=args.model, index_dir=index_dir, host="127.0.0.1", port=0,
                          workers=args.workers or sc.workers,
                          batching=sc.batching if args.batching is None else args.batching,
-                         watch_index_seconds=0)
+                         watch_index_seconds=0,
+                         query_tempo_rates=args.tempo_views or sc.query_tempo_rates)
             if args.batch_wait_ms is not None:
                 sc = replace(sc, batch=replace(sc.batch, max_wait_ms=args.batch_wait_ms))
             server, port = create_server(sc)
