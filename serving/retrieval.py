@@ -5,7 +5,8 @@ One implementation for the server, the evaluation and the benchmarks:
 1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`),
    once per tempo view (`query_tempo_rates`: the query resampled to play 0.8x / 1x / 1.25x as long, so
    that one view is close to the master's tempo; see `RetrievalConfig.query_tempo_rates`); steps 2-4
-   run on each view and a track keeps its best view's score;
+   run on each view and a track keeps its best view's score, a changed tempo paying
+   `tempo_view_penalty` x |ln rate| (the singer is more likely at the record's tempo than not);
 2. each query window retrieves its `neighbors_per_window` nearest catalogue windows (`WindowIndex.search`);
 3. the hits are aggregated per track:
    - "vote": for each query window, the track's best window similarity; the track's score is the mean
@@ -531,9 +532,10 @@ class Retriever:
             if emb.ndim != 2 or offsets.shape != (emb.shape[0],):
                 raise ValueError(f"emb must be [n, d] with offsets [n], got {emb.shape} and {offsets.shape}")
             views = item[3] if len(item) > 3 else None
-            views = np.zeros(emb.shape[0], np.int64) if views is None else np.asarray(views, np.int64)
-            if views.shape != offsets.shape:
-                raise ValueError(f"views must be [n] like the offsets, got {views.shape}")
+            if views is not None:
+                views = np.asarray(views, np.int64)
+                if views.shape != offsets.shape:
+                    raise ValueError(f"views must be [n] like the offsets, got {views.shape}")
             embs.append(emb)
             offs.append(offsets)
             views_of.append(views)
@@ -550,10 +552,11 @@ class Retriever:
         for i, item in enumerate(queries):
             t1 = time.perf_counter()
             r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
+            # (window mask, score penalty) per view; no views given: the query as sung, no penalty
+            groups = ([(slice(None), 0.0)] if views_of[i] is None else
+                      [(views_of[i] == v, self._view_penalty(int(v))) for v in np.unique(views_of[i])])
             best: dict[int, tuple[float, float]] = {}
-            for v in np.unique(views_of[i]):
-                m = views_of[i] == v
-                penalty = self._view_penalty(int(v)) if np.any(views_of[i] != v) else 0.0
+            for m, penalty in groups:
                 for t, score, offset in self._rank_view(r[m], s[m], embs[i][m], offs[i][m], depth):
                     if t not in best or score - penalty > best[t][0]:
                         best[t] = (score - penalty, offset)
@@ -573,8 +576,7 @@ class Retriever:
 
 __all__ = [
     "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_QUERY_TEMPO_RATES", "DEFAULT_TEMPO_RATIOS",
-    "DEFAULT_TEMPO_VIEW_PENALTY",
-    "EmbedderLike", "Match", "ModelMismatchError", "QueryEmbedding", "RetrievalConfig", "RetrievalResult",
-    "Retriever", "TrackScores", "aggregate", "aggregate_temporal", "aggregate_vote", "parse_tempo_rates",
-    "rerank_temporal", "top_tracks",
+    "DEFAULT_TEMPO_VIEW_PENALTY", "EmbedderLike", "Match", "ModelMismatchError", "QueryEmbedding",
+    "RetrievalConfig", "RetrievalResult", "Retriever", "TrackScores", "aggregate", "aggregate_temporal",
+    "aggregate_vote", "parse_tempo_rates", "rerank_temporal", "top_tracks",
 ]

@@ -427,7 +427,10 @@ class _StreamSession:
         """Embeddings of the query windows of `audio` in each tempo view (as `cut_query_views`):
         (emb [n, dim], offsets [n] s, views [n]), re-using windows embedded earlier."""
         rates = self.state.retriever.config.query_tempo_rates
-        keys, windows_todo, offsets, views = [], [], [], []
+        wanted: list[tuple[int, int]] = []  # (tempo view, window start sample), in cut_query_views order
+        todo: dict[tuple[int, int], np.ndarray] = {}
+        settled: set[tuple[int, int]] = set()
+        offsets, views = [], []
         for v, rate in enumerate(rates):
             view = tempo_view(audio, rate)
             starts = window_starts(view.shape[0], C.QUERY_WINDOW_HOP)
@@ -435,22 +438,21 @@ class _StreamSession:
             settle = 0 if self.sample_rate == C.SAMPLE_RATE and rate == 1.0 else C.SAMPLE_RATE // 2
             padded = view if view.shape[0] >= C.WINDOW_SAMPLES else np.pad(
                 view, (0, C.WINDOW_SAMPLES - view.shape[0]))
-            for st in (int(x) for x in starts):
-                key = (v, st, st + C.WINDOW_SAMPLES <= view.shape[0] - settle)
-                keys.append(key)
-                if key[:2] not in self.cache:
-                    windows_todo.append((key, padded[st : st + C.WINDOW_SAMPLES]))
+            for st in starts.tolist():
+                wanted.append((v, st))
+                if st + C.WINDOW_SAMPLES <= view.shape[0] - settle:
+                    settled.add((v, st))
+                if (v, st) not in self.cache:
+                    todo[(v, st)] = padded[st : st + C.WINDOW_SAMPLES]
             offsets.append(starts / C.SAMPLE_RATE)
             views.append(np.full(starts.shape[0], v, np.int64))
         fresh: dict[tuple[int, int], np.ndarray] = {}
-        if windows_todo:
-            emb = self.servicer._embed(self.embedding, np.stack([w for _, w in windows_todo]).astype(np.float32),
+        if todo:
+            emb = self.servicer._embed(self.embedding, np.stack(list(todo.values())).astype(np.float32),
                                        self.context)
-            fresh = {key[:2]: e for (key, _), e in zip(windows_todo, emb)}
-        out = np.stack([fresh[k[:2]] if k[:2] in fresh else self.cache[k[:2]] for k in keys])
-        for k in keys:
-            if k[2] and k[:2] in fresh:
-                self.cache[k[:2]] = fresh[k[:2]]
+            fresh = dict(zip(todo, emb))
+        out = np.stack([fresh[k] if k in fresh else self.cache[k] for k in wanted])
+        self.cache.update({k: e for k, e in fresh.items() if k in settled})
         return out, np.concatenate(offsets).astype(np.float32), np.concatenate(views)
 
     def _answer(self, final: bool) -> pb.StreamIdentifyResponse:
