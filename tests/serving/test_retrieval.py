@@ -112,12 +112,13 @@ def test_temporal_ranks_time_consistent_track_first_where_vote_does_not(index, e
 
 
 def test_offsets_are_where_the_query_starts_in_the_master(index, embedder):
-    r = Retriever(embedder, index, RetrievalConfig(no_match_threshold=0.5)).identify(audio())
+    one_view = RetrievalConfig(no_match_threshold=0.5, query_tempo_rates=(1.0,))
+    r = Retriever(embedder, index, one_view).identify(audio())
     by_id = {m.track_id: m for m in r.matches}
     assert by_id["aligned"].offset_s == pytest.approx(10.0, abs=1e-3)
     assert by_id["tempo"].offset_s == pytest.approx(5.0, abs=0.05)  # found with tempo ratio 1.33
     assert by_id["tempo"].score == pytest.approx(0.7, abs=1e-4)
-    v = Retriever(embedder, index, RetrievalConfig(aggregation="vote", no_match_threshold=0.5)).identify(audio())
+    v = Retriever(embedder, index, replace(one_view, aggregation="vote")).identify(audio())
     # vote: the single best hit's implied start; scrambled's best hits all score 0.9, the first is window 0
     assert {m.track_id: m.offset_s for m in v.matches}["aligned"] == pytest.approx(10.0, abs=1e-3)
 
@@ -215,6 +216,14 @@ def test_each_tempo_view_is_ranked_alone_and_a_track_keeps_its_best_view(index):
     assert {m.track_id: m.score for m in prior.matches}["tempo"] == pytest.approx(0.7 - 0.36 * np.log(1.25), abs=1e-4)
     with pytest.raises(ValueError, match="tempo_view_penalty"):
         RetrievalConfig(tempo_view_penalty=-0.1)
+    # a query in several views is aligned with view_tempo_ratios in each (the views cover the rest)
+    junk = np.tile(e(127), (Q, 1))
+    two = dict(views=np.repeat([0, 1], Q))
+    emb2, off2 = np.concatenate([sung, junk]), np.concatenate([off, off])
+    narrow = {m.track_id: m.score for m in r.identify_embeddings(emb2, off2, 12.0, **two).matches}
+    assert narrow["tempo"] < 0.7 * 0.75  # 1.33 is outside the default view ratios 0.87-1.15
+    wide = r.with_config(view_tempo_ratios=(1.0, 1.33)).identify_embeddings(emb2, off2, 12.0, **two)
+    assert {m.track_id: m.score for m in wide.matches}["tempo"] == pytest.approx(0.7, abs=1e-4)
 
 
 def test_identify_embeds_the_configured_tempo_views(index, embedder):
