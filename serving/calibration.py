@@ -35,7 +35,7 @@ from serving.index import CALIBRATION_FILE
 from serving.retrieval import DEFAULT_QUERY_TEMPO_RATES, parse_tempo_rates
 
 if TYPE_CHECKING:
-    from serving.retrieval import Retriever
+    from serving.retrieval import RetrievalConfig, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,10 @@ class Calibration:
     tempo_view_penalty: float | None = None
     """The retriever's score penalty of the tempo views (None: made before tempo views existed)."""
 
-    def retrieval_differs(self, rerank_candidates: int, query_tempo_rates: Sequence[float],
-                          tempo_view_penalty: float) -> str | None:
-        """Why scores of a retriever with these settings are not on this calibration's scale (None: they are)."""
+    def retrieval_differs(self, config: "RetrievalConfig") -> str | None:
+        """Why scores of a retriever with this config are not on this calibration's scale (None: they are)."""
+        rerank_candidates = config.effective_rerank_candidates
+        query_tempo_rates, tempo_view_penalty = config.query_tempo_rates, config.tempo_view_penalty
         if (self.rerank_candidates or 0) != rerank_candidates:
             made = ("before re-ranking existed" if self.rerank_candidates is None
                     else f"re-ranking {self.rerank_candidates} candidates")

@@ -230,9 +230,7 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
 
     default = RetrievalConfig()
     existing = load_calibration(index_dir, default.aggregation)
-    rerank = default.rerank_candidates if default.aggregation == "temporal" else 0
-    if existing is not None and existing.retrieval_differs(rerank, default.query_tempo_rates,
-                                                                default.tempo_view_penalty) is None:
+    if existing is not None and existing.retrieval_differs(default) is None:
         return f"threshold {existing.threshold:.3f} (calibrated {existing.created}, reused)"
     from tqdm import tqdm
 

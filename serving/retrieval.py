@@ -141,6 +141,11 @@ class RetrievalConfig:
     rerank_tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
     """A query window may match a master window up to this far from its aligned position."""
 
+    @property
+    def effective_rerank_candidates(self) -> int:
+        """How many first-stage tracks are re-scored (0 for "vote", which is order-free by design)."""
+        return self.rerank_candidates if self.aggregation == "temporal" else 0
+
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
@@ -428,7 +433,7 @@ class Retriever:
         self.embedder = embedder
         self.index = index
         self.config = config
-        self._rerank_count = config.rerank_candidates if config.aggregation == "temporal" else 0
+        self._rerank_count = config.effective_rerank_candidates
         self.threshold, self.threshold_source = self._resolve_threshold()
 
     @property
@@ -471,8 +476,7 @@ class Retriever:
                 if cal.neighbors_per_window not in (None, self.config.neighbors_per_window):
                     log.info("calibration used %s neighbours per window, this retriever uses %d",
                              cal.neighbors_per_window, self.config.neighbors_per_window)
-                differs = cal.retrieval_differs(self._rerank_count, self.config.query_tempo_rates,
-                                                self.config.tempo_view_penalty)
+                differs = cal.retrieval_differs(self.config)
                 if differs:
                     log.warning("the calibration in %s does not fit this retriever's scores (%s): run "
                                 "`earworm calibrate` again", self.index.path, differs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from serving.calibration import (
     save_calibration,
     threshold_at_false_accept_rate,
 )
+from serving.retrieval import RetrievalConfig
 
 
 def test_threshold_accepts_at_most_the_target_fraction():
@@ -88,15 +90,16 @@ def test_a_calibration_knows_the_retrieval_settings_its_scores_came_from(tmp_pat
     save_calibration(tmp_path, cal)
     loaded = load_calibration(tmp_path, "temporal")
     assert loaded == cal and loaded.query_tempo_rates == (1.0, 0.8, 1.25)
-    views = (1.0, 0.8, 1.25)
-    assert loaded.retrieval_differs(50, views, 0.36) is None
-    assert "tempo views" in loaded.retrieval_differs(50, (1.0,), 0.36)
-    assert "penalty" in loaded.retrieval_differs(50, views, 0.0)
-    assert "re-ranking 50" in loaded.retrieval_differs(0, views, 0.36)
+    views = RetrievalConfig(rerank_candidates=50, query_tempo_rates=(1.0, 0.8, 1.25), tempo_view_penalty=0.36)
+    assert loaded.retrieval_differs(views) is None
+    assert "tempo views" in loaded.retrieval_differs(replace(views, query_tempo_rates=(1.0,)))
+    assert "penalty" in loaded.retrieval_differs(replace(views, tempo_view_penalty=0.0))
+    assert "re-ranking 50" in loaded.retrieval_differs(replace(views, rerank_candidates=0))
+    assert "re-ranking 50" in loaded.retrieval_differs(replace(views, aggregation="vote"))  # vote re-ranks none
     # a calibration from before tempo views existed was made with the query as sung only
     old = calibrate_scores([0.1], aggregation="temporal", rerank_candidates=50)
-    assert old.retrieval_differs(50, (1.0,), 0.36) is None
-    assert old.retrieval_differs(50, (1.0, 0.8), 0.36) is not None
+    assert old.retrieval_differs(replace(views, query_tempo_rates=(1.0,))) is None
+    assert old.retrieval_differs(replace(views, query_tempo_rates=(1.0, 0.8))) is not None
 
 
 def test_corrupt_calibration_file(tmp_path):
