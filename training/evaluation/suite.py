@@ -79,7 +79,8 @@ def _mir1k(cfg: SuiteConfig) -> tuple[Path, Path]:
     manifest, queries = root / "catalogue" / "manifest.csv", root / "queries" / "queries.csv"
     if not (manifest.is_file() and queries.is_file()):
         if not cfg.build_missing:
-            raise FileNotFoundError(f"{manifest} not built (run: earworm benchset mir1k-cross --out {root})")
+            raise FileNotFoundError(f"{manifest} not built (run: earworm benchset mir1k-cross --out {root} "
+                                    f"--distractors {benchsets.catalogue_dir(_bench(cfg) / 'synthetic', 1000)}/manifest.csv)")
         distractors, _ = _synthetic(cfg, 1000)
         benchsets.build_mir1k_cross(root, distractors=distractors)
     return manifest, queries
