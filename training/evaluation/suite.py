@@ -62,9 +62,13 @@ def _bench(cfg: SuiteConfig) -> Path:
     return (cfg.bench_dir or benchsets.default_bench_dir()).resolve()
 
 
+def _synthetic_manifest(cfg: SuiteConfig, tracks: int) -> Path:
+    return benchsets.catalogue_dir(_bench(cfg) / "synthetic", tracks) / "manifest.csv"
+
+
 def _synthetic(cfg: SuiteConfig, tracks: int) -> tuple[Path, Path]:
     root = _bench(cfg) / "synthetic"
-    manifest = benchsets.catalogue_dir(root, tracks) / "manifest.csv"
+    manifest = _synthetic_manifest(cfg, tracks)
     queries = root / "queries" / "queries.csv"
     if not (manifest.is_file() and queries.is_file()):
         if not cfg.build_missing:
@@ -80,7 +84,7 @@ def _mir1k(cfg: SuiteConfig) -> tuple[Path, Path]:
     if not (manifest.is_file() and queries.is_file()):
         if not cfg.build_missing:
             raise FileNotFoundError(f"{manifest} not built (run: earworm benchset mir1k-cross --out {root} "
-                                    f"--distractors {benchsets.catalogue_dir(_bench(cfg) / 'synthetic', 1000)}/manifest.csv)")
+                                    f"--distractors {_synthetic_manifest(cfg, 1000)})")
         distractors, _ = _synthetic(cfg, 1000)
         benchsets.build_mir1k_cross(root, distractors=distractors)
     return manifest, queries
