@@ -24,6 +24,7 @@ from serving.index import (
     perturbed_queries,
     recall_at_k,
 )
+from serving.retrieval import RetrievalConfig
 
 SMALL = SyntheticConfig(windows_per_track=10, clusters=20, chunk_tracks=50, seed=3)
 
@@ -89,13 +90,14 @@ def test_k_larger_than_index_and_bad_queries():
 
 
 def test_tree_ah_path_reaches_target_recall_on_clustered_data():
-    cfg = SearcherConfig(mode="tree_ah", tune_queries=200, target_recall=0.95, seed=0)
+    cfg = SearcherConfig(mode="tree_ah", tune_queries=200, target_recall=0.95, tune_k=10, seed=0)
     index, emb = small_index(num_tracks=400, config=cfg)  # 4000 windows, ~63 leaves
     assert index.kind == "tree_ah"
     md = index.metadata
     assert md.config["num_leaves"] == round(np.sqrt(4000))
     assert 1 <= md.config["leaves_to_search"] <= md.config["num_leaves"]
     assert md.recall_at_10 >= 0.95
+    assert md.extra["tuning"]["k"] == 10
     curve = md.extra["tuning"]["curve"]
     assert curve[-1][0] == md.config["leaves_to_search"] and curve[-1][1] == pytest.approx(md.recall_at_10)
     assert all(r < 0.95 for _, r in curve[:-1])  # the smallest setting that reaches the target
@@ -107,6 +109,25 @@ def test_tree_ah_path_reaches_target_recall_on_clustered_data():
     rows1, _ = index.search(q, 10, leaves_to_search=1)
     _, true_scores = index.search_brute_force(q, 10)
     assert recall_at_k(rows1, q, emb, true_scores) < index.measure_recall(q)
+
+
+def test_tuning_measures_recall_at_the_depth_the_retriever_searches():
+    """The retriever takes 100 neighbours per query window: a tree tuned for the top 10 misses part of
+    the top 100, so the default tuning is at k=100 and reaches its target there."""
+    shallow, _ = small_index(num_tracks=400, config=SearcherConfig(mode="tree_ah", tune_queries=200, tune_k=10))
+    deep, emb = small_index(num_tracks=400, config=SearcherConfig(mode="tree_ah", tune_queries=200))
+    assert SearcherConfig().tune_k == RetrievalConfig().neighbors_per_window
+    tuning = deep.metadata.extra["tuning"]
+    assert tuning["k"] == 100 and tuning["curve"][-1][1] >= SearcherConfig().target_recall
+    assert deep.metadata.config["leaves_to_search"] > shallow.metadata.config["leaves_to_search"]
+    # on independent queries, the deeper tuning finds more of each query's true 100 nearest windows
+    rng = np.random.default_rng(5)
+    q = perturbed_queries(emb[rng.choice(len(emb), 300, replace=False)], 0.6, rng)
+    _, true_scores = deep.search_brute_force(q, 100)
+    recall = {name: recall_at_k(ix.search(q, 100)[0], q, emb, true_scores, 100)
+              for name, ix in (("shallow", shallow), ("deep", deep))}
+    assert recall["deep"] >= 0.97 and recall["deep"] > recall["shallow"] + 0.02, recall
+    assert deep.metadata.recall_at_10 >= recall["deep"] - 0.05  # the recorded figure is still recall@10
 
 
 def test_fixed_leaves_to_search_is_respected():

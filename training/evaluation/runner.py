@@ -200,7 +200,17 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
                     cached = WindowIndex.load(index_dir)
             except (OSError, ValueError, RuntimeError) as e:  # corrupt / partial index: rebuild it
                 log.warning("cached index in %s unusable (%s); rebuilding", index_dir, e)
-        if cached is not None:
+        if cached is not None and _stale_searcher(cached):
+            # same windows and embeddings, searcher tuned by older settings: re-tune it, no re-embedding
+            from serving.index import SearcherConfig, with_searcher_config
+
+            log.info("cached index in %s was tuned with other searcher settings; re-tuning it", index_dir)
+            start = time.perf_counter()
+            with_searcher_config(cached, SearcherConfig()).save(index_dir)
+            index = WindowIndex.load(index_dir)
+            info = {"source": "re-tuned", "path": str(index_dir),
+                    "build_seconds": round(time.perf_counter() - start, 1)}
+        elif cached is not None:
             index = cached
             info = {"source": "cached", "path": str(index_dir)}
         else:
@@ -230,6 +240,18 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
                 num_windows=index.metadata.num_windows, kind=index.metadata.config.get("kind"),
                 recall_at_10=getattr(index.metadata, "recall_at_10", None))
     return index, info
+
+
+def _stale_searcher(index: Any) -> bool:
+    """True when `index`'s searcher was built with settings other than today's defaults (e.g. an index
+    cached before the tuning changed)."""
+    from serving.index import SearcherConfig
+
+    stored = index.metadata.config.get("searcher")
+    try:
+        return stored is None or SearcherConfig.from_dict(stored) != SearcherConfig()
+    except (TypeError, ValueError):
+        return True
 
 
 def _beam_build_index(config: EvalConfig):

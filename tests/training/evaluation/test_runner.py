@@ -52,6 +52,19 @@ def test_eval_end_to_end_writes_metrics_report_and_plots(tiny_bench, untrained_m
     assert (again["systems"]["melody_dtw"]["full"]["in_catalogue"]
             == metrics["systems"]["melody_dtw"]["full"]["in_catalogue"])
 
+    # an index cached under older searcher settings is re-tuned from its stored embeddings (not re-embedded)
+    meta_file = out / "index" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["searcher"].pop("tune_k")
+    meta["config"]["searcher"]["target_recall"] = 0.95
+    meta_file.write_text(json.dumps(meta))
+    retuned = evaluate(_config(tiny_bench, out, model_dir=untrained_model, plots=False))
+    assert retuned["index"]["source"] == "re-tuned"
+    assert retuned["index"]["num_windows"] == metrics["index"]["num_windows"]
+    assert (retuned["systems"]["earworm-temporal"]["full"]["in_catalogue"]
+            == metrics["systems"]["earworm-temporal"]["full"]["in_catalogue"])
+    assert evaluate(_config(tiny_bench, out, model_dir=untrained_model, plots=False))["index"]["source"] == "cached"
+
 
 def test_malformed_manifest_is_a_manifest_error(tiny_bench, tmp_path):
     bad = tmp_path / "queries.csv"
