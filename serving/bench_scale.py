@@ -189,6 +189,7 @@ def bench_one(num_tracks: int, work_dir: Path, cfg: BenchScaleConfig, syn: Synth
     res["searcher"]["shards"] = len(index.metadata.config.get("shards", [0]))
     res["build_recall_at_10"] = index.metadata.recall_at_10
     res["tuning_curve"] = index.metadata.extra.get("tuning", {}).get("curve")
+    res["tuning_k"] = index.metadata.extra.get("tuning", {}).get("k")
     res["memory_after_build"] = _memory()
 
     rng = np.random.default_rng([cfg.seed, 7])
@@ -250,7 +251,8 @@ def bench_one(num_tracks: int, work_dir: Path, cfg: BenchScaleConfig, syn: Synth
 def _print(res: dict[str, Any]) -> None:
     m = res["memory_after_build"]
     print(f"\n== {res['tracks']:,} tracks / {res['windows']:,} windows ==")
-    print(f"searcher            {res['searcher']}  tuning curve (leaves, recall@10): {res['tuning_curve']}")
+    print(f"searcher            {res['searcher']}  tuning curve (leaves, recall@{res['tuning_k']}): "
+          f"{res['tuning_curve']}")
     print(f"generate            {res['generate_s']:.1f} s")
     print(f"build (incl. tune)  {res['build_s']:.1f} s wall, {res['build_cpu_s']:.1f} s CPU   "
           f"recall@10 at build {res['build_recall_at_10']}")
