@@ -3,11 +3,30 @@
 Every entry point into Earworm (pipelines, training readers, the server) goes through
 `decode_audio` / `load_audio` / `pcm_to_audio`, so the same typed errors reach every user:
 the server maps them to INVALID_ARGUMENT, the pipelines route them to an errors output.
+
+Two decoders, one result:
+
+- libsndfile (`soundfile`) first: the fast path for WAV, FLAC, Ogg Vorbis/Opus and clean MP3.
+- FFmpeg through PyAV (`av`) when libsndfile cannot read the bytes: MP3 streams cut mid-frame
+  (what real catalogues and recorders send; every media player plays them), M4A/AAC (phone voice
+  memos), WebM/Opus (browser MediaRecorder), and the other containers in `FFMPEG_DEMUXERS`.
+  The stream is demuxed packet by packet and a packet that does not decode (a frame cut by the
+  start or the end of the stream) is skipped and counted, as the ffmpeg command-line tool does.
+  Only the demuxers in `FFMPEG_DEMUXERS` may open a request's bytes (no playlists, no
+  network or file references: the bytes are untrusted).
+
+Both paths decode at the recording's own sample rate, average the channels to mono (the same
+plain mean on both paths) and then resample once with libsoxr (`resample`, quality HQ) to the
+target rate. Memory stays bounded by `max_seconds`: a recording longer than that is refused
+before it is resampled (libsndfile: from the frame count in its header, before reading; FFmpeg: as
+soon as the decoded audio passes `max_seconds`; raw PCM: from the byte count and the claimed rate),
+so a claimed sample rate of 1 Hz cannot make resampling allocate gigabytes.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +35,26 @@ import soundfile as sf
 import soxr
 
 from data_gen import constants as C
+
+log = logging.getLogger(__name__)
+
+FORMATS_WE_READ = "WAV, FLAC, Ogg Vorbis/Opus, MP3, M4A/AAC, WebM/Opus"
+"""The formats named in error messages (FFmpeg reads a few more: see `FFMPEG_DEMUXERS`)."""
+
+FFMPEG_DEMUXERS = (
+    "mp3", "mov", "matroska", "webm", "ogg", "wav", "w64", "flac", "aac", "aiff", "caf", "amr", "asf",
+)
+"""FFmpeg demuxers allowed to open a recording: audio files and the containers phones and
+browsers record into (mov = MP4/M4A/3GP, matroska = MKV/WebM, asf = WMA). Nothing that can
+reference other files or URLs (HLS, concat, ...)."""
+
+MAX_NATIVE_RATE = 768_000
+"""Highest sample rate a decoded stream may claim (a higher one is damage, not audio)."""
+
+NOT_AUDIO_MESSAGE = (
+    "the recording could not be decoded: it is not audio in a format we read "
+    f"({FORMATS_WE_READ}) — send one of those, or raw PCM with its sample rate"
+)
 
 
 class AudioError(ValueError):
@@ -27,7 +66,9 @@ class EmptyAudioError(AudioError):
 
 
 class UndecodableAudioError(AudioError):
-    """The bytes are not a recording in a supported format (wav, flac, ogg/opus, mp3)."""
+    """The bytes are not a recording in a supported format (WAV, FLAC, Ogg Vorbis/Opus, MP3 --
+    also cut mid-frame --, M4A/AAC, WebM/Opus, and the other containers of `FFMPEG_DEMUXERS`),
+    hold no audio track, or none of their audio decodes."""
 
 
 class TooShortAudioError(AudioError):
@@ -62,6 +103,14 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int = C.SAMPLE_
     return soxr.resample(samples, source_rate, target_rate, quality="HQ").astype(np.float32)
 
 
+def _refuse_if_too_long(seconds: float, max_seconds: float | None, *, at_least: bool = False) -> None:
+    """Raise `TooLongAudioError` when `seconds` exceeds `max_seconds` (`at_least`: decoding was
+    stopped there, so the recording is longer still)."""
+    if max_seconds is not None and seconds > max_seconds:
+        length = f"longer than {max_seconds:g} s" if at_least else f"{seconds:.1f} s long"
+        raise TooLongAudioError(f"the recording is {length}; at most {max_seconds:g} s is accepted")
+
+
 def validate_audio(
     samples: np.ndarray,
     *,
@@ -80,10 +129,7 @@ def validate_audio(
         raise TooShortAudioError(
             f"the recording is {seconds:.2f} s long; at least {min_seconds:g} s is needed"
         )
-    if max_seconds is not None and seconds > max_seconds:
-        raise TooLongAudioError(
-            f"the recording is {seconds:.1f} s long; at most {max_seconds:g} s is accepted"
-        )
+    _refuse_if_too_long(seconds, max_seconds)
     if reject_silence:
         rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
         if rms < C.SILENCE_RMS:
@@ -101,22 +147,22 @@ def decode_audio(
     max_seconds: float | None = None,
     reject_silence: bool = True,
 ) -> np.ndarray:
-    """Encoded bytes (wav/flac/ogg/opus/mp3) -> mono float32 [time] at `target_rate`."""
+    """Encoded bytes -> mono float32 [time] at `target_rate`.
+
+    WAV, FLAC, Ogg Vorbis/Opus and MP3 (libsndfile), else MP3 cut mid-frame, M4A/AAC, WebM/Opus
+    and the rest of `FFMPEG_DEMUXERS` (FFmpeg via PyAV). See the module docstring."""
     if not data:
         raise EmptyAudioError("the recording is empty (0 bytes)")
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise UndecodableAudioError(
-            "the recording could not be decoded; send WAV, FLAC, Ogg (Vorbis/Opus) or MP3 audio, "
-            f"or raw PCM with its sample rate ({e})"
-        ) from e
-    samples = _to_mono(np.asarray(samples))
+    decoded = _decode_with_soundfile(data, max_seconds)
+    if decoded is None:
+        decoded = _decode_with_ffmpeg(data, max_seconds)
+    samples, rate = decoded
     if samples.size == 0:
         raise EmptyAudioError("the recording decoded to zero audio samples")
     if not np.all(np.isfinite(samples)):
         raise NonFiniteAudioError("the recording contains NaN or infinite sample values")
-    samples = resample(samples, int(rate), target_rate)
+    _refuse_if_too_long(samples.shape[0] / rate, max_seconds)
+    samples = resample(samples, rate, target_rate)
     return validate_audio(
         samples,
         sample_rate=target_rate,
@@ -124,6 +170,138 @@ def decode_audio(
         max_seconds=max_seconds,
         reject_silence=reject_silence,
     )
+
+
+_SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError)
+
+
+def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
+    """libsndfile: (mono float32 at the native rate, rate), or None when it cannot read the
+    bytes (FFmpeg gets them next). A too-long recording is refused from its header, unread."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, frames = int(f.samplerate), int(f.frames)
+            if rate <= 0 or frames < 0:
+                return None
+            if max_seconds is not None and frames / rate > max_seconds:
+                samples = None  # refused below, outside this `except ValueError`
+            else:
+                samples = f.read(dtype="float32", always_2d=False)
+    except _SOUNDFILE_ERRORS as e:
+        log.debug("libsndfile cannot read the recording (%s); trying FFmpeg", e)
+        return None
+    if samples is None:
+        _refuse_if_too_long(frames / rate, max_seconds)
+    return _to_mono(np.asarray(samples)), rate
+
+
+def _decode_with_ffmpeg(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """FFmpeg (PyAV): (mono float32 at the native rate, rate) of the first audio track.
+
+    Demuxes packet by packet; a packet that does not decode (a frame cut by the start or end of
+    the stream, or damaged) is skipped and counted. Decoding stops with `TooLongAudioError` as
+    soon as the decoded audio passes `max_seconds`."""
+    import av
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r",
+                            options={"format_whitelist": ",".join(FFMPEG_DEMUXERS)})
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
+        log.debug("FFmpeg cannot open the recording either (%s)", e)
+        raise UndecodableAudioError(NOT_AUDIO_MESSAGE) from None
+    with container:
+        if not container.streams.audio:
+            kinds = sorted({s.type for s in container.streams} - {"audio"})
+            what = f" (it holds only {' and '.join(kinds)})" if kinds else ""
+            raise UndecodableAudioError(
+                f"the recording could not be decoded: the file has no sound track{what} — send a "
+                f"recording of the hum, whistle or song ({FORMATS_WE_READ}), or raw PCM with its "
+                "sample rate"
+            )
+        return _decode_ffmpeg_stream(container, container.streams.audio[0], max_seconds)
+
+
+class _MonoCollector:
+    """Decoded FFmpeg frames -> mono float32 chunks at the stream's first sample rate.
+
+    PyAV's converter only changes the sample format to float32 planar (and the rate of a stream
+    that changes rate midway); the channels are averaged here, as on the libsndfile path, and
+    resampling to the target rate happens once, with soxr, in `decode_audio`. Refuses the
+    recording as soon as the collected audio passes `max_seconds`."""
+
+    def __init__(self, max_seconds: float | None):
+        self.max_seconds = max_seconds
+        self.chunks: list[np.ndarray] = []
+        self.rate = 0
+        self.frames = 0
+        self._converter = None
+        self._input = None
+
+    def add(self, frame) -> None:
+        import av
+
+        if frame.samples == 0:
+            return
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self._input:  # the first frame, or the stream changed format midway
+            self.flush()
+            if not self.rate:
+                self.rate = int(frame.sample_rate)
+                if not 0 < self.rate <= MAX_NATIVE_RATE:
+                    raise UndecodableAudioError(NOT_AUDIO_MESSAGE)
+            self._converter = av.AudioResampler(format="fltp", layout=frame.layout, rate=self.rate)
+            self._input = key
+        self._take(self._converter.resample(frame))
+
+    def flush(self) -> None:
+        if self._converter is not None:
+            self._take(self._converter.resample(None))
+            self._converter = self._input = None
+
+    def _take(self, frames) -> None:
+        for out in frames:
+            planes = out.to_ndarray()  # [channels, n] float32
+            self.chunks.append(planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0])
+            self.frames += planes.shape[1]
+            _refuse_if_too_long(self.frames / self.rate, self.max_seconds, at_least=True)
+
+    def samples(self) -> np.ndarray:
+        if not self.chunks:
+            return np.zeros(0, np.float32)
+        return np.ascontiguousarray(np.concatenate(self.chunks), dtype=np.float32)
+
+
+def _decode_ffmpeg_stream(container, stream, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    import av
+
+    pcm = _MonoCollector(max_seconds)
+    skipped = 0
+    try:
+        for packet in container.demux(stream):  # ends with an empty packet that flushes the decoder
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as e:
+                skipped += 1
+                log.debug("skipped an undecodable audio packet at pts %s (%s)", packet.pts, e)
+                continue
+            for frame in frames:
+                pcm.add(frame)
+        pcm.flush()
+    except av.error.FFmpegError as e:  # the demuxer or decoder gave up midway
+        if not pcm.frames:
+            log.debug("FFmpeg failed before any audio was decoded (%s)", e)
+            raise UndecodableAudioError(NOT_AUDIO_MESSAGE) from None
+        log.warning("the recording is damaged after %.1f s of audio; keeping what decoded (%s)",
+                    pcm.frames / pcm.rate, e)
+    if skipped:
+        # One or two: a stream cut mid-frame at its start or end (normal); more: real damage.
+        level = logging.WARNING if skipped > 2 else logging.DEBUG
+        log.log(level, "skipped %d undecodable audio packet(s) of the recording", skipped)
+    if not pcm.frames and skipped:
+        raise UndecodableAudioError(
+            "the recording could not be decoded: none of its audio is readable (the file is damaged)"
+        )
+    return pcm.samples(), pcm.rate or C.SAMPLE_RATE
 
 
 def load_audio(path: str | os.PathLike[str], **kwargs: object) -> np.ndarray:
@@ -169,6 +347,9 @@ def pcm_to_audio(
             f"raw PCM length {len(data)} bytes is not a whole number of {pcm_format} frames "
             f"of {channels} channel(s)"
         )
+    # Refused before anything is converted or resampled: 100 kB of s16 mono claimed at 1 Hz
+    # would otherwise resample to 800 M samples (3.2 GB) at 16 kHz.
+    _refuse_if_too_long(len(data) // frame_bytes / sample_rate, max_seconds)
     samples = np.frombuffer(data, dtype=dtype).reshape(-1, channels)
     if dtype.kind == "i":
         samples = samples.astype(np.float32) / 32768.0

@@ -1,4 +1,4 @@
-"""`earworm serve`, `earworm identify`, `earworm demo` and `earworm bench-load`.
+"""`earworm serve`, `earworm identify`, `earworm demo`, `earworm bench-load` and `earworm gate-check`.
 
 Heavy imports (TensorFlow, ScaNN) happen inside the run functions so `earworm --help` stays fast.
 Defaults come from the config dataclasses (ServerConfig, ServicerConfig, DemoConfig,
@@ -150,7 +150,7 @@ def _register_identify(subparsers) -> None:
     from serving.client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 
     p = subparsers.add_parser("identify", help="identify a recording with a running server",
-                              description="Send a recording (WAV/FLAC/Ogg/MP3) to an Earworm server.")
+                              description="Send a recording (WAV/FLAC/Ogg/MP3/M4A/WebM) to an Earworm server.")
     p.add_argument("file", type=Path, help="the hum/whistle/singing recording")
     p.add_argument("--server", default=DEFAULT_TARGET, help=f"host:port (default {DEFAULT_TARGET})")
     p.add_argument("--top-k", type=_nonneg_int, default=5, help="matches to show (default 5)")
@@ -183,10 +183,11 @@ def run_identify(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     _register_serve(subparsers)
     _register_identify(subparsers)
-    from serving import bench_load, demo
+    from serving import bench_load, demo, gate_check
 
     demo.register(subparsers)
     bench_load.register(subparsers)
+    gate_check.register(subparsers)
     # `earworm bench-scale` lives with the index code when that module exists.
     try:
         importlib.import_module("serving.bench_scale").register(subparsers)

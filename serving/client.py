@@ -133,7 +133,7 @@ class RecognizerClient:
         return Identification.from_proto(response)
 
     def identify_bytes(self, encoded: bytes, top_k: int = 0, timeout: float | None = None) -> Identification:
-        """An encoded recording (WAV, FLAC, Ogg, MP3 bytes); the server decodes it."""
+        """An encoded recording (WAV, FLAC, Ogg, MP3, M4A/AAC, WebM/Opus bytes); the server decodes it."""
         return self.identify_request(pb.IdentifyRequest(audio=pb.Audio(encoded=encoded), top_k=top_k),
                                      timeout)
 

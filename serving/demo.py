@@ -330,7 +330,7 @@ def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
         print(f"\nQuery it yourself:\n"
               f"  earworm serve --model {model_dir} --index {index_dir} --port 50051\n"
               f"  earworm identify {example} --server localhost:50051\n"
-              f"(or any WAV/FLAC/Ogg/MP3 recording of a hum; `earworm identify --json` for scripts)")
+              f"(or any WAV/FLAC/Ogg/MP3/M4A/WebM recording of a hum; `earworm identify --json` for scripts)")
         if keep_serving:
             print(f"\nThe server keeps running on {target} (Ctrl-C to stop):\n"
                   f"  earworm identify {example} --server {target}", flush=True)

@@ -2,6 +2,8 @@
 
 One implementation for the server, the evaluation and the benchmarks:
 
+0. the melody gate (`serving.melody_gate`): a query with no melody in it (a steady tone, noise,
+   clicks, speech) is answered "no melody" (reason NO_MELODY, no candidates) and never embedded;
 1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`),
    once per tempo view (`query_tempo_rates`: the query resampled to play 0.8x / 1x / 1.25x as long, so
    that one view is close to the master's tempo; see `RetrievalConfig.query_tempo_rates`); steps 2-4
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from data_gen import constants as C
+from serving.melody_gate import MelodyCheck, MelodyGate, MelodyGateConfig
 
 if TYPE_CHECKING:
     from serving.index import WindowIndex
@@ -140,6 +143,9 @@ class RetrievalConfig:
     """Grid of query start positions in the master that the re-ranking tries."""
     rerank_tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
     """A query window may match a master window up to this far from its aligned position."""
+    melody_gate: MelodyGateConfig | None = MelodyGateConfig()
+    """Audio with no melody in it (a steady tone, noise, clicks, speech) is answered "no melody"
+    before any embedding (`serving.melody_gate`); None: every query is searched."""
 
     @property
     def effective_rerank_candidates(self) -> int:
@@ -177,6 +183,12 @@ class Match:
     """Where in the master the query's start aligns (seconds)."""
 
 
+NO_MATCH_BELOW_THRESHOLD = "below_threshold"
+"""`RetrievalResult.reason`: the best match scored below the no-match threshold."""
+NO_MELODY = "no_melody"
+"""`RetrievalResult.reason`: the query holds no melody (`serving.melody_gate`); nothing was searched."""
+
+
 @dataclass(frozen=True)
 class RetrievalResult:
     matches: list[Match]
@@ -184,7 +196,11 @@ class RetrievalResult:
     threshold: float
     audio_seconds: float
     timings_ms: dict[str, float] = field(default_factory=dict)
-    """"embed" (identify only), "search", "aggregate", "total"."""
+    """"melody" (the gate), "embed" (identify only), "search", "aggregate", "total"."""
+    reason: str = ""
+    """Why `no_match`: NO_MATCH_BELOW_THRESHOLD or NO_MELODY ("" when there is a match)."""
+    melody: MelodyCheck | None = None
+    """What the melody gate measured (None when it did not run)."""
 
     @property
     def best(self) -> Match | None:
@@ -435,6 +451,7 @@ class Retriever:
         self.config = config
         self._rerank_count = config.effective_rerank_candidates
         self.threshold, self.threshold_source = self._resolve_threshold()
+        self.gate = MelodyGate(config.melody_gate) if config.melody_gate is not None else None
 
     @property
     def rerank_candidates(self) -> int:
@@ -502,17 +519,37 @@ class Retriever:
             raise RuntimeError("this Retriever has no embedder; use identify_embeddings")
         return self.embedder.embed_query(audio, self.config.query_tempo_rates)
 
+    def check_melody(self, audio: np.ndarray) -> tuple[MelodyCheck | None, float]:
+        """The melody gate's verdict on `audio` (None when the gate is off) and its milliseconds."""
+        if self.gate is None:
+            return None, 0.0
+        t0 = time.perf_counter()
+        check = self.gate.check(audio)
+        return check, (time.perf_counter() - t0) * 1e3
+
+    def no_melody(self, check: MelodyCheck, audio_seconds: float, gate_ms: float = 0.0) -> RetrievalResult:
+        """The answer to a query the gate rejected: no match, no candidates, the reason and the figures."""
+        return RetrievalResult([], True, self.threshold, float(audio_seconds),
+                               {"melody": gate_ms, "total": gate_ms}, NO_MELODY, check)
+
     def identify(self, audio: np.ndarray, top_k: int | None = None) -> RetrievalResult:
-        """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult."""
+        """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult.
+
+        The melody gate runs first: a query with no melody is answered `NO_MELODY` unsearched."""
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(f"audio must be a non-empty [time] array, got shape {audio.shape}")
         t0 = time.perf_counter()
+        check, gate_ms = self.check_melody(audio)
+        seconds = audio.size / C.SAMPLE_RATE
+        if check is not None and not check.has_melody:
+            return self.no_melody(check, seconds, gate_ms)
+        t1 = time.perf_counter()
         q = self.embed(audio)
-        embed_ms = (time.perf_counter() - t0) * 1e3
-        result = self.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k, views=q.views)
-        result.timings_ms["embed"] = embed_ms
-        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        embed_ms = (time.perf_counter() - t1) * 1e3
+        result = replace(self.identify_embeddings(q.emb, q.offsets_s, seconds, top_k, views=q.views),
+                         melody=check)
+        result.timings_ms.update(melody=gate_ms, embed=embed_ms, total=(time.perf_counter() - t0) * 1e3)
         return result
 
     def identify_embeddings(self, emb: np.ndarray, offsets_s: np.ndarray, audio_seconds: float,
@@ -591,12 +628,13 @@ class Retriever:
             agg_ms = (time.perf_counter() - t1) * 1e3
             results.append(RetrievalResult(matches, no_match, self.threshold, float(item[2]),
                                            {"search": search_ms, "aggregate": agg_ms,
-                                            "total": search_ms + agg_ms}))
+                                            "total": search_ms + agg_ms},
+                                           NO_MATCH_BELOW_THRESHOLD if no_match else ""))
         return results
 
 
 __all__ = [
-    "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "DEFAULT_QUERY_TEMPO_RATES", "DEFAULT_TEMPO_RATIOS",
+    "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "NO_MATCH_BELOW_THRESHOLD", "NO_MELODY", "DEFAULT_QUERY_TEMPO_RATES", "DEFAULT_TEMPO_RATIOS",
     "DEFAULT_TEMPO_VIEW_PENALTY", "DEFAULT_VIEW_TEMPO_RATIOS", "EmbedderLike", "Match", "ModelMismatchError", "QueryEmbedding",
     "RetrievalConfig", "RetrievalResult", "Retriever", "TrackScores", "aggregate", "aggregate_temporal",
     "aggregate_vote", "parse_tempo_rates", "rerank_temporal", "top_tracks",

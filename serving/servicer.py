@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import grpc
@@ -33,6 +33,7 @@ from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import EmbeddingTimeout
 from serving.metrics import Metrics
+from serving.retrieval import NO_MATCH_BELOW_THRESHOLD, NO_MELODY
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ PCM_ENCODINGS = {
     pb.PCM_ENCODING_F32LE: "f32le",
 }
 PCM_BYTES = {"s16le": 2, "f32le": 4}
+NO_MATCH_REASONS = {
+    "": pb.NO_MATCH_REASON_UNSPECIFIED,
+    NO_MATCH_BELOW_THRESHOLD: pb.NO_MATCH_REASON_BELOW_THRESHOLD,
+    NO_MELODY: pb.NO_MATCH_REASON_NO_MELODY,
+}
 MAX_PCM_RATE = 384_000
 MAX_CHANNELS = 16
 
@@ -106,6 +112,7 @@ class _Outcome:
     answers: int = 0
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    reason: str = ""
 
 
 def _deadline_check(context: grpc.ServicerContext, when: str) -> float | None:
@@ -228,7 +235,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         except AudioError as e:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
         raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
-                          "the request has no audio: set audio.encoded (a WAV/FLAC/Ogg/MP3 file) "
+                          "the request has no audio: set audio.encoded (a WAV, FLAC, Ogg, MP3, M4A or WebM file) "
                           "or audio.pcm (raw samples with their sample rate)")
 
     def _embed(self, embedding: EmbeddingBackend, windows: np.ndarray,
@@ -244,6 +251,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
     @staticmethod
     def _response(result: Any, state: ServingState) -> pb.IdentifyResponse:
+        check = result.melody
+        melody = None if check is None else pb.MelodyQuality(
+            voiced_seconds=check.voiced_seconds, voiced_fraction=check.voiced_fraction,
+            pitch_range_semitones=check.pitch_range_semitones, distinct_notes=check.distinct_notes,
+            phrase_seconds=check.phrase_seconds, explanation=check.why)
         return pb.IdentifyResponse(
             matches=[
                 pb.Match(track_id=m.track_id, title=m.title, artist=m.artist, score=float(m.score),
@@ -255,6 +267,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             model_version=state.model_version,
             index_version=state.index_version,
             audio_seconds=float(result.audio_seconds),
+            no_match_reason=NO_MATCH_REASONS[result.reason],
+            melody=melody,
         )
 
     def _finish(self, method: str, started: float, outcome: _Outcome, code: grpc.StatusCode,
@@ -267,6 +281,9 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             self.metrics.increment("search_ms", outcome.search_ms)
         top = "-" if outcome.top_score is None else f"{outcome.top_score:.3f}"
         extra = "" if outcome.no_match is None else f" no_match={outcome.no_match}"
+        if outcome.reason:
+            extra += f" reason={outcome.reason}"
+            self.metrics.increment(f"no_match_{outcome.reason}")
         if method == "StreamIdentify":
             extra += f" answers={outcome.answers}"
         log.info("%s %s %.1f ms (embed %.1f, search %.1f) audio=%.1fs top=%s%s%s", method, code.name, ms,
@@ -300,13 +317,18 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         top_k = self._top_k(request.top_k)
         audio = self._decode(audio_msg)
         outcome.audio_seconds = audio.shape[0] / C.SAMPLE_RATE
-        windows, offsets, views = cut_query_views(audio, state.retriever.config.query_tempo_rates)
-        t0 = time.perf_counter()
-        emb = self._embed(embedding, windows, context)
-        outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
-        result = state.retriever.identify_embeddings(emb, offsets, outcome.audio_seconds, top_k=top_k,
-                                                     views=views)
-        outcome.search_ms += result.timings_ms.get("total", 0.0)
+        check, _ = state.retriever.check_melody(audio)
+        if check is not None and not check.has_melody:
+            result = state.retriever.no_melody(check, outcome.audio_seconds)
+        else:
+            windows, offsets, views = cut_query_views(audio, state.retriever.config.query_tempo_rates)
+            t0 = time.perf_counter()
+            emb = self._embed(embedding, windows, context)
+            outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
+            result = replace(state.retriever.identify_embeddings(emb, offsets, outcome.audio_seconds,
+                                                                 top_k=top_k, views=views), melody=check)
+            outcome.search_ms += result.timings_ms.get("total", 0.0)
+        outcome.reason = result.reason
         outcome.top_score = result.matches[0].score if result.matches else None
         outcome.no_match = bool(result.no_match)
         return self._response(result, state)
@@ -457,12 +479,19 @@ class _StreamSession:
 
     def _answer(self, final: bool) -> pb.StreamIdentifyResponse:
         audio = self._audio(final)
-        t0 = time.perf_counter()
-        emb, offsets, views = self._embed(audio)
-        self.outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
         seconds = audio.shape[0] / C.SAMPLE_RATE
-        result = self.state.retriever.identify_embeddings(emb, offsets, seconds, top_k=self.top_k, views=views)
-        self.outcome.search_ms += result.timings_ms.get("total", 0.0)
+        retriever = self.state.retriever
+        check, _ = retriever.check_melody(audio)
+        if check is not None and not check.has_melody:
+            result = retriever.no_melody(check, seconds)  # so far: a later answer may hear one
+        else:
+            t0 = time.perf_counter()
+            emb, offsets, views = self._embed(audio)
+            self.outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
+            result = replace(retriever.identify_embeddings(emb, offsets, seconds, top_k=self.top_k, views=views),
+                             melody=check)
+            self.outcome.search_ms += result.timings_ms.get("total", 0.0)
+        self.outcome.reason = result.reason
         self.outcome.answers += 1
         self.outcome.top_score = result.matches[0].score if result.matches else None
         self.outcome.no_match = bool(result.no_match)

@@ -54,3 +54,30 @@ def untrained_model_dir(tmp_path_factory):
     from training.export import export_untrained
 
     return export_untrained(tmp_path_factory.mktemp("untrained_model") / "model")
+
+
+def ffmpeg_encode(samples: np.ndarray, sample_rate: int, container: str, codec: str,
+                  channels: int = 1) -> bytes:
+    """Mono float32 samples -> encoded bytes made with FFmpeg's own encoders (PyAV), e.g.
+    ("ipod", "aac") = M4A/AAC as phones record, ("webm", "libopus") = WebM/Opus as browsers
+    record, ("mp3", "libmp3lame"); `channels=2` writes the same samples on both channels.
+    Timestamps start at 0, so MP4 gets the edit list that hides the AAC encoder's priming, as in
+    files phones write."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    buf = io.BytesIO()
+    layout = "mono" if channels == 1 else "stereo"
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout=layout)
+        planes = np.tile(np.clip(samples, -1.0, 1.0).astype(np.float32), (channels, 1))
+        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        frame.pts, frame.time_base = 0, Fraction(1, sample_rate)  # timestamps from 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()

@@ -85,3 +85,21 @@ def test_add_a_release_without_re_embedding_the_old_catalogue(built, untrained_m
     # the same tracks cannot be added twice
     with pytest.raises(IndexPipelineError, match="already in"):
         build_index(new_cat, untrained_model, tmp_path / "idx3", add_to=out, runner_args=IN_PROCESS)
+
+
+def test_a_master_stored_as_an_mp3_cut_mid_frame_is_indexed(catalogue, untrained_model, tmp_path):
+    """Real catalogues hold MP3 excerpts cut mid-frame (libsndfile refuses them; FFmpeg decodes)."""
+    from data_gen.audio import load_audio
+    from tests.conftest import ffmpeg_encode
+
+    master = load_audio(read_catalogue(catalogue)[0].path)
+    mp3 = ffmpeg_encode(master, C.SAMPLE_RATE, "mp3", "libmp3lame")
+    path = tmp_path / "excerpt.mp3"
+    path.write_bytes(mp3[417:-300])  # starts and ends inside an audio frame
+    want = [("cut", expected_windows(path), C.EMBEDDING_DIM)]
+    assert want[0][1] >= 5
+    with BeamTestPipeline(options=PipelineOptions(list(IN_PROCESS))) as p:
+        out = p | beam.Create([TrackRef(0, "cut", str(path))]) | EmbedTracks(str(untrained_model))
+        got = out["main"] | beam.Map(lambda e: (e.track_id, e.embeddings.shape[0], e.embeddings.shape[1]))
+        assert_that(got, equal_to(want), label="main")
+        assert_that(out["errors"], equal_to([]), label="errors")

@@ -6,6 +6,8 @@ import soundfile as sf
 
 from data_gen import audio as A
 from data_gen import constants as C
+from data_gen import paths
+from tests.conftest import ffmpeg_encode
 
 
 def _encode(samples, sr, fmt="WAV", subtype="PCM_16"):
@@ -114,3 +116,140 @@ def test_write_and_encode_round_trip(tmp_path, tone_audio):
         back = A.load_audio(p)
         assert abs(back.size - tone_audio.size) < 0.02 * C.SAMPLE_RATE
     assert A.decode_audio(A.encode_audio(tone_audio)).size == tone_audio.size
+
+
+# --- what real users and catalogues send: FFmpeg (PyAV) behind libsndfile ------------------------
+def _peak_hz(out: np.ndarray) -> float:
+    """Dominant frequency of the first note of `tone_audio` (C4 = 261.6 Hz) in decoded audio."""
+    seg = out[2000:6000] * np.hanning(4000)
+    return np.argmax(np.abs(np.fft.rfft(seg, 16000))) * C.SAMPLE_RATE / 16000
+
+
+def _mp3(tone_audio, rate=44_100) -> bytes:
+    return ffmpeg_encode(A.resample(tone_audio, C.SAMPLE_RATE, rate), rate, "mp3", "libmp3lame", channels=2)
+
+
+# (container, codec, native rate, channels, length tolerance in s: codec padding at the end)
+FFMPEG_FORMATS = {
+    "m4a_aac_44k_stereo": ("ipod", "aac", 44_100, 2, 0.1),  # phone voice memo
+    "mp4_aac_16k_mono": ("mp4", "aac", 16_000, 1, 0.1),
+    "webm_opus_48k": ("webm", "libopus", 48_000, 2, 0.03),  # browser MediaRecorder
+    "webm_opus_native_encoder": ("webm", "opus", 48_000, 1, 0.03),
+    "mp3_lame": ("mp3", "libmp3lame", 44_100, 2, 0.03),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FFMPEG_FORMATS))
+def test_decodes_phone_and_browser_formats_to_mono_16k(tone_audio, name):
+    container, codec, rate, channels, tolerance_s = FFMPEG_FORMATS[name]
+    data = ffmpeg_encode(A.resample(tone_audio, C.SAMPLE_RATE, rate), rate, container, codec, channels)
+    out = A.decode_audio(data, min_seconds=C.MIN_QUERY_SECONDS, max_seconds=C.MAX_QUERY_SECONDS)
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert abs(out.size - tone_audio.size) <= tolerance_s * C.SAMPLE_RATE
+    assert abs(_peak_hz(out) - 261.6) < 5
+
+
+@pytest.mark.parametrize("cut", ["start", "end", "both"])
+def test_decodes_an_mp3_stream_cut_mid_frame(tone_audio, cut):
+    data = _mp3(tone_audio)
+    # 417 bytes in: past the LAME header, inside an audio frame (frames are ~418 bytes at 128 kbit/s)
+    cut_data = {"start": data[417:], "end": data[:-300], "both": data[417:-300]}[cut]
+    out = A.decode_audio(cut_data)
+    assert out.dtype == np.float32 and out.ndim == 1
+    # A frame or two lost at the cut; without the LAME header the codec delay stays in.
+    assert abs(out.size - tone_audio.size) < 0.1 * C.SAMPLE_RATE
+    assert abs(_peak_hz(out) - 261.6) < 5
+
+
+def test_both_decoders_mix_channels_to_mono_the_same_way(tone_audio):
+    left, right = tone_audio, -0.5 * tone_audio  # mean = 0.25 * tone
+    wav = _encode(np.stack([left, right], 1), C.SAMPLE_RATE)  # libsndfile reads this
+    planes = np.stack([left, right]).astype(np.float32)
+    import av  # raw PCM in Matroska: libsndfile cannot read it, FFmpeg decodes it losslessly
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="matroska") as out:
+        stream = out.add_stream("pcm_f32le", rate=C.SAMPLE_RATE, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout="stereo")
+        frame.sample_rate = C.SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    via_sndfile = A.decode_audio(wav)
+    via_ffmpeg = A.decode_audio(buf.getvalue())
+    assert via_ffmpeg.size == via_sndfile.size == tone_audio.size
+    np.testing.assert_allclose(via_ffmpeg, 0.25 * tone_audio, atol=1e-6)
+    np.testing.assert_allclose(via_sndfile, 0.25 * tone_audio, atol=1e-4)  # 16-bit WAV
+
+
+def test_every_zalo_song_and_hum_decodes():
+    """The real-world files that started this: 20 catalogue songs (MP3 cut mid-frame, which
+    libsndfile refuses) and 20 hums (phone MP3)."""
+    from data_gen.manifest import read_catalogue, read_queries
+
+    root = paths.shared_data_dir() / "zalo_mini"
+    if not (root / "manifest.csv").is_file():
+        pytest.skip(f"{root} is absent (the real zalo songs and hums are not on this machine)")
+    songs = read_catalogue(root / "manifest.csv")
+    hums = read_queries(root / "queries.csv")
+    assert len(songs) == 20 and len(hums) == 20
+    for track in songs:
+        out = A.load_audio(track.path, max_seconds=C.MAX_MASTER_SECONDS)
+        # 7.7-12 s each (one holds a cover-art ID3 tag midway, which FFmpeg skips like a player)
+        assert out.dtype == np.float32 and out.size > 7 * C.SAMPLE_RATE, track.path
+    for query in hums:
+        out = A.load_audio(query.path, min_seconds=C.MIN_QUERY_SECONDS, max_seconds=C.MAX_QUERY_SECONDS)
+        assert out.dtype == np.float32 and out.size >= C.MIN_QUERY_SAMPLES, query.path
+
+
+def test_too_long_pcm_is_refused_before_resampling():
+    # 50,000 frames declared at 1 Hz: 50,000 s, which resampled to 16 kHz would be 3.2 GB.
+    with pytest.raises(A.TooLongAudioError, match=r"50000\.0 s long; at most 30 s"):
+        A.pcm_to_audio(b"\x01\x00" * 50_000, 1, max_seconds=30)
+
+
+def test_too_long_file_is_refused_before_resampling(tone_audio):
+    at_1hz = _encode(np.tile(tone_audio, 2)[:50_000], 1)  # a WAV header claiming 1 Hz
+    with pytest.raises(A.TooLongAudioError, match=r"50000\.0 s long; at most 30 s"):
+        A.decode_audio(at_1hz, max_seconds=30)
+
+
+def test_ffmpeg_stops_decoding_once_past_the_maximum(tone_audio):
+    long = np.tile(tone_audio, 4)  # 10 s
+    data = ffmpeg_encode(long, C.SAMPLE_RATE, "mp4", "aac")
+    with pytest.raises(A.TooLongAudioError, match=r"longer than 3 s; at most 3 s"):
+        A.decode_audio(data, max_seconds=3)
+    assert A.decode_audio(data, max_seconds=11).size == pytest.approx(long.size, abs=0.1 * C.SAMPLE_RATE)
+
+
+@pytest.mark.parametrize("data", [
+    b"this is not audio at all" * 100,
+    b"RIFF not really a wav file" * 20,
+    b"OggS this is not audio" * 50,
+    b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8,
+    b"\x00" * 5000,
+], ids=["text", "riff", "ogg", "id3", "zeros"])
+def test_garbage_gets_a_message_for_a_person(data):
+    with pytest.raises(A.UndecodableAudioError) as info:
+        A.decode_audio(data)
+    message = str(info.value)
+    assert "could not be decoded" in message and "M4A/AAC" in message and "raw PCM" in message
+    for internal in ("0x", "libsndfile", "Error opening", "BytesIO", "Errno", "avcodec", "<"):
+        assert internal not in message
+
+
+def test_a_file_without_a_sound_track_says_so():
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:  # a silent video: 5 frames, no audio
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with pytest.raises(A.UndecodableAudioError, match=r"no sound track \(it holds only video\)"):
+        A.decode_audio(buf.getvalue())

@@ -1,4 +1,4 @@
-"""CREPE and pYIN recover the pitch of a sung-like tone; weight lookup and errors are clear."""
+"""CREPE, pYIN and YIN recover the pitch of a sung-like tone; weight lookup and errors are clear."""
 
 from __future__ import annotations
 
@@ -132,9 +132,36 @@ def test_pyin_recovers_sung_notes_with_vibrato(tone):
     assert track.voiced[10:-10].mean() > 0.95
 
 
+def test_yin_recovers_sung_notes_with_vibrato(tone):
+    track = pitch.make_extractor("yin").extract(tone)
+    assert len(track) == 1 + tone.size // C.PITCH_HOP
+    errors = _interior_errors_cents(track, tone.size)
+    assert np.median(errors) < 15 and np.percentile(errors, 95) < 30, (np.median(errors), errors.max())
+    assert track.voiced[10:-10].mean() > 0.95
+
+
+def test_yin_finds_no_pitch_in_noise_or_silence():
+    yin = pitch.make_extractor("yin")
+    noise = np.random.default_rng(0).standard_normal(C.SAMPLE_RATE * 3).astype(np.float32) * 0.1
+    assert yin.extract(noise).voiced.mean() < 0.05
+    assert not yin.extract(np.zeros(C.SAMPLE_RATE, np.float32)).voiced.any()
+    assert not yin.extract(np.full(C.SAMPLE_RATE, 0.3, np.float32)).voiced.any()  # DC is not a pitch
+
+
+def test_yin_reaches_whistle_and_low_hum_range():
+    yin = pitch.make_extractor("yin")
+    t = np.arange(C.SAMPLE_RATE) / C.SAMPLE_RATE
+    for hz in (70.0, 1800.0):
+        track = yin.extract((0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32))
+        inner = track.f0_hz[10:-10]
+        assert np.median(np.abs(1200 * np.log2(inner / hz))) < 20, hz
+    with pytest.raises(ValueError, match="too short"):
+        pitch.make_extractor("yin", fmin=20.0)
+
+
 def test_unknown_backend_and_option_are_value_errors():
     with pytest.raises(ValueError, match="unknown pitch backend"):
-        pitch.make_extractor("yin")
+        pitch.make_extractor("swipe")
     with pytest.raises(ValueError, match="bad option"):
         pitch.make_extractor("pyin", hop=3)
     with pytest.raises(ValueError, match="decoder"):

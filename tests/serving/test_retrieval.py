@@ -13,6 +13,7 @@ pytest.importorskip("scann")
 from data_gen import constants as C
 from serving.calibration import calibrate_scores, save_calibration
 from serving.index import TrackInfo, WindowIndex
+from tests.conftest import sung_tone
 from serving.retrieval import (
     DEFAULT_NO_MATCH_THRESHOLD,
     ModelMismatchError,
@@ -92,7 +93,9 @@ def embedder() -> FakeEmbedder:
 
 
 def audio(seconds: float = 15.0) -> np.ndarray:
-    return np.zeros(int(seconds * C.SAMPLE_RATE), np.float32)
+    """A sung-like tune of `seconds` (the fake embedders ignore it; the melody gate lets it through)."""
+    notes = (57, 60, 64, 62, 65, 67, 64, 60) * int(np.ceil(seconds / 4))
+    return sung_tone(notes, note_s=0.5)[: int(seconds * C.SAMPLE_RATE)]
 
 
 def test_temporal_ranks_time_consistent_track_first_where_vote_does_not(index, embedder):

@@ -8,11 +8,13 @@ import time
 import grpc
 import numpy as np
 import pytest
+import soxr
 
 from data_gen import constants as C
 from data_gen.audio import encode_audio
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
+from tests.conftest import sung_tone
 from tests.serving.conftest import TRACK_IDS, loader_for, run_cli
 
 
@@ -48,6 +50,26 @@ def test_identify_good_recording_names_its_track(target, good_query, live_server
     assert response.model_version == server.components.embedder.version
     assert response.index_version == server.components.index.metadata.version
     assert response.no_match_threshold > 0
+    assert response.no_match_reason == pb.NO_MATCH_REASON_UNSPECIFIED
+    assert response.melody.distinct_notes >= 3 and response.melody.explanation == ""
+
+
+@pytest.mark.parametrize("name", ["sine_440hz", "constant", "white_noise", "clicks_2hz"])
+def test_identify_answers_no_melody_to_audio_without_one(target, name):
+    from data_gen.synth.no_melody import signals
+
+    audio = signals(seconds=10.0)[name]
+    response = _stub(target).Identify(pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(audio))), timeout=20)
+    assert response.no_match and response.no_match_reason == pb.NO_MATCH_REASON_NO_MELODY
+    assert len(response.matches) == 0  # no ranked list that claims a match
+    assert response.melody.explanation.startswith("no melody heard")
+
+
+def test_two_samples_declared_at_1hz_are_no_melody(target):
+    pcm = pb.RawPcm(data=np.array([16000, -16000], "<i2").tobytes(), sample_rate_hz=1,
+                    encoding=pb.PCM_ENCODING_S16LE)
+    response = _stub(target).Identify(pb.IdentifyRequest(audio=pb.Audio(pcm=pcm)), timeout=20)
+    assert response.no_match_reason == pb.NO_MATCH_REASON_NO_MELODY and not response.matches
 
 
 def test_identify_raw_pcm_at_another_rate_and_stereo(client, good_query):
@@ -59,12 +81,24 @@ def test_identify_raw_pcm_at_another_rate_and_stereo(client, good_query):
     assert len(result.matches) == 2
 
 
+def test_identify_a_phone_voice_memo_m4a(target, good_query):
+    """Audio.encoded as phones record it (M4A/AAC at 44.1 kHz): decoded by FFmpeg in the server."""
+    from tests.conftest import ffmpeg_encode
+
+    at_44k = soxr.resample(good_query, C.SAMPLE_RATE, 44_100).astype(np.float32)
+    m4a = ffmpeg_encode(at_44k, 44_100, "ipod", "aac")
+    response = _stub(target).Identify(pb.IdentifyRequest(audio=pb.Audio(encoded=m4a), top_k=3), timeout=20)
+    assert response.matches[0].track_id == TRACK_IDS[1]
+    assert abs(response.matches[0].offset_seconds - 4.0) <= 1.0
+    assert response.audio_seconds == pytest.approx(10.0, abs=0.1)  # AAC pads the last frame
+
+
 def test_default_top_k_is_ten_or_all_tracks(client, good_query):
     result = client.identify_audio(good_query)  # top_k 0 -> server default
     assert len(result.matches) == len(TRACK_IDS)  # only 3 tracks in the index (< default 10)
 
 
-TONE = (0.3 * np.sin(2 * np.pi * 220 * np.arange(5 * C.SAMPLE_RATE) / C.SAMPLE_RATE)).astype(np.float32)
+TONE = sung_tone((57, 60, 64, 62, 65, 67, 64, 60, 62, 57), note_s=0.5)  # 5 s of a tune
 NAN_TONE = TONE.copy()
 NAN_TONE[1000] = np.nan
 

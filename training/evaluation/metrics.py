@@ -54,6 +54,8 @@ class QueryOutcome:
     crop_s: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    reason: str = ""
+    """Why no_match, where the system says (the model: "below_threshold" or "no_melody")."""
 
     @property
     def in_catalogue(self) -> bool:
@@ -94,6 +96,7 @@ class QueryOutcome:
             "no_match": self.no_match,
             "latency_ms": round(self.latency_ms, 2),
             "error": self.error,
+            "reason": self.reason,
         }
 
 
@@ -217,6 +220,8 @@ def summarize(
     threshold = open_set_threshold if open_set_threshold is not None else calibrated
     summary: dict[str, Any] = {
         "num_queries": len(outcomes),
+        # queries the melody gate answered "no melody" (they never reached retrieval)
+        "no_melody": sum(o.reason == "no_melody" for o in outcomes),
         "in_catalogue": ranking_metrics(outcomes),
         "open_set": open_set_metrics(outcomes, threshold),
         "calibration": {

@@ -409,7 +409,7 @@ def _answer(system: RankingSystem, q: Query, kind: str, audio: np.ndarray, top_k
     return M.QueryOutcome(
         q.query_id, q.track_id, kind, duration,
         tuple(m.track_id for m in result.matches), tuple(float(m.score) for m in result.matches),
-        bool(result.no_match), system.latency_ms(result, wall_ms), crop_s,
+        bool(result.no_match), system.latency_ms(result, wall_ms), crop_s, reason=result.reason,
     )
 
 

@@ -11,6 +11,7 @@ import abc
 import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,11 +88,14 @@ class ModelSystem(RankingSystem):
     def rank(self, audio: np.ndarray, top_k: int) -> "RetrievalResult":
         if self.shared is None:
             return self.retriever.identify(audio, top_k=top_k)
+        check, gate_ms = self.retriever.check_melody(audio)  # as Retriever.identify: the gate first
+        if check is not None and not check.has_melody:
+            return self.retriever.no_melody(check, audio.size / C.SAMPLE_RATE, gate_ms)
         q, embed_ms = self.shared.embed(audio)
-        result = self.retriever.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k,
-                                                    views=q.views)
-        result.timings_ms["embed"] = embed_ms
-        result.timings_ms["total"] = embed_ms + result.timings_ms.get("total", 0.0)
+        result = replace(self.retriever.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE,
+                                                            top_k, views=q.views), melody=check)
+        result.timings_ms.update(melody=gate_ms, embed=embed_ms,
+                                 total=gate_ms + embed_ms + result.timings_ms.get("total", 0.0))
         return result
 
     def latency_ms(self, result: "RetrievalResult", wall_ms: float) -> float:

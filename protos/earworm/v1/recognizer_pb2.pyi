@@ -12,9 +12,18 @@ class PcmEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PCM_ENCODING_UNSPECIFIED: _ClassVar[PcmEncoding]
     PCM_ENCODING_S16LE: _ClassVar[PcmEncoding]
     PCM_ENCODING_F32LE: _ClassVar[PcmEncoding]
+
+class NoMatchReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NO_MATCH_REASON_UNSPECIFIED: _ClassVar[NoMatchReason]
+    NO_MATCH_REASON_BELOW_THRESHOLD: _ClassVar[NoMatchReason]
+    NO_MATCH_REASON_NO_MELODY: _ClassVar[NoMatchReason]
 PCM_ENCODING_UNSPECIFIED: PcmEncoding
 PCM_ENCODING_S16LE: PcmEncoding
 PCM_ENCODING_F32LE: PcmEncoding
+NO_MATCH_REASON_UNSPECIFIED: NoMatchReason
+NO_MATCH_REASON_BELOW_THRESHOLD: NoMatchReason
+NO_MATCH_REASON_NO_MELODY: NoMatchReason
 
 class RawPcm(_message.Message):
     __slots__ = ("data", "sample_rate_hz", "channels", "encoding")
@@ -60,21 +69,41 @@ class Match(_message.Message):
     rank: int
     def __init__(self, track_id: _Optional[str] = ..., title: _Optional[str] = ..., artist: _Optional[str] = ..., score: _Optional[float] = ..., offset_seconds: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
+class MelodyQuality(_message.Message):
+    __slots__ = ("voiced_seconds", "voiced_fraction", "pitch_range_semitones", "distinct_notes", "phrase_seconds", "explanation")
+    VOICED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VOICED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PITCH_RANGE_SEMITONES_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_NOTES_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    voiced_seconds: float
+    voiced_fraction: float
+    pitch_range_semitones: float
+    distinct_notes: int
+    phrase_seconds: float
+    explanation: str
+    def __init__(self, voiced_seconds: _Optional[float] = ..., voiced_fraction: _Optional[float] = ..., pitch_range_semitones: _Optional[float] = ..., distinct_notes: _Optional[int] = ..., phrase_seconds: _Optional[float] = ..., explanation: _Optional[str] = ...) -> None: ...
+
 class IdentifyResponse(_message.Message):
-    __slots__ = ("matches", "no_match", "no_match_threshold", "model_version", "index_version", "audio_seconds")
+    __slots__ = ("matches", "no_match", "no_match_threshold", "model_version", "index_version", "audio_seconds", "no_match_reason", "melody")
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     NO_MATCH_FIELD_NUMBER: _ClassVar[int]
     NO_MATCH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NO_MATCH_REASON_FIELD_NUMBER: _ClassVar[int]
+    MELODY_FIELD_NUMBER: _ClassVar[int]
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     no_match: bool
     no_match_threshold: float
     model_version: str
     index_version: str
     audio_seconds: float
-    def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., no_match: _Optional[bool] = ..., no_match_threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., audio_seconds: _Optional[float] = ...) -> None: ...
+    no_match_reason: NoMatchReason
+    melody: MelodyQuality
+    def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., no_match: _Optional[bool] = ..., no_match_threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., audio_seconds: _Optional[float] = ..., no_match_reason: _Optional[_Union[NoMatchReason, str]] = ..., melody: _Optional[_Union[MelodyQuality, _Mapping]] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("config", "audio_chunk")

@@ -1,0 +1,134 @@
+"""YIN pitch tracker (de Cheveigné & Kawahara, 2002), vectorised: the fast backend.
+
+The service checks every query for a melody before it spends the encoder on it
+(`serving.melody_gate`), so it needs a pitch track in a few milliseconds. CREPE costs ~0.8 s per
+10 s here and `librosa.pyin` 60-75 ms (a per-frame Python loop); `librosa.yin` is fast but returns
+no voicing. This backend computes YIN's cumulative-mean-normalised difference for all frames at once
+with FFTs and keeps its minimum as the frame's aperiodicity: confidence = 1 - aperiodicity, voiced =
+aperiodicity below `threshold` and the frame not far below the recording's loudest. About 10 ms for
+10 s of audio on one core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from data_gen import constants as C
+from data_gen.pitch.base import PitchExtractor, PitchTrack, check_audio, num_pitch_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class YinConfig:
+    """Options of `YinExtractor`.
+
+    fmin, fmax: search range in Hz (60 Hz covers low hums, 2,000 Hz whistles).
+    frame_length: analysis window in samples; it must hold the longest period plus YIN's
+        integration window (800 at 16 kHz: periods up to 267 samples leave 533 to integrate).
+    threshold: aperiodicity below which a frame is voiced (YIN's absolute threshold; 0.1-0.2 for
+        clean voices, higher for noisy phone recordings).
+    floor_db: frames quieter than the loudest frame by more than this are unvoiced (room noise).
+    """
+
+    fmin: float = 60.0
+    fmax: float = 2000.0
+    frame_length: int = 800
+    threshold: float = 0.25
+    floor_db: float = 40.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fmin < self.fmax < C.SAMPLE_RATE / 2:
+            raise ValueError(f"need 0 < fmin < fmax < Nyquist, got fmin={self.fmin}, fmax={self.fmax}")
+        if C.SAMPLE_RATE / self.fmin >= self.frame_length / 2:
+            raise ValueError(f"frame_length {self.frame_length} is too short for fmin {self.fmin} Hz")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+
+
+def _frames(audio: np.ndarray, frame_length: int) -> np.ndarray:
+    """Centred frames on the 10 ms grid: [1 + samples // PITCH_HOP, frame_length] (a view). The ends
+    are mirrored (zeros would put a step, i.e. a false pitch, into the edge frames of a loud start)."""
+    half = frame_length // 2
+    padded = np.pad(audio, half, mode="reflect" if audio.size > half else "constant")
+    n = num_pitch_frames(audio.size)
+    need = (n - 1) * C.PITCH_HOP + frame_length
+    if padded.size < need:
+        padded = np.pad(padded, (0, need - padded.size))
+    return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[:: C.PITCH_HOP][:n]
+
+
+def cmnd(frames: np.ndarray, max_lag: int) -> np.ndarray:
+    """YIN's cumulative mean normalised difference d'(tau) for tau = 0..max_lag: [n, max_lag + 1].
+
+    d(tau) = sum_{j < W} (x_j - x_{j + tau})^2 with W = frame_length - max_lag, computed as
+    e(0) + e(tau) - 2 r(tau) (energies from a cumulative sum, the cross-correlation by FFT)."""
+    import scipy.fft
+
+    frames = np.asarray(frames, np.float32)
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    length = frames.shape[1]
+    width = length - max_lag
+    n_fft = scipy.fft.next_fast_len(length + width, real=True)
+    spectrum = scipy.fft.rfft(frames, n_fft)
+    head = scipy.fft.rfft(frames[:, :width], n_fft)
+    corr = scipy.fft.irfft(np.conj(head) * spectrum, n_fft)[:, : max_lag + 1]  # r(tau)
+    power = np.concatenate([np.zeros((frames.shape[0], 1), np.float32),
+                            np.cumsum(frames.astype(np.float64)**2, axis=1).astype(np.float32)], axis=1)
+    energy = power[:, width : width + max_lag + 1] - power[:, : max_lag + 1]  # e(tau)
+    diff = np.maximum(energy[:, :1] + energy - 2.0 * corr, 0.0)
+    cumulative = np.cumsum(diff[:, 1:], axis=1)
+    lags = np.arange(1, max_lag + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = diff[:, 1:] * lags / cumulative
+    out = np.ones_like(diff)
+    out[:, 1:] = np.where(cumulative > 1e-12, norm, 1.0)
+    return out
+
+
+class YinExtractor(PitchExtractor):
+    """YIN on the 10 ms grid; confidence = 1 - aperiodicity (the minimum of d')."""
+
+    name = "yin"
+
+    def __init__(self, config: YinConfig | None = None, **options: Any) -> None:
+        config = config or YinConfig()
+        self.config = dataclasses.replace(config, **options) if options else config
+
+    def extract(self, audio: np.ndarray) -> PitchTrack:
+        audio = check_audio(audio)
+        cfg = self.config
+        min_lag = max(2, int(np.floor(C.SAMPLE_RATE / cfg.fmax)))
+        max_lag = int(np.ceil(C.SAMPLE_RATE / cfg.fmin))
+        frames = _frames(audio, cfg.frame_length)
+        d = cmnd(frames, max_lag)
+        band = d[:, min_lag : max_lag + 1]
+        # YIN step 4: the first dip below the threshold (its local minimum), else the global minimum
+        below = band < cfg.threshold
+        first = np.where(below.any(axis=1), below.argmax(axis=1), band.argmin(axis=1))
+        rows = np.arange(band.shape[0])
+        tau = first.copy()
+        for _ in range(band.shape[1]):  # walk down to the bottom of the dip (a few steps at most)
+            step = np.minimum(tau + 1, band.shape[1] - 1)
+            down = band[rows, step] < band[rows, tau]
+            if not down.any():
+                break
+            tau = np.where(down, step, tau)
+        aperiodicity = band[rows, tau]
+        # YIN step 5: parabolic interpolation around the dip
+        left = band[rows, np.maximum(tau - 1, 0)]
+        right = band[rows, np.minimum(tau + 1, band.shape[1] - 1)]
+        curve = left - 2.0 * aperiodicity + right
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = np.where(curve > 1e-12, 0.5 * (left - right) / curve, 0.0)
+        period = tau + min_lag + np.clip(shift, -1.0, 1.0)
+        f0 = np.clip(C.SAMPLE_RATE / np.maximum(period, 1.0), cfg.fmin, cfg.fmax)
+        level = np.std(frames, axis=1, dtype=np.float64)  # AC level: a DC offset is not a sound
+        loud = level > (level.max() if level.size else 0.0) * 10 ** (-cfg.floor_db / 20) + 1e-9
+        confidence = np.clip(1.0 - aperiodicity, 0.0, 1.0)
+        return PitchTrack(
+            f0_hz=f0.astype(np.float32),
+            confidence=confidence.astype(np.float32),
+            voiced=(aperiodicity < cfg.threshold) & loud,
+        )

@@ -1,0 +1,99 @@
+"""The melody gate: queries with no melody are stopped before retrieval; real hums go through."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_gen.synth.no_melody import signals, speech
+from serving.melody_gate import MelodyGate, MelodyGateConfig, describe
+from tests.conftest import sung_tone
+
+TUNE = sung_tone((57, 60, 64, 62, 65, 67, 64, 60, 62, 57), note_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def gate() -> MelodyGate:
+    return MelodyGate()
+
+
+def test_a_sung_tune_has_a_melody(gate):
+    check = gate.check(TUNE)
+    assert check.has_melody and check.why == ""
+    assert check.distinct_notes >= 5
+    assert check.pitch_range_semitones >= 7
+    assert check.voiced_seconds > 4.0
+
+
+@pytest.mark.parametrize("name", sorted(signals()))
+def test_inputs_with_no_melody_are_stopped(gate, name):
+    check = gate.check(signals()[name])
+    assert not check.has_melody, (name, check)
+    assert check.why.startswith("no melody heard: ")
+
+
+def test_the_explanations_name_what_is_missing(gate):
+    steady = gate.check(signals()["sine_440hz"])
+    assert "1 distinct note" in steady.why and steady.voiced_seconds > 9
+    noise = gate.check(signals()["white_noise"])
+    assert "pitched" in noise.why and noise.voiced_seconds < 0.5
+
+
+def test_most_speech_is_stopped(gate):
+    spoken = speech()
+    if not spoken:
+        pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it)")
+    stopped = [name for name, audio in spoken.items() if not gate.check(audio).has_melody]
+    assert len(stopped) >= 2 * len(spoken) // 3, stopped
+
+
+def test_describe_counts_held_notes_and_phrases():
+    frames = 300  # 3 s on the 10 ms grid
+    steps = np.repeat([60.0, 62.0, 64.0], 100)
+    check = describe(steps, np.ones(frames, bool))
+    assert check.has_melody and check.distinct_notes == 3 and check.phrase_seconds == pytest.approx(3.0)
+    chopped = np.tile(np.r_[np.ones(15, bool), np.zeros(10, bool)], 12)[:frames]  # 150 ms syllables
+    check = describe(steps, chopped)
+    assert not check.has_melody and "like speech" in check.why
+    assert describe(np.zeros(0), np.zeros(0, bool)).voiced_seconds == 0.0
+
+
+def test_the_gate_can_be_configured():
+    with pytest.raises(ValueError):
+        MelodyGateConfig(min_note_seconds=0)
+    lenient = MelodyGate(MelodyGateConfig(min_distinct_notes=1, min_pitch_range_semitones=0, min_phrase_seconds=0))
+    assert lenient.check(signals()["sine_440hz"]).has_melody
+
+
+def test_real_hums_reach_retrieval(gate, shared_data_dir):
+    import csv
+
+    from data_gen.audio import load_audio
+
+    manifest = shared_data_dir / "qbh_demo" / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} is absent")
+    with manifest.open(newline="") as f:
+        paths = [manifest.parent / r["path"] for r in csv.DictReader(f)]
+    passed = [gate.check(load_audio(p)).has_melody for p in paths]
+    assert np.mean(passed) >= 0.95, f"{sum(passed)} of {len(passed)} real hums pass"
+
+
+def test_retriever_answers_no_melody_without_embedding(index_dir):
+    from serving.index import WindowIndex
+    from serving.retrieval import NO_MELODY, RetrievalConfig, Retriever
+
+    class CountingEmbedder:
+        version = WindowIndex.load(index_dir).metadata.model_version
+        calls = 0
+
+        def embed_query(self, audio, tempo_rates=(1.0,)):
+            CountingEmbedder.calls += 1
+            raise AssertionError("a query with no melody must not be embedded")
+
+    retriever = Retriever(CountingEmbedder(), WindowIndex.load(index_dir), RetrievalConfig(no_match_threshold=0.5))
+    result = retriever.identify(signals(seconds=5.0)["sine_440hz"])
+    assert result.no_match and result.reason == NO_MELODY and result.matches == []
+    assert result.melody is not None and not result.melody.has_melody
+    assert CountingEmbedder.calls == 0
+    assert result.audio_seconds == pytest.approx(5.0)
