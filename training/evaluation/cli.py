@@ -6,6 +6,8 @@
     earworm benchset synthetic --out DIR [--tracks 1000]
     earworm benchset mir1k-cross --out DIR [--source ../shared/data/mir1k] [--distractors CAT.csv]
     earworm benchset openset --out DIR [--source ../shared/data/qbh_demo]
+    earworm benchset zalo --out DIR [--distractors 1000]
+    earworm benchset adc2004 --out DIR [--distractors 1000]
     earworm eval-suite --model MODEL_DIR --out DIR
 
 Heavy imports (TensorFlow, ScaNN, music21) happen inside the run functions.
@@ -139,13 +141,51 @@ def run_benchset(args: argparse.Namespace) -> int:
             result = benchsets.build_mir1k_cross(
                 out, Path(args.source) if args.source else None,
                 distractors=Path(args.distractors).resolve() if args.distractors else None, config=cfg)
-        else:
+        elif args.benchset == "openset":
             result = benchsets.build_openset(out, Path(args.source) if args.source else None)
+        else:  # the real sets, padded with rendered distractors
+            source = Path(args.source) if args.source else None
+            pad = _distractors(args)
+            if args.benchset == "zalo":
+                result = benchsets.build_zalo(out, source, distractors=pad)
+            else:
+                result = benchsets.build_adc2004(out, source, distractors=pad, config=benchsets.Adc2004Config(
+                    per_track=args.queries_per_song, seed=args.seed, pitch_accuracy=not args.no_pitch_accuracy))
     except (ManifestError, FileNotFoundError, ValueError, benchsets.BenchsetBusyError) as e:
         return _fail(str(e))
     for k, v in result.items():
         print(f"{k}: {v}")
     return 0
+
+
+def _distractors(args: argparse.Namespace) -> Path | None:
+    """The catalogue that pads a real set: --distractor-catalogue, else the first --distractors N
+    rendered masters of the synthetic benchmark (built when missing), else none (N = 0)."""
+    from training.evaluation import benchsets
+
+    if args.distractor_catalogue:
+        return Path(args.distractor_catalogue).resolve()
+    if args.distractors <= 0:
+        return None
+    bench = Path(args.bench).resolve() if args.bench else benchsets.default_bench_dir()
+    return benchsets.rendered_distractors(bench, args.distractors, workers=args.workers)
+
+
+def _add_real_set(bs, name: str, help_text: str, source: str) -> argparse.ArgumentParser:
+    from training.evaluation.benchsets import DEFAULT_DISTRACTORS
+
+    p = bs.add_parser(name, help=help_text)
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", default=None, help=f"source folder (default ../shared/data/{source})")
+    p.add_argument("--distractors", type=int, default=DEFAULT_DISTRACTORS,
+                   help="pad the catalogue with this many rendered masters of the synthetic benchmark "
+                        "(built under --bench when missing; 0: none; default %(default)s)")
+    p.add_argument("--distractor-catalogue", default=None,
+                   help="pad with the tracks of this catalogue manifest instead")
+    p.add_argument("--bench", default=None, help="benchmark sets folder holding synthetic/ "
+                                                 "(default ARTIFACTS/benchsets)")
+    p.add_argument("--workers", type=int, default=1, help="rendering processes for missing distractors")
+    return p
 
 
 def _add_benchset(sub: argparse._SubParsersAction) -> None:
@@ -177,6 +217,14 @@ def _add_benchset(sub: argparse._SubParsersAction) -> None:
     ops = bs.add_parser("openset", help="real hums of songs in none of our catalogues (empty track_id)")
     ops.add_argument("--out", required=True)
     ops.add_argument("--source", default=None, help="qbh_demo folder (default ../shared/data/qbh_demo)")
+    _add_real_set(bs, "zalo", "20 real phone hums against the real pop recordings they hum (zalo_mini), "
+                              "padded with rendered distractors", "zalo_mini")
+    adc = _add_real_set(bs, "adc2004", "20 real polyphonic excerpts (ADC2004) as masters; hums, whistles and "
+                                       "tones synthesized from their annotated melody", "adc2004")
+    adc.add_argument("--queries-per-song", type=int, default=3)
+    adc.add_argument("--seed", type=int, default=0)
+    adc.add_argument("--no-pitch-accuracy", action="store_true",
+                     help="skip measuring CREPE's raw pitch accuracy on the polyphonic mixes")
     p.set_defaults(func=run_benchset)
 
 

@@ -142,8 +142,8 @@ def load_inputs(config: EvalConfig) -> EvalInputs:
     inputs = EvalInputs(tracks, queries)
     if "melody_dtw" in config.baselines and any(t.melody_midi is None for t in tracks):
         inputs.warnings.append(
-            "melody_dtw skipped: the catalogue has no melody_midi for every track (the baseline needs "
-            "each master's symbolic melody)"
+            "melody_dtw: the catalogue has no melody_midi for every track, so every master's melody is "
+            "its predominant pitch, tracked from the mix (the classic audio-to-audio QbH system)"
         )
     return inputs
 
@@ -355,8 +355,7 @@ def make_systems(config: EvalConfig, inputs: EvalInputs) -> tuple[list[RankingSy
                 f"threshold {retriever.threshold:.3f} ({retriever.threshold_source})",
                 shared=shared,
             ))
-    wanted = [b for b in config.baselines
-              if not (b == "melody_dtw" and any(t.melody_midi is None for t in inputs.tracks))]
+    wanted = list(config.baselines)
     if wanted:
         from training.evaluation.baselines.pitch_cache import SharedPitch
 
@@ -376,6 +375,7 @@ def make_systems(config: EvalConfig, inputs: EvalInputs) -> tuple[list[RankingSy
             info.setdefault("baselines", {})[name] = {
                 "prepare_seconds": round(time.perf_counter() - start, 1),
                 "pitch_extractor": pitch.name,
+                **({"master_melody": system.source} if hasattr(system, "source") else {}),
             }
             systems.append(system)
     return systems, info

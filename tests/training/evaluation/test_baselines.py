@@ -53,13 +53,33 @@ def test_melody_dtw_ranks_right_track_first_despite_key_and_tempo(tiny_bench, pi
         assert len(result.matches) == 3
 
 
-def test_melody_dtw_needs_melody_midi(tiny_bench, tmp_path):
+def test_melody_dtw_without_melody_midi_tracks_the_masters_melody(tiny_bench, pitch, tmp_path):
     from dataclasses import replace
 
-    tracks = [replace(t, melody_midi=None) for t in read_catalogue(tiny_bench["catalogue"])]
-    assert not MelodyDtwBaseline.supports(tracks)
+    from training.evaluation.baselines.melody_dtw import MelodyDtwConfig
+
+    tracks = read_catalogue(tiny_bench["catalogue"])
+    no_midi = [replace(t, melody_midi=None) for t in tracks]
     with pytest.raises(MissingMelodyError, match="melody_midi"):
-        MelodyDtwBaseline(SharedPitch(extractor=object())).prepare(tracks, tmp_path)
+        MelodyDtwBaseline(SharedPitch(extractor=object()), MelodyDtwConfig(master_melody="midi")).prepare(no_midi, tmp_path)
+    # one track without MIDI: every master's melody comes from its audio (one source for all); here
+    # the masters are the melodies alone, so the tracked melody is the true one
+    from data_gen.audio import write_audio
+    from tests.training.evaluation.conftest import MELODIES, melody_notes, synth
+
+    plain = []
+    for i, t in enumerate(tracks):
+        write_audio(tmp_path / f"{t.track_id}.flac", synth(melody_notes(MELODIES[t.track_id]), harmonics=6, seed=i))
+        plain.append(replace(t, path=tmp_path / f"{t.track_id}.flac", melody_midi=None if i == 0 else t.melody_midi))
+    base = MelodyDtwBaseline(pitch)
+    base.prepare(plain, tmp_path)
+    assert base.source == "audio" and "polyphonic mix" in base.description
+    queries = _queries(tiny_bench)
+    for qid, expected in (("q_a", "song_a"), ("q_b", "song_b")):
+        assert base.rank(queries[qid][1], top_k=3).matches[0].track_id == expected, qid
+    assert MelodyDtwBaseline(pitch).melody_source(tracks) == "midi"
+    with pytest.raises(ValueError, match="master_melody"):
+        MelodyDtwConfig(master_melody="score")
 
 
 def test_subsequence_dtw_finds_the_passage_at_another_tempo():

@@ -11,7 +11,10 @@ the tempo-changing ones penalised) finds the best-matching passage; the score is
 absolute deviation in semitones along it (each frame's cost capped at `cost_cap`).
 
 This baseline is handed the true symbolic melody of every master — a privilege the learned model,
-which only hears the polyphonic audio, does not have. Catalogues without melody_midi cannot use it.
+which only hears the polyphonic audio, does not have. A catalogue of real recordings has no symbolic
+melody: there (`master_melody="auto"` when any track lacks melody_midi, or "audio") every master's
+melody is its predominant pitch, tracked from the polyphonic mix on the contour grid — the classic
+audio-to-audio QbH system, as good as pitch tracking on a full mix is.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from scipy.ndimage import median_filter
 from tqdm import tqdm
 
 from data_gen import constants as C
+from data_gen.audio import AudioError, load_audio
 from data_gen.manifest import Track
-from data_gen.pitch import PitchTrack
+from data_gen.pitch import PitchExtractor, PitchTrack
 from training.evaluation.baselines.common import ArrayCache, file_key
 from training.evaluation.baselines.pitch_cache import SharedPitch, pitch_plus_match_ms
 from training.evaluation.systems import RankingSystem, make_result
@@ -42,7 +46,10 @@ _SEPARATOR = 2
 
 
 class MissingMelodyError(ValueError):
-    """The catalogue has tracks without melody_midi, which this baseline needs."""
+    """master_melody="midi", but the catalogue has tracks without melody_midi."""
+
+
+MASTER_MELODIES = ("auto", "midi", "audio")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,32 @@ class MelodyDtwConfig:
     """Melody frames matched per kernel call (bounds memory on large catalogues)."""
     threshold: float | None = None
     """Score below which the answer is "no match"; None: always answer."""
+    master_melody: str = "auto"
+    """Where a master's melody comes from: "midi" (its melody_midi), "audio" (its predominant pitch,
+    tracked from the mix), "auto" (midi when every track has one, else audio for every track: one
+    source for the whole catalogue, so no track is favoured by a cleaner melody)."""
+
+    def __post_init__(self) -> None:
+        if self.master_melody not in MASTER_MELODIES:
+            raise ValueError(f"master_melody must be one of {MASTER_MELODIES}, got {self.master_melody!r}")
+
+
+def audio_melody_contour(extractor: PitchExtractor, audio: np.ndarray, frame_s: float,
+                         drop_rests: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A recording's predominant pitch -> (MIDI pitch float64 [frames], frame times [frames]) every
+    `frame_s` s, like `melody_contour` (unvoiced frames are the rests). ValueError when none is voiced."""
+    from training.evaluation.baselines.note_histogram import coarse_pitch
+
+    track = coarse_pitch(extractor, audio, frame_s)
+    times = np.arange(len(track)) * frame_s
+    midi = 69.0 + 12.0 * np.log2(track.f0_hz.astype(np.float64) / 440.0)
+    if not track.voiced.any():
+        raise ValueError("no pitched frame in the master")
+    if drop_rests:
+        return midi[track.voiced], times[track.voiced]
+    idx = np.maximum.accumulate(np.where(track.voiced, np.arange(midi.size), 0))
+    idx[: int(np.flatnonzero(track.voiced)[0])] = int(np.flatnonzero(track.voiced)[0])
+    return midi[idx], times
 
 
 def melody_contour(midi_path: Path, frame_s: float, drop_rests: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -168,15 +201,25 @@ def subsequence_dtw_last_row(query: np.ndarray, reference: np.ndarray, cap: floa
 
 class MelodyDtwBaseline(RankingSystem):
     name = "melody_dtw"
-    description = ("melody DTW (classic QBH): key-normalised subsequence DTW of the query's pitch "
-                   "contour against each master's true melody MIDI — it is given the symbolic melody, "
-                   "which the learned model never sees")
+    DESCRIPTIONS = {
+        "midi": ("melody DTW (classic QBH): key-normalised subsequence DTW of the query's pitch contour "
+                 "against each master's true melody MIDI — it is given the symbolic melody, which the "
+                 "learned model never sees"),
+        "audio": ("melody DTW (classic QBH on audio): key-normalised subsequence DTW of the query's pitch "
+                  "contour against each master's predominant pitch, tracked from the polyphonic mix"),
+    }
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self.DESCRIPTIONS[self.source]
 
     def __init__(self, pitch: SharedPitch | None = None, config: MelodyDtwConfig = MelodyDtwConfig()):
         if config.key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(f"key_normalization must be one of {KEY_NORMALIZATIONS}")
         self.pitch = pitch or SharedPitch()
         self.config = config
+        self.source = "midi" if config.master_melody != "audio" else "audio"
+        """Where the prepared catalogue's melodies came from (set by `prepare`)."""
         self._track_ids: list[str] = []
         self._tracks: dict[str, Track] = {}
         self._reference = np.zeros(0)
@@ -185,29 +228,40 @@ class MelodyDtwBaseline(RankingSystem):
         self._starts = np.zeros(0, np.int64)
         self._lengths = np.zeros(0, np.int64)
 
-    @staticmethod
-    def supports(tracks: Sequence[Track]) -> bool:
-        return all(t.melody_midi is not None for t in tracks)
+    def melody_source(self, tracks: Sequence[Track]) -> str:
+        """"midi" or "audio": where this catalogue's master melodies come from (see MelodyDtwConfig)."""
+        missing = [t.track_id for t in tracks if t.melody_midi is None]
+        if self.config.master_melody == "midi" and missing:
+            raise MissingMelodyError(
+                f"melody_dtw with master_melody='midi' needs a melody_midi column for every track; "
+                f"{len(missing)} track(s) lack one (e.g. {', '.join(missing[:3])})")
+        if self.config.master_melody == "audio" or missing:
+            return "audio"
+        return "midi"
+
+    def _contour(self, track: Track, source: str) -> np.ndarray:
+        """[2, frames]: the master's MIDI pitch contour and its frame times (ValueError/OSError when none)."""
+        cfg = self.config
+        if source == "midi":
+            return np.stack(melody_contour(track.melody_midi, cfg.frame_s, cfg.drop_rests))
+        audio = load_audio(track.path, reject_silence=False)
+        return np.stack(audio_melody_contour(self.pitch.extractor, audio, cfg.frame_s, cfg.drop_rests))
 
     def prepare(self, tracks: Sequence[Track], cache_dir: Path) -> None:
         """Normalised melody contour of every master, concatenated with impassable separators."""
-        missing = [t.track_id for t in tracks if t.melody_midi is None]
-        if missing:
-            raise MissingMelodyError(
-                f"melody_dtw needs a melody_midi column for every track; {len(missing)} track(s) lack "
-                f"one (e.g. {', '.join(missing[:3])})"
-            )
         cfg = self.config
+        source = self.source = self.melody_source(tracks)
         cache = ArrayCache(Path(cache_dir) / "melody_dtw")
         parts, times, starts, lengths = [], [], [], []
         pos = 0
-        for t in tqdm(tracks, desc="melody contours", unit="track", mininterval=5):
-            key = file_key(t.melody_midi, "melody_dtw/3", cfg.frame_s, cfg.drop_rests)
+        for t in tqdm(tracks, desc=f"melody contours ({source})", unit="track", mininterval=5):
+            key = (file_key(t.melody_midi, "melody_dtw/3", cfg.frame_s, cfg.drop_rests) if source == "midi" else
+                   file_key(t.path, "melody_dtw/audio/1", self.pitch.name, cfg.frame_s, cfg.drop_rests))
             ref = cache.get(key)  # [2, frames]: MIDI pitch contour, frame times
             if ref is None:
                 try:
-                    ref = np.stack(melody_contour(t.melody_midi, cfg.frame_s, cfg.drop_rests))
-                except (OSError, ValueError, EOFError) as e:
+                    ref = self._contour(t, source)
+                except (OSError, ValueError, EOFError, AudioError) as e:
                     log.warning("melody_dtw: cannot read melody of %s (%s); it will never match",
                                 t.track_id, e)
                     ref = np.full((2, 1), np.nan)

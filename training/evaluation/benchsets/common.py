@@ -58,3 +58,32 @@ def write_info(out_dir: Path, info: dict[str, Any]) -> Path:
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
     path.write_text(json.dumps(info, indent=2, default=str) + "\n")
     return path
+
+
+def rendered_distractors(bench_dir: Path, tracks: int, *, build_missing: bool = True, workers: int = 1) -> Path:
+    """The manifest of the first `tracks` rendered masters of BENCH/synthetic (catalogue_<N>), built
+    with `build_synthetic` when missing (incremental: it reuses every master already rendered).
+    These pad the real sets so that a right answer has to beat N wrong ones."""
+    from training.evaluation.benchsets.synthetic import SyntheticConfig, build_synthetic, catalogue_dir
+
+    root = Path(bench_dir) / "synthetic"
+    manifest = catalogue_dir(root, tracks) / "manifest.csv"
+    if not manifest.is_file():
+        if not build_missing:
+            raise FileNotFoundError(f"{manifest} not built (run: earworm benchset synthetic --out {root} "
+                                    f"--tracks {tracks})")
+        build_synthetic(root, SyntheticConfig(tracks=tracks, songs=min(100, tracks), workers=workers))
+    return manifest
+
+
+def pad_with_distractors(tracks: list, distractors: Path | None) -> list:
+    """`tracks` followed by the tracks of the `distractors` catalogue (ManifestError on an id clash)."""
+    from data_gen.manifest import read_catalogue
+
+    if distractors is None:
+        return list(tracks)
+    extra = read_catalogue(distractors)
+    clash = {t.track_id for t in tracks} & {t.track_id for t in extra}
+    if clash:
+        raise ManifestError(f"{distractors}: track ids clash with the benchmark's own: {sorted(clash)[:5]}")
+    return list(tracks) + extra
