@@ -4,7 +4,9 @@ The service must say "no match" for a hum of a song that is not in the catalogue
 `best score < threshold`. The threshold is chosen on data:
 
 - out-of-catalogue queries (songs in none of our catalogues, e.g. the real hums in
-  ../shared/data/qbh_demo) give the top-1 scores of wrong answers that must be rejected;
+  ../shared/data/qbh_demo, and inputs with no melody at all: `data_gen.synth.no_melody`) give the
+  top-1 scores of wrong answers that must be rejected (a query the melody gate stops scores 0, as
+  the server never searches it); false accepts are reported per source;
 - in-catalogue queries (with their true track) give top-1 scores and whether top-1 was right.
 
 Method "open_set_far": the lowest threshold at which at most `target_false_accept_rate` of the
@@ -153,13 +155,22 @@ def calibrate_scores(
     query_tempo_rates: Sequence[float] | None = None,
     tempo_view_penalty: float | None = None,
     sources: dict[str, Any] | None = None,
+    out_groups: Sequence[str] | None = None,
 ) -> Calibration:
     """Choose the threshold from top-1 scores. out_scores [n_out]; in_scores [n_in] with in_correct
-    [n_in] (top-1 was the true track)."""
+    [n_in] (top-1 was the true track); out_groups [n_out]: where each out-of-catalogue query came from
+    (e.g. "qbh_demo", "no_melody"): the false-accept rate is also reported per group."""
     out = np.asarray(out_scores, np.float64)
     threshold = threshold_at_false_accept_rate(out, target_false_accept_rate)
     far = float(np.mean(out >= threshold))
     data: dict[str, Any] = {"out_of_catalogue": _summary(out), "sources": sources or {}}
+    if out_groups is not None:
+        groups = np.asarray(list(out_groups), dtype=object)
+        if groups.shape != out.shape:
+            raise CalibrationError(f"out_groups {groups.shape} must match out_scores {out.shape}")
+        data["false_accepts_by_group"] = {
+            str(g): {"count": int((groups == g).sum()), "false_accept_rate": float(np.mean(out[groups == g] >= threshold))}
+            for g in sorted(set(groups.tolist()))}
     tar = None
     if in_scores is not None:
         ins = np.asarray(in_scores, np.float64)
@@ -308,20 +319,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from serving.index import WindowIndex
     from serving.retrieval import RetrievalConfig, Retriever
 
+    from data_gen.synth.no_melody import no_melody_inputs
+
     embedder = Embedder(args.model)
     index = WindowIndex.load(args.index)
     inside: list[tuple[Path, str]] = []
-    outside: list[Path] = []
+    outside: list[tuple[Path | np.ndarray, str]] = []  # (file or audio, group)
     if args.queries:
         for q in read_queries(args.queries):
-            (inside.append((q.path, q.track_id)) if q.track_id else outside.append(q.path))
+            (inside.append((q.path, q.track_id)) if q.track_id else outside.append((q.path, "queries")))
     if not args.no_qbh_demo:
         try:
-            outside.extend(qbh_demo_hums())
+            outside.extend((p, "qbh_demo") for p in qbh_demo_hums())
         except FileNotFoundError as e:
             log.warning("%s: only the query set's out-of-catalogue rows are used", e)
     if args.limit:
         inside, outside = inside[: args.limit], outside[: args.limit]
+    if not args.no_degenerate:  # inputs with no melody at all: the melody gate must stop them
+        outside.extend((audio, "no_melody") for audio in no_melody_inputs().values())
     if not outside:
         print("no out-of-catalogue queries: give --queries with empty track_id rows, or keep the qbh_demo hums")
         return 2
@@ -329,23 +344,28 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                                                 neighbors_per_window=args.neighbors_per_window,
                                                                 query_tempo_rates=args.tempo_views))
                   for a in args.aggregations.split(",")}
-    scores: dict[str, dict[str, list]] = {a: {"in": [], "ok": [], "out": []} for a in retrievers}
-    skipped = 0
-    for path, want in tqdm([(p, t) for p, t in inside] + [(p, None) for p in outside],
-                           desc="calibration queries", unit="query"):
+    scores: dict[str, dict[str, list]] = {a: {"in": [], "ok": [], "out": [], "group": []} for a in retrievers}
+    skipped, gated = 0, {}
+    first = next(iter(retrievers.values()))  # the retrievers differ only in aggregation
+    for item, want, group in tqdm([(p, t, "in") for p, t in inside] + [(p, None, g) for p, g in outside],
+                                  desc="calibration queries", unit="query"):
         try:
-            audio = load_audio(path, min_seconds=C.MIN_QUERY_SECONDS, max_seconds=C.MAX_QUERY_SECONDS)
+            audio = item if isinstance(item, np.ndarray) else load_audio(
+                item, min_seconds=C.MIN_QUERY_SECONDS, max_seconds=C.MAX_QUERY_SECONDS)
         except AudioError as e:
-            log.warning("skipping %s: %s", path, e)
+            log.warning("skipping %s: %s", item, e)
             skipped += 1
             continue
-        q = next(iter(retrievers.values())).embed(audio)  # the retrievers differ only in aggregation
+        check, _ = first.check_melody(audio)  # as the server: no melody, no search (scores 0)
+        q = None if check is not None and not check.has_melody else first.embed(audio)
+        gated[group] = gated.get(group, 0) + (q is None)
         for agg, retriever in retrievers.items():
-            best = retriever.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k=1,
-                                                 views=q.views).best
+            best = None if q is None else retriever.identify_embeddings(
+                q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k=1, views=q.views).best
             s = best.score if best else 0.0
             if want is None:
                 scores[agg]["out"].append(s)
+                scores[agg]["group"].append(group)
             else:
                 scores[agg]["in"].append(s)
                 scores[agg]["ok"].append(bool(best and best.track_id == want))
@@ -358,12 +378,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
             query_tempo_rates=retrievers[agg].config.query_tempo_rates,
             tempo_view_penalty=retrievers[agg].config.tempo_view_penalty,
             sources={"queries": str(args.queries or ""), "qbh_demo": not args.no_qbh_demo,
-                     "skipped": skipped})
+                     "no_melody_inputs": not args.no_degenerate, "skipped": skipped,
+                     "stopped_by_melody_gate": gated},
+            out_groups=sc["group"])
         save_calibration(index.path, cal)
         tar = "-" if cal.true_accept_rate is None else f"{cal.true_accept_rate:.3f}"
         print(f"{agg:<9} threshold {cal.threshold:.4f}  false-accept {cal.false_accept_rate:.3f} "
               f"(target {cal.target_false_accept_rate:.2f}, {len(sc['out'])} out-of-catalogue)  "
               f"true-accept {tar} ({len(sc['in'])} in-catalogue)")
+        for group, g in cal.data.get("false_accepts_by_group", {}).items():
+            print(f"{'':<9} {group}: false-accept {g['false_accept_rate']:.3f} of {g['count']} "
+                  f"({gated.get(group, 0)} stopped by the melody gate)")
     print(f"wrote {Path(index.path) / CALIBRATION_FILE}")
     return 0
 
@@ -381,6 +406,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", help="query set CSV: rows with a track_id are in-catalogue, empty = out")
     p.add_argument("--no-qbh-demo", action="store_true",
                    help="do not add the real hums of ../shared/data/qbh_demo as out-of-catalogue queries")
+    p.add_argument("--no-degenerate", action="store_true",
+                   help="do not add the inputs with no melody (tones, noise, clicks, speech: "
+                        "data_gen.synth.no_melody) as out-of-catalogue queries")
     p.add_argument("--target-far", type=float, default=d.target_false_accept_rate,
                    help="open-set false-accept rate to allow (default %(default)s)")
     p.add_argument("--aggregations", default=",".join(d.aggregations))

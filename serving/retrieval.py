@@ -552,6 +552,22 @@ class Retriever:
         result.timings_ms.update(melody=gate_ms, embed=embed_ms, total=(time.perf_counter() - t0) * 1e3)
         return result
 
+    def score_track(self, q: QueryEmbedding, track_id: str) -> tuple[float, float]:
+        """The exact (re-ranking) score and offset of one catalogue track against an embedded query,
+        its best tempo view, on the scale of the ranked answers: for explaining a miss whose true
+        track did not make the list. KeyError for a track that is not in the index."""
+        row = self.index.track_row(track_id)
+        groups = [(q.views == v, self._view_penalty(int(v))) for v in np.unique(q.views)]
+        ratios = self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
+        best = (0.0, 0.0)
+        for m, penalty in groups:
+            s = rerank_temporal(q.emb[m], q.offsets_s[m], np.array([row]), self.index.embeddings,
+                                self.index.offsets_s, self.index.windows_of, ratios,
+                                self.config.rerank_step_seconds, self.config.rerank_tolerance_seconds)
+            if s.scores.size and s.scores[0] - penalty > best[0]:
+                best = (float(s.scores[0] - penalty), float(s.offsets_s[0]))
+        return best
+
     def identify_embeddings(self, emb: np.ndarray, offsets_s: np.ndarray, audio_seconds: float,
                             top_k: int | None = None, views: np.ndarray | None = None) -> RetrievalResult:
         """emb float32 [n, d] query window embeddings, offsets_s [n] their starts in the query (s),

@@ -137,3 +137,30 @@ def test_calibrate_retriever_on_simulated_embeddings():
         assert f["open_set"]["false_accept_rate"] <= 0.05
         assert 0.0 <= f["open_set"]["true_accept_rate"] <= f["top1_accuracy"] <= 1.0
         assert f["top1_accuracy"] > 0.5  # the simulated queries are identifiable
+
+
+def test_false_accepts_are_reported_per_source():
+    cal = calibrate_scores([0.1, 0.2, 0.9, 0.0, 0.0], aggregation="temporal", target_false_accept_rate=0.2,
+                           out_groups=["qbh_demo", "qbh_demo", "qbh_demo", "no_melody", "no_melody"])
+    groups = cal.data["false_accepts_by_group"]
+    assert groups["qbh_demo"] == {"count": 3, "false_accept_rate": pytest.approx(1 / 3)}
+    assert groups["no_melody"] == {"count": 2, "false_accept_rate": 0.0}
+    with pytest.raises(CalibrationError, match="out_groups"):
+        calibrate_scores([0.1, 0.2], aggregation="temporal", out_groups=["a"])
+
+
+def test_calibrate_command_stops_inputs_with_no_melody(index_dir, untrained_model_dir, tmp_path, capsys):
+    """`earworm calibrate` scores inputs with no melody at 0 (the gate stops them, as in the server)."""
+    import shutil
+
+    from tests.serving.conftest import run_cli
+
+    index = tmp_path / "index"
+    shutil.copytree(index_dir, index)
+    assert run_cli(["calibrate", "--index", str(index), "--model", str(untrained_model_dir), "--no-qbh-demo",
+                    "--aggregations", "temporal"]) == 0
+    out = capsys.readouterr().out
+    assert "no_melody: false-accept 0.000" in out
+    cal = load_calibration(index, "temporal")
+    stopped = cal.data["sources"]["stopped_by_melody_gate"]["no_melody"]
+    assert cal.data["false_accepts_by_group"]["no_melody"]["count"] >= 10 and stopped >= 10

@@ -65,7 +65,7 @@ def run_eval(args: argparse.Namespace) -> int:
             thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
             rerank_candidates=args.rerank_candidates, query_tempo_rates=args.tempo_views,
-            tempo_view_penalty=args.tempo_view_penalty,
+            tempo_view_penalty=args.tempo_view_penalty, explain=args.explain,
         )
         report = evaluate(config)
     except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
@@ -75,6 +75,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.evaluation.report import MAIN_HEADER, main_row, table
 
     print(table(MAIN_HEADER, [main_row(n, s["full"]) for n, s in report["systems"].items()]))
+    if config.explain and (config.out_dir / "failures.md").is_file():
+        print("\n" + (config.out_dir / "failures.md").read_text())
     print(f"\nwrote {config.out_dir / 'metrics.json'} and {config.out_dir / 'report.md'}")
     return 0
 
@@ -118,6 +120,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                         f"default: the server's, {','.join(map(str, d.query_tempo_rates))}; 1 = the query as sung only)")
     p.add_argument("--tempo-view-penalty", type=float, default=d.tempo_view_penalty,
                    help="score penalty of a tempo view per unit of |ln rate| (default %(default)s, the server's)")
+    p.add_argument("--explain", action="store_true",
+                   help="the failure table: for each query the model misses, the true track's rank and "
+                        "score against the winner's and its likely cause from the pitch tracks (tempo, "
+                        "section, voicing, intonation), with a plot each (OUT/failures.md, failures/*.png)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_eval)
 

@@ -88,6 +88,9 @@ class EvalConfig:
     """The retriever's tempo views of each query ((1.0,): the query as sung only)."""
     tempo_view_penalty: float = RetrievalConfig().tempo_view_penalty
     """The retriever's score penalty of the tempo views, per unit of |ln rate|."""
+    explain: bool = False
+    """Write the failure table of the model's misses (failures.md / .jsonl / failures/*.png, and a
+    section of report.md): `training.evaluation.explain`."""
     indexer: str = "auto"
     """How a missing index is built: "beam" (beam_pipelines.indexing, the production pipeline),
     "inprocess" (embed here, then WindowIndex.build: no pipeline start-up, for small catalogues),
@@ -606,6 +609,16 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
         figures = write_plots(report, config.out_dir)
     write_report(report, config.out_dir / REPORT_FILE, figures=figures)
+    model = next((s for s in systems if isinstance(s, ModelSystem)), None)
+    if config.explain and model is not None:
+        from training.evaluation.explain import explain_misses, write_failures
+
+        misses = explain_misses(model.retriever, inputs.queries, {t.track_id: t for t in inputs.tracks},
+                                outcomes[model.name][FULL], config.out_dir, plots=config.plots)
+        text = write_failures(misses, config.out_dir, sum(q.track_id is not None for q in inputs.queries),
+                              model.name)
+        with (config.out_dir / REPORT_FILE).open("a") as f:
+            f.write("\n" + text)
     log.info("wrote %s and %s", config.out_dir / METRICS_FILE, config.out_dir / REPORT_FILE)
     return report
 

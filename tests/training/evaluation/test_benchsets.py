@@ -131,3 +131,107 @@ def test_synthetic_builder_is_incremental(tmp_path):
     assert [t.track_id for t in big_tracks[:2]] == [t.track_id for t in tracks]  # 1k is a prefix of 10k
     assert big_tracks[1].path.stat().st_mtime_ns == first_mtime  # not re-rendered
     assert len({e["melody_id"] for e in Pool(out).entries.values() if "track_id" in e} - rendered) >= 1
+
+
+# --- adc2004 ------------------------------------------------------------------------------------
+
+ADC_CLIPS = {"pop1": ("pop", [60, 62, 64, 65, 67, 65, 64, 62] * 3),
+             "opera1": ("opera", [67, 69, 71, 72, 74, 72, 71, 69] * 3)}
+ADC_NOTE_S, ADC_LEAD_S, ADC_SECONDS = 0.5, 0.5, 12.0
+ADC_HOP_S = 256 / 44100
+
+
+def make_fake_adc2004(root: Path) -> Path:
+    """Two 12 s clips: 0.5 s of silence, then a sung-like tone (30-cent vibrato) on 23 half-second notes,
+    with the matching f0 annotation every 5.805 ms (0 during the silence)."""
+    from tests.conftest import sung_tone
+
+    lines = ["clip_id,genre,audio,melody"]
+    for clip, (genre, pitches) in ADC_CLIPS.items():
+        n_notes = int((ADC_SECONDS - ADC_LEAD_S) / ADC_NOTE_S)
+        tone = sung_tone(pitches[:n_notes], note_s=ADC_NOTE_S)
+        audio = np.concatenate([np.zeros(int(ADC_LEAD_S * C.SAMPLE_RATE), np.float32), tone])
+        write_audio(root / "audio" / f"{clip}.flac", audio)
+        times = np.arange(int(audio.size / C.SAMPLE_RATE / ADC_HOP_S)) * ADC_HOP_S
+        t = times - ADC_LEAD_S
+        note = np.clip((t // ADC_NOTE_S).astype(int), 0, n_notes - 1)
+        f0 = 440.0 * 2 ** ((np.asarray(pitches)[note] - 69) / 12) * 2 ** (30 / 1200 * np.sin(2 * np.pi * 5.5 * t))
+        f0 = np.where(t >= 0, f0, 0.0)
+        (root / "melody").mkdir(parents=True, exist_ok=True)
+        np.savetxt(root / "melody" / f"{clip}.f0.txt", np.column_stack([times, f0]), fmt="%.3f %.3f")
+        lines.append(f"{clip},{genre},audio/{clip}.flac,melody/{clip}.f0.txt")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fake_adc2004(tmp_path_factory) -> Path:
+    return make_fake_adc2004(tmp_path_factory.mktemp("adc2004"))
+
+
+ADC_FAST = dict(pitch_accuracy=False, per_track=2, kinds=("hum", "tone"), min_query_s=5.0, max_query_s=7.0)
+
+
+def test_adc2004_builder_on_a_fake_source(tmp_path, fake_adc2004, tiny_bench):
+    import pretty_midi
+
+    from training.evaluation.benchsets import Adc2004Config, build_adc2004
+
+    out = tmp_path / "adc"
+    config = Adc2004Config(**ADC_FAST)
+    summary = build_adc2004(out, fake_adc2004, distractors=tiny_bench["catalogue"], config=config)
+    assert summary["songs"] == 2 and summary["tracks"] == 5 and "pitch_on_mix" not in summary
+    with open(summary["catalogue"], newline="") as f:
+        assert csv.DictReader(f).fieldnames == ["track_id", "title", "artist", "path", "melody_midi"]
+    tracks = read_catalogue(summary["catalogue"])
+    assert [t.track_id for t in tracks] == ["adc2004-pop1", "adc2004-opera1", "song_a", "song_b", "song_c"]
+    assert [(t.title, t.artist) for t in tracks[:2]] == [("pop1", "pop"), ("opera1", "opera")]
+    assert tracks[0].path == (fake_adc2004 / "audio" / "pop1.flac").resolve()  # referenced, not copied
+    assert not (out / "catalogue" / "audio").exists()
+    assert tracks[0].melody_midi == (out / "catalogue" / "midi" / "pop1.mid").resolve()
+    for track, (genre, pitches) in zip(tracks[:2], ADC_CLIPS.values()):
+        notes = pretty_midi.PrettyMIDI(str(track.melody_midi)).instruments[0].notes
+        assert [n.pitch for n in notes] == pitches[: len(notes)] and len(notes) == 23
+        onsets = np.array([n.start for n in notes])
+        # 20 ms label grid; a one-semitone step under 30-cent vibrato may be seen one frame late
+        np.testing.assert_allclose(onsets, ADC_LEAD_S + ADC_NOTE_S * np.arange(23), atol=0.04)
+        assert abs(notes[-1].end - ADC_SECONDS) < 0.05
+    queries = read_queries(summary["queries"])
+    assert len(queries) == 4 and summary["query_kinds"] == {"hum": 2, "tone": 2}
+    assert {q.track_id for q in queries} == {"adc2004-pop1", "adc2004-opera1"}
+    assert all(q.extra["kind"] in ("hum", "tone") and q.query_id.startswith(q.track_id) for q in queries)
+    assert {q.extra["genre"] for q in queries} == {"pop", "opera"}
+    assert [t.track_id for t in read_catalogue(out / "songs" / "manifest.csv")] == ["adc2004-pop1", "adc2004-opera1"]
+    # resumable: the same settings reuse the queries
+    mtime = queries[0].path.stat().st_mtime_ns
+    again = build_adc2004(out, fake_adc2004, config=config)
+    assert again["queries_reused"] and again["tracks"] == 2
+    assert queries[0].path.stat().st_mtime_ns == mtime
+
+
+def test_adc2004_rejects_clashing_distractors_and_a_missing_source(tmp_path, fake_adc2004):
+    from data_gen.manifest import Track, write_catalogue
+    from training.evaluation.benchsets import Adc2004Config, build_adc2004
+
+    clash = tmp_path / "clash" / "manifest.csv"
+    write_catalogue(clash, [Track("adc2004-pop1", "x", "y", fake_adc2004 / "audio" / "pop1.flac")])
+    with pytest.raises(ManifestError, match="clash"):
+        build_adc2004(tmp_path / "out", fake_adc2004, distractors=clash, config=Adc2004Config(**ADC_FAST))
+    assert not (tmp_path / "out" / "queries" / "queries.csv").exists()  # failed before any synthesis
+    with pytest.raises(FileNotFoundError, match="adc2004 source not found"):
+        build_adc2004(tmp_path / "out", tmp_path / "nowhere")
+
+
+def test_adc2004_pitch_accuracy_on_a_clean_tone(tmp_path, fake_adc2004, crepe_weights):
+    from training.evaluation.benchsets import Adc2004Config, build_adc2004
+
+    config = Adc2004Config(**{**ADC_FAST, "pitch_accuracy": True, "per_track": 1, "kinds": ("tone",)})
+    summary = build_adc2004(tmp_path / "adc", fake_adc2004, config=config)
+    pitch = summary["pitch_on_mix"]
+    assert pitch["raw_pitch_accuracy"] > 0.9 and pitch["raw_chroma_accuracy"] >= pitch["raw_pitch_accuracy"]
+    assert pitch["voicing_recall"] > 0.9 and pitch["voicing_false_alarm"] < 0.5
+    import json
+
+    info = json.loads((tmp_path / "adc" / "benchset.json").read_text())["pitch_on_mix"]
+    assert set(info["per_genre"]) == {"pop", "opera"} and set(info["clips"]) == {"pop1", "opera1"}
+    assert info["overall"]["frames"] == sum(c["frames"] for c in info["clips"].values())

@@ -64,6 +64,11 @@ class Adc2004Config:
     note_hysteresis: float = 0.75
     """Semitones the pitch must leave the current note by to start a new one (vibrato stays one note)."""
     min_note_s: float = 0.08
+    vibrato_median_s: float = 0.18
+    """Median filter (per voiced run) of the 20 ms pitch labels before segmentation, about one vibrato
+    period: operatic vibrato (up to +-1 semitone) would otherwise shatter each sustained note into
+    slivers shorter than min_note_s (ADC opera: 34-72 % of the voiced frames in notes without it, 87-97 %
+    with it). Steps between notes survive a median filter. 0: off."""
     pitch_accuracy: bool = True
     """Also score the default pitch tracker on the polyphonic mixes (~1-2 s per clip on CPU)."""
 
@@ -126,10 +131,28 @@ def pitch_labels(times: np.ndarray, f0_hz: np.ndarray) -> np.ndarray:
     return np.where(voiced, midi, 0.0)
 
 
-def melody_notes(times: np.ndarray, f0_hz: np.ndarray, seg: NoteSegmentation, seconds: float | None = None
-                 ) -> list[tuple[float, float, int]]:
-    """Annotated f0 -> notes [(start_s, end_s, midi)] in master time (clipped to `seconds`)."""
-    notes = notes_from_pitch_labels(pitch_labels(times, f0_hz), seg)
+def median_per_run(labels: np.ndarray, size: int) -> np.ndarray:
+    """Median-filter each voiced run (labels > 0) of `labels` on its own (window `size` frames, shrunk
+    to the run's length); unvoiced frames stay 0. float64 [frames]."""
+    from scipy.ndimage import median_filter
+
+    out = np.asarray(labels, np.float64).copy()
+    if size <= 1:
+        return out
+    voiced = np.concatenate([[False], out > 0, [False]])
+    edges = np.flatnonzero(np.diff(voiced.astype(np.int8)))
+    for a, b in zip(edges[::2], edges[1::2]):
+        out[a:b] = median_filter(out[a:b], size=min(size, b - a), mode="nearest")
+    return out
+
+
+def melody_notes(times: np.ndarray, f0_hz: np.ndarray, seg: NoteSegmentation, seconds: float | None = None,
+                 vibrato_median_s: float = 0.0) -> list[tuple[float, float, int]]:
+    """Annotated f0 -> notes [(start_s, end_s, midi)] in master time (clipped to `seconds`): the
+    f0 on the 20 ms label grid, median-filtered over `vibrato_median_s`, segmented by
+    `notes_from_pitch_labels`."""
+    labels = median_per_run(pitch_labels(times, f0_hz), int(round(vibrato_median_s / PV_HOP_S)))
+    notes = notes_from_pitch_labels(labels, seg)
     if seconds is not None:
         notes = [(t0, min(t1, seconds), p) for t0, t1, p in notes if t0 < seconds]
     return notes
@@ -243,7 +266,7 @@ def build_adc2004(out_dir: Path, source: Path | None = None, *, distractors: Pat
         audio_path = (source / row["audio"]).resolve()
         seconds = load_audio(audio_path, reject_silence=False).size / C.SAMPLE_RATE
         times, f0 = read_f0(source / row["melody"])
-        notes = melody_notes(times, f0, config.segmentation, seconds)
+        notes = melody_notes(times, f0, config.segmentation, seconds, config.vibrato_median_s)
         if not notes:
             raise ManifestError(f"{source / row['melody']}: no melody notes in clip {clip!r}")
         midi_path = cat_dir / "midi" / f"{clip}.mid"
@@ -302,5 +325,5 @@ def build_adc2004(out_dir: Path, source: Path | None = None, *, distractors: Pat
     return summary
 
 
-__all__ = ["Adc2004Config", "annotation_on_grid", "build_adc2004", "melody_notes", "mix_pitch_accuracy",
-           "pitch_labels", "read_f0"]
+__all__ = ["Adc2004Config", "annotation_on_grid", "build_adc2004", "median_per_run", "melody_notes",
+           "mix_pitch_accuracy", "pitch_labels", "read_f0"]
