@@ -17,10 +17,17 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 
 from data_gen import constants as C
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
+
+NO_MATCH_REASONS = {
+    pb.NO_MATCH_REASON_UNSPECIFIED: "",
+    pb.NO_MATCH_REASON_BELOW_THRESHOLD: "below_threshold",
+    pb.NO_MATCH_REASON_NO_MELODY: "no_melody",
+}
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -55,6 +62,15 @@ class Identification:
     index_version: str
     audio_seconds: float
     is_final: bool = True
+    no_match_reason: str = ""
+    """"" (there is a match), "below_threshold" or "no_melody" (nothing was searched)."""
+    melody: dict | None = None
+    """What the server heard: voiced_seconds, voiced_fraction, pitch_range_semitones, distinct_notes,
+    phrase_seconds, explanation (None when the server does not check)."""
+
+    @property
+    def no_melody(self) -> bool:
+        return self.no_match_reason == "no_melody"
 
     @property
     def best(self) -> ClientMatch | None:
@@ -75,6 +91,10 @@ class Identification:
             index_version=response.index_version,
             audio_seconds=float(response.audio_seconds),
             is_final=is_final,
+            no_match_reason=NO_MATCH_REASONS.get(response.no_match_reason, ""),
+            melody=MessageToDict(response.melody, preserving_proto_field_name=True,
+                                 always_print_fields_with_no_presence=True)
+            if response.HasField("melody") else None,
         )
 
 
@@ -190,6 +210,10 @@ def format_offset(seconds: float) -> str:
 def format_table(result: Identification) -> str:
     """The human answer of `earworm identify`: 'No match' spelled out, then the ranked table."""
     lines = []
+    if result.no_melody:
+        why = (result.melody or {}).get("explanation") or "no melody heard"
+        return (f"No melody heard: {why.removeprefix('no melody heard: ')}. Hum, whistle or sing the tune "
+                f"(a few seconds of it, several notes).")
     if result.no_match:
         lines.append(f"No match: the best score is below the threshold {result.no_match_threshold:.3f} "
                      "(the song is probably not in the catalogue).")

@@ -271,6 +271,17 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
             f"{tar} of in-catalogue queries accepted with the right song")
 
 
+def _steady_tone(root: Path) -> Path:
+    """A 10 s steady 440 Hz tone (no melody): the service must answer "no melody", not a song."""
+    from data_gen.audio import write_audio
+    from data_gen.synth.no_melody import signals
+
+    path = root / "steady_tone_440hz.wav"
+    if not path.is_file():
+        write_audio(path, signals(seconds=10.0)["sine_440hz"])
+    return path
+
+
 def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -311,6 +322,7 @@ def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
         queries.append((held_out, "real hum", None))
     else:
         print("(../shared/data/qbh_demo is absent: no real open-set hum in this run)")
+    queries.append((_steady_tone(paths.root), "tone", None))  # no melody at all: "no melody heard"
 
     _step("5/5 server + gRPC client")
     server_config = replace(ServerConfig(), model_dir=model_dir, index_dir=index_dir, host="127.0.0.1",
@@ -359,13 +371,14 @@ def identify_examples(client, queries: list[tuple[Path, str, str | None]], track
         expected = tracks[truth].title if truth else "(not in catalogue)"
         top = result.matches[0] if result.matches else None
         candidate = top.title if top else "-"
-        answer = "no match" if result.no_match or top is None else "match"
+        answer = "no melody" if result.no_melody else "no match" if result.no_match or top is None else "match"
         ok = (truth is None and result.no_match) or (
             truth is not None and not result.no_match and top is not None and top.track_id == truth)
         correct += ok
         ranked_first += truth is not None and top is not None and top.track_id == truth
         score = f"{top.score:.3f}" if top else "-"
-        name = Path(path).stem if truth else f"qbh_demo {Path(path).parent.name}/{Path(path).stem}"
+        name = (f"qbh_demo {Path(path).parent.name}/{Path(path).stem}" if kind == "real hum"
+                else Path(path).stem)
         print(f"{_truncate(name, 26):<26} {kind:<9} {_truncate(expected, 26):<26} "
               f"{_truncate(candidate, 26):<26} {score:>6}  {answer:<8}  {'yes' if ok else 'NO'}", flush=True)
     return correct, ranked_first, threshold

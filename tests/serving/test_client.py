@@ -113,6 +113,21 @@ def test_format_table_and_offsets():
     rejected = Identification([match], True, 0.9, "m", "i", 9.5)
     assert format_table(rejected).startswith("No match")
     assert format_table(Identification([], True, 0.9, "m", "i", 9.5)).startswith("No match")
+    silent_tune = Identification([], True, 0.9, "m", "i", 9.5, no_match_reason="no_melody",
+                                 melody={"explanation": "no melody heard: it holds 1 distinct note"})
+    assert silent_tune.no_melody
+    assert format_table(silent_tune).startswith("No melody heard: it holds 1 distinct note.")
+
+
+def test_client_reports_no_melody(client, tmp_path):
+    from data_gen.audio import write_audio
+    from data_gen.synth.no_melody import signals
+
+    path = tmp_path / "tone.wav"
+    write_audio(path, signals(seconds=6.0)["sine_440hz"])
+    result = client.identify_file(path)
+    assert result.no_match and result.no_melody and result.matches == []
+    assert result.melody["distinct_notes"] == 1 and "distinct note" in result.melody["explanation"]
 
 
 def test_demo_table_marks_right_and_wrong_answers(client, hum_file, tmp_path, capsys):
@@ -123,10 +138,16 @@ def test_demo_table_marks_right_and_wrong_answers(client, hum_file, tmp_path, ca
             self.title = title
 
     tracks = {tid: T(f"Title {tid}") for tid in TRACK_IDS}
-    queries = [(hum_file, "hum", TRACK_IDS[1]), (hum_file, "whistle", TRACK_IDS[0])]
+    from data_gen.audio import write_audio
+    from data_gen.synth.no_melody import signals
+
+    tone = tmp_path / "tone.wav"
+    write_audio(tone, signals(seconds=6.0)["sine_440hz"])
+    queries = [(hum_file, "hum", TRACK_IDS[1]), (hum_file, "whistle", TRACK_IDS[0]), (tone, "tone", None)]
     correct, ranked_first, threshold = identify_examples(client, queries, tracks, top_k=3)
-    assert correct == 1 and threshold > 0
+    assert correct == 2 and threshold > 0
     assert ranked_first == 1  # one hum file: its top candidate is the first query's song only
     rows = capsys.readouterr().out.splitlines()[2:]
     assert rows[0].endswith("yes") and rows[1].endswith("NO")
+    assert "no melody" in rows[2] and rows[2].endswith("yes")
     assert f"Title {TRACK_IDS[0]}" in rows[1] and f"Title {TRACK_IDS[1]}" in rows[1]  # expected vs answer
