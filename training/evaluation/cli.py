@@ -259,7 +259,7 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     from training.evaluation.suite import SuiteConfig
 
     d = SuiteConfig(Path("."), Path("."))
-    p = sub.add_parser("eval-suite", help="the full table: synthetic-1k, synthetic-10k, mir1k-cross, openset "
+    p = sub.add_parser("eval-suite", help="the full table: zalo, adc2004 (real), synthetic-1k, synthetic-10k, mir1k-cross, openset "
                                           "for the model and both baselines")
     p.add_argument("--model", default=None, help=f"exported model dir (default {default_model_dir()})")
     p.add_argument("--out", required=True)

@@ -129,8 +129,8 @@ def likely_cause(m: Miss, tempo_views: tuple[float, float] = (0.7, 1.44)) -> str
     elif m.tempo_ratio is not None and not tempo_views[0] <= m.tempo_ratio <= tempo_views[1]:
         causes.append(f"sung at {1 / m.tempo_ratio:.2f}x the record's tempo, beyond the tempo views")
     if not causes:
-        causes.append("the melody is there and aligns; the embeddings of query and master disagree "
-                      "(the model, not the input)")
+        causes.append("the model: the melody is there and aligns, but the embeddings of query and "
+                      "master disagree")
     return "; ".join(causes)
 
 

@@ -190,7 +190,7 @@ def _real_notes(reports: dict[str, dict[str, Any]], cfg: SuiteConfig) -> list[st
                   + ", ".join(f"{k} {v}" for k, v in gated.items()) + ".", ""]
     info = _bench(cfg) / "adc2004" / "benchset.json"
     if "adc2004" in reports and info.is_file():
-        pitch = json.loads(info.read_text()).get("pitch_on_mix", {}).get("overall")
+        pitch = (json.loads(info.read_text()).get("pitch_on_mix") or {}).get("overall")
         if pitch:
             lines += [f"CREPE tiny on the ADC2004 *mixes* against the annotated melody: raw pitch accuracy "
                       f"{pct(pitch.get('raw_pitch_accuracy'))}, raw chroma accuracy "

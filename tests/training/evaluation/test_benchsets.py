@@ -181,6 +181,9 @@ def test_adc2004_builder_on_a_fake_source(tmp_path, fake_adc2004, tiny_bench):
     config = Adc2004Config(**ADC_FAST)
     summary = build_adc2004(out, fake_adc2004, distractors=tiny_bench["catalogue"], config=config)
     assert summary["songs"] == 2 and summary["tracks"] == 5 and "pitch_on_mix" not in summary
+    import json
+
+    assert "pitch_on_mix" not in json.loads((out / "benchset.json").read_text())  # absent, not null
     with open(summary["catalogue"], newline="") as f:
         assert csv.DictReader(f).fieldnames == ["track_id", "title", "artist", "path", "melody_midi"]
     tracks = read_catalogue(summary["catalogue"])
@@ -235,3 +238,27 @@ def test_adc2004_pitch_accuracy_on_a_clean_tone(tmp_path, fake_adc2004, crepe_we
     info = json.loads((tmp_path / "adc" / "benchset.json").read_text())["pitch_on_mix"]
     assert set(info["per_genre"]) == {"pop", "opera"} and set(info["clips"]) == {"pop1", "opera1"}
     assert info["overall"]["frames"] == sum(c["frames"] for c in info["clips"].values())
+
+
+def test_zalo_builder_points_at_the_real_files_and_pads_with_distractors(tmp_path, tiny_bench):
+    from training.evaluation.benchsets import build_zalo
+
+    src = tmp_path / "zalo_mini"
+    for i in range(2):
+        write_audio(src / "songs" / f"000{i}.flac", synth(melody_notes([60 + i, 62, 64, 65]), chords=True))
+        write_audio(src / "hums" / f"000{i}.wav", synth(melody_notes([60 + i, 62, 64, 65])))
+    (src / "manifest.csv").write_text("track_id,title,artist,path\n" + "".join(
+        f"zalo-000{i},zalo song 000{i},unknown,songs/000{i}.flac\n" for i in range(2)))
+    (src / "queries.csv").write_text("query_id,path,track_id,kind\n" + "".join(
+        f"zalo-hum-000{i},hums/000{i}.wav,zalo-000{i},hum_real\n" for i in range(2)))
+    result = build_zalo(tmp_path / "out", src, distractors=tiny_bench["catalogue"])
+    assert result["songs"] == 2 and result["tracks"] == 2 + len(read_catalogue(tiny_bench["catalogue"]))
+    tracks = read_catalogue(result["catalogue"])
+    assert tracks[0].path == (src / "songs" / "0000.flac").resolve()  # the source file, never a copy
+    queries = read_queries(result["queries"])
+    assert [(q.track_id, q.extra["kind"]) for q in queries] == [("zalo-0000", "hum_real"), ("zalo-0001", "hum_real")]
+    (src / "queries.csv").write_text("query_id,path,track_id,kind\nq,hums/0000.wav,zalo-9999,hum_real\n")
+    with pytest.raises(ManifestError, match="not in"):
+        build_zalo(tmp_path / "out2", src)
+    with pytest.raises(FileNotFoundError, match="zalo_mini source not found"):
+        build_zalo(tmp_path / "out3", tmp_path / "nowhere")
