@@ -10,7 +10,7 @@ The service must say "no match" for a hum of a song that is not in the catalogue
 - in-catalogue queries (with their true track) give top-1 scores and whether top-1 was right.
 
 Method "open_set_far": the lowest threshold at which at most `target_false_accept_rate` of the
-out-of-catalogue queries are accepted (score >= threshold). At that threshold we report the in-catalogue
+out-of-catalogue queries are accepted (score >= threshold), in each of their sources. At that threshold we report the in-catalogue
 true-accept rate (top-1 correct AND accepted), the in-catalogue accept rate, and the wrong-accept rate
 (in-catalogue queries accepted with a wrong top-1).
 
@@ -159,15 +159,21 @@ def calibrate_scores(
 ) -> Calibration:
     """Choose the threshold from top-1 scores. out_scores [n_out]; in_scores [n_in] with in_correct
     [n_in] (top-1 was the true track); out_groups [n_out]: where each out-of-catalogue query came from
-    (e.g. "qbh_demo", "no_melody"): the false-accept rate is also reported per group."""
+    (e.g. "qbh_demo", "no_melody"): the threshold then keeps every group's false-accept rate within the
+    target (the highest of the groups' thresholds: a pile of easily rejected inputs must not loosen it
+    for real hums), and each group's rate is reported."""
     out = np.asarray(out_scores, np.float64)
-    threshold = threshold_at_false_accept_rate(out, target_false_accept_rate)
+    groups = None if out_groups is None else np.asarray(list(out_groups), dtype=object)
+    if groups is not None and groups.shape != out.shape:
+        raise CalibrationError(f"out_groups {groups.shape} must match out_scores {out.shape}")
+    if groups is None:
+        threshold = threshold_at_false_accept_rate(out, target_false_accept_rate)
+    else:  # the target holds for every source: easy negatives must not dilute the hard ones
+        threshold = max(threshold_at_false_accept_rate(out[groups == g], target_false_accept_rate)
+                        for g in set(groups.tolist()))
     far = float(np.mean(out >= threshold))
     data: dict[str, Any] = {"out_of_catalogue": _summary(out), "sources": sources or {}}
-    if out_groups is not None:
-        groups = np.asarray(list(out_groups), dtype=object)
-        if groups.shape != out.shape:
-            raise CalibrationError(f"out_groups {groups.shape} must match out_scores {out.shape}")
+    if groups is not None:
         data["false_accepts_by_group"] = {
             str(g): {"count": int((groups == g).sum()), "false_accept_rate": float(np.mean(out[groups == g] >= threshold))}
             for g in sorted(set(groups.tolist()))}
@@ -268,8 +274,11 @@ def top1_scores(retriever: "Retriever", audios: Iterable[np.ndarray],
 def calibrate_retriever(retriever: "Retriever", out_of_catalogue: Iterable[np.ndarray],
                         in_catalogue: Iterable[tuple[np.ndarray, str]] = (), *,
                         target_false_accept_rate: float = DEFAULT_TARGET_FALSE_ACCEPT_RATE,
-                        sources: dict[str, Any] | None = None) -> Calibration:
-    """Run the retriever on audio (float32 [time] at SAMPLE_RATE) and choose its threshold."""
+                        sources: dict[str, Any] | None = None,
+                        out_groups: Sequence[str] | None = None) -> Calibration:
+    """Run the retriever on audio (float32 [time] at SAMPLE_RATE) and choose its threshold
+    (`retriever.identify`: its melody gate stops inputs with no melody, which then score 0).
+    out_groups: the source of each out-of-catalogue recording (false accepts are reported per source)."""
     out_scores, _ = top1_scores(retriever, out_of_catalogue)
     pairs = list(in_catalogue)
     in_scores, in_correct = top1_scores(retriever, (a for a, _ in pairs), (t for _, t in pairs))
@@ -279,7 +288,7 @@ def calibrate_retriever(retriever: "Retriever", out_of_catalogue: Iterable[np.nd
         model_version=retriever.index.metadata.model_version, index_version=retriever.index.version,
         neighbors_per_window=retriever.config.neighbors_per_window,
         rerank_candidates=retriever.rerank_candidates, query_tempo_rates=retriever.config.query_tempo_rates,
-        tempo_view_penalty=retriever.config.tempo_view_penalty, sources=sources,
+        tempo_view_penalty=retriever.config.tempo_view_penalty, sources=sources, out_groups=out_groups,
     )
 
 

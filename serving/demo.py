@@ -237,6 +237,7 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
     from data_gen import constants as C
     from data_gen.audio import AudioError, load_audio
     from data_gen.manifest import read_queries
+    from data_gen.synth.no_melody import no_melody_inputs
     from serving.bench_load import hum_like_audio
     from serving.calibration import calibrate_retriever, save_calibration
     from serving.embedder import Embedder
@@ -256,6 +257,10 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
         log.warning("../shared/data/qbh_demo is absent: calibrating on synthetic out-of-catalogue hums")
         out_audio = [hum_like_audio(10.0, seed=10_000 + i) for i in range(50)]
         source = "50 synthetic random-melody hums (qbh_demo absent)"
+    groups = ["qbh_demo" if hums else "synthetic hums"] * len(out_audio)
+    no_melody = list(no_melody_inputs().values())  # the melody gate must stop these (they then score 0)
+    out_audio += no_melody
+    groups += ["no_melody"] * len(no_melody)
     qcsv = ensure_queries(paths.calibration_queries, manifest, config, config.calibration_tracks,
                           config.seed + 1)
     in_pairs = [(load_audio(q.path), q.track_id) for q in read_queries(qcsv) if q.track_id]
@@ -263,11 +268,14 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
                           RetrievalConfig(no_match_threshold=0.0))  # scores only; the threshold is the output
     cal = calibrate_retriever(retriever, _lazy_progress(out_audio, "scoring open-set hums"),
                               _lazy_progress(in_pairs, "scoring in-catalogue queries"),
-                              sources={"out_of_catalogue": source,
-                                       "in_catalogue": f"{len(in_pairs)} synthetic queries ({qcsv})"})
+                              sources={"out_of_catalogue": f"{source} + {len(no_melody)} inputs with no melody",
+                                       "in_catalogue": f"{len(in_pairs)} synthetic queries ({qcsv})"},
+                              out_groups=groups)
     save_calibration(index_dir, cal)
     tar = "n/a" if cal.true_accept_rate is None else f"{cal.true_accept_rate:.0%}"
-    return (f"threshold {cal.threshold:.3f}: {cal.false_accept_rate:.0%} of open-set hums accepted, "
+    by_group = ", ".join(f"{g['false_accept_rate']:.0%} of {g['count']} {name}"
+                         for name, g in cal.data["false_accepts_by_group"].items())
+    return (f"threshold {cal.threshold:.3f}: accepted {by_group} (out of the catalogue); "
             f"{tar} of in-catalogue queries accepted with the right song")
 
 

@@ -532,10 +532,14 @@ class Retriever:
         return RetrievalResult([], True, self.threshold, float(audio_seconds),
                                {"melody": gate_ms, "total": gate_ms}, NO_MELODY, check)
 
-    def identify(self, audio: np.ndarray, top_k: int | None = None) -> RetrievalResult:
+    def identify(self, audio: np.ndarray, top_k: int | None = None,
+                 embed: Callable[[np.ndarray], QueryEmbedding] | None = None) -> RetrievalResult:
         """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult.
 
-        The melody gate runs first: a query with no melody is answered `NO_MELODY` unsearched."""
+        The melody gate runs first: a query with no melody is answered `NO_MELODY`, unembedded and
+        unsearched. Then `embed(audio)` (default `self.embed`; the server passes its batched
+        embedder, the evaluation a cache shared by several retrievers) and `identify_embeddings`.
+        timings_ms: "melody", "embed", "search", "aggregate", "total"."""
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(f"audio must be a non-empty [time] array, got shape {audio.shape}")
@@ -545,7 +549,7 @@ class Retriever:
         if check is not None and not check.has_melody:
             return self.no_melody(check, seconds, gate_ms)
         t1 = time.perf_counter()
-        q = self.embed(audio)
+        q = (embed or self.embed)(audio)
         embed_ms = (time.perf_counter() - t1) * 1e3
         result = replace(self.identify_embeddings(q.emb, q.offsets_s, seconds, top_k, views=q.views),
                          melody=check)

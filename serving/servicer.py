@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -33,7 +33,7 @@ from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import EmbeddingTimeout
 from serving.metrics import Metrics
-from serving.retrieval import NO_MATCH_BELOW_THRESHOLD, NO_MELODY
+from serving.retrieval import NO_MATCH_BELOW_THRESHOLD, NO_MELODY, QueryEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,15 @@ class _Outcome:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     reason: str = ""
+
+    def record(self, result: Any) -> None:
+        """Add one answer's time and outcome (`serving.retrieval.RetrievalResult`)."""
+        t = result.timings_ms
+        self.embed_ms += t.get("embed", 0.0)
+        self.search_ms += t.get("search", 0.0) + t.get("aggregate", 0.0)
+        self.reason = result.reason
+        self.top_score = result.matches[0].score if result.matches else None
+        self.no_match = bool(result.no_match)
 
 
 def _deadline_check(context: grpc.ServicerContext, when: str) -> float | None:
@@ -317,20 +326,12 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         top_k = self._top_k(request.top_k)
         audio = self._decode(audio_msg)
         outcome.audio_seconds = audio.shape[0] / C.SAMPLE_RATE
-        check, _ = state.retriever.check_melody(audio)
-        if check is not None and not check.has_melody:
-            result = state.retriever.no_melody(check, outcome.audio_seconds)
-        else:
-            windows, offsets, views = cut_query_views(audio, state.retriever.config.query_tempo_rates)
-            t0 = time.perf_counter()
-            emb = self._embed(embedding, windows, context)
-            outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
-            result = replace(state.retriever.identify_embeddings(emb, offsets, outcome.audio_seconds,
-                                                                 top_k=top_k, views=views), melody=check)
-            outcome.search_ms += result.timings_ms.get("total", 0.0)
-        outcome.reason = result.reason
-        outcome.top_score = result.matches[0].score if result.matches else None
-        outcome.no_match = bool(result.no_match)
+        def embed(a: np.ndarray) -> QueryEmbedding:
+            windows, offsets, views = cut_query_views(a, state.retriever.config.query_tempo_rates)
+            return QueryEmbedding(self._embed(embedding, windows, context), offsets, views)
+
+        result = state.retriever.identify(audio, top_k=top_k, embed=embed)
+        outcome.record(result)
         return self._response(result, state)
 
     # --- StreamIdentify ----------------------------------------------------------------------
@@ -479,22 +480,10 @@ class _StreamSession:
 
     def _answer(self, final: bool) -> pb.StreamIdentifyResponse:
         audio = self._audio(final)
-        seconds = audio.shape[0] / C.SAMPLE_RATE
-        retriever = self.state.retriever
-        check, _ = retriever.check_melody(audio)
-        if check is not None and not check.has_melody:
-            result = retriever.no_melody(check, seconds)  # so far: a later answer may hear one
-        else:
-            t0 = time.perf_counter()
-            emb, offsets, views = self._embed(audio)
-            self.outcome.embed_ms += (time.perf_counter() - t0) * 1000.0
-            result = replace(retriever.identify_embeddings(emb, offsets, seconds, top_k=self.top_k, views=views),
-                             melody=check)
-            self.outcome.search_ms += result.timings_ms.get("total", 0.0)
-        self.outcome.reason = result.reason
+        # no melody so far is answered as such; a later answer may hear one
+        result = self.state.retriever.identify(audio, top_k=self.top_k, embed=lambda a: QueryEmbedding(*self._embed(a)))
+        self.outcome.record(result)
         self.outcome.answers += 1
-        self.outcome.top_score = result.matches[0].score if result.matches else None
-        self.outcome.no_match = bool(result.no_match)
         response = pb.StreamIdentifyResponse(result=RecognizerServicer._response(result, self.state),
                                              is_final=final)
         if not final:

@@ -140,11 +140,15 @@ def test_calibrate_retriever_on_simulated_embeddings():
 
 
 def test_false_accepts_are_reported_per_source():
-    cal = calibrate_scores([0.1, 0.2, 0.9, 0.0, 0.0], aggregation="temporal", target_false_accept_rate=0.2,
-                           out_groups=["qbh_demo", "qbh_demo", "qbh_demo", "no_melody", "no_melody"])
-    groups = cal.data["false_accepts_by_group"]
-    assert groups["qbh_demo"] == {"count": 3, "false_accept_rate": pytest.approx(1 / 3)}
-    assert groups["no_melody"] == {"count": 2, "false_accept_rate": 0.0}
+    scores = [0.1, 0.2, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    groups = ["qbh_demo"] * 3 + ["no_melody"] * 6
+    cal = calibrate_scores(scores, aggregation="temporal", target_false_accept_rate=0.34, out_groups=groups)
+    by_group = cal.data["false_accepts_by_group"]
+    assert by_group["qbh_demo"] == {"count": 3, "false_accept_rate": pytest.approx(1 / 3)}
+    assert by_group["no_melody"] == {"count": 6, "false_accept_rate": 0.0}
+    assert 0.2 < cal.threshold < 0.9
+    # pooled, the easy zeros would let two of the three hums through (3 of 9 accepted <= 34 %)
+    assert calibrate_scores(scores, aggregation="temporal", target_false_accept_rate=0.34).threshold <= 0.1
     with pytest.raises(CalibrationError, match="out_groups"):
         calibrate_scores([0.1, 0.2], aggregation="temporal", out_groups=["a"])
 

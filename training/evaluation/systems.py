@@ -11,7 +11,6 @@ import abc
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,9 +69,10 @@ class SharedQueryEmbedding:
 class ModelSystem(RankingSystem):
     """The learned encoder + window index, answered by the server's retrieval library.
 
-    `Retriever.identify(audio)` is `Retriever.embed(audio)` followed by `identify_embeddings(...)`;
+    `Retriever.identify(audio)`: the melody gate, then the embedding, then `identify_embeddings(...)`;
     with several aggregations of one model the query is embedded once (SharedQueryEmbedding, with the
-    retrievers' tempo views) and each aggregation reports embed + search + aggregate time.
+    retrievers' tempo views, passed as `embed=`) and each aggregation reports gate + embed + search +
+    aggregate time.
     """
 
     def __init__(self, retriever: "Retriever", name: str, description: str = "",
@@ -88,14 +88,17 @@ class ModelSystem(RankingSystem):
     def rank(self, audio: np.ndarray, top_k: int) -> "RetrievalResult":
         if self.shared is None:
             return self.retriever.identify(audio, top_k=top_k)
-        check, gate_ms = self.retriever.check_melody(audio)  # as Retriever.identify: the gate first
-        if check is not None and not check.has_melody:
-            return self.retriever.no_melody(check, audio.size / C.SAMPLE_RATE, gate_ms)
-        q, embed_ms = self.shared.embed(audio)
-        result = replace(self.retriever.identify_embeddings(q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE,
-                                                            top_k, views=q.views), melody=check)
-        result.timings_ms.update(melody=gate_ms, embed=embed_ms,
-                                 total=gate_ms + embed_ms + result.timings_ms.get("total", 0.0))
+        made_in_ms: list[float] = []
+
+        def embed(a: np.ndarray) -> "QueryEmbedding":
+            q, ms = self.shared.embed(a)
+            made_in_ms.append(ms)
+            return q
+
+        result = self.retriever.identify(audio, top_k=top_k, embed=embed)
+        if made_in_ms:  # a cached embedding reports the time it took to make, as if made here
+            result.timings_ms["total"] += made_in_ms[0] - result.timings_ms["embed"]
+            result.timings_ms["embed"] = made_in_ms[0]
         return result
 
     def latency_ms(self, result: "RetrievalResult", wall_ms: float) -> float:

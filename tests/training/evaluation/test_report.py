@@ -74,14 +74,19 @@ def test_suite_end_to_end_on_a_tiny_bench_folder(tiny_bench, tmp_path: Path):
     write_catalogue(bench / "mir1k-cross" / "catalogue" / "manifest.csv", tracks[:2] + [extra])
     write_queries(bench / "mir1k-cross" / "queries" / "queries.csv", queries[:1])
     write_queries(bench / "openset" / "queries.csv", [q for q in queries if q.track_id is None])
+    write_catalogue(bench / "zalo" / "catalogue" / "manifest.csv", [extra] + tracks[:2])  # a real set
+    write_queries(bench / "zalo" / "queries" / "queries.csv", queries[1:2])
     model = export_untrained(tmp_path / "model")
     out = tmp_path / "suite"
     text = run_suite(SuiteConfig(model_dir=model, out_dir=out, bench_dir=bench, baselines=(),
                                  aggregations=("temporal",), crop_seconds=(5.0,), build_missing=False,
-                                 indexer="inprocess"))
-    for name in ("synthetic-1k", "synthetic-10k", "mir1k-cross", "openset"):
+                                 indexer="inprocess", sets=("zalo", "synthetic-1k", "synthetic-10k",
+                                                            "mir1k-cross", "openset")))
+    for name in ("zalo", "synthetic-1k", "synthetic-10k", "mir1k-cross", "openset"):
         assert (out / name / "metrics.json").is_file(), name
         assert f"| {name} |" in text
+    assert text.index("| zalo |") < text.index("| synthetic-1k |")  # the real sets lead
+    assert (out / "zalo" / "failures.md").is_file()  # with the failure table
     assert "| synthetic-10k | 3 | `earworm-temporal` | 2 |" in text
     import json
 
