@@ -48,8 +48,14 @@ FFMPEG_DEMUXERS = (
 browsers record into (mov = MP4/M4A/3GP, matroska = MKV/WebM, asf = WMA). Nothing that can
 reference other files or URLs (HLS, concat, ...)."""
 
-MAX_NATIVE_RATE = 768_000
-"""Highest sample rate a decoded stream may claim (a higher one is damage, not audio)."""
+MAX_NATIVE_RATE = 384_000
+"""Highest sample rate a recording (file, stream or raw PCM) may claim: the highest that studio
+converters use; a higher one is damage or an attack (memory grows with the claimed rate)."""
+MAX_CHANNELS = 16
+"""Most channels a recording may have (memory grows with them before the mix to mono)."""
+READ_BLOCK_FRAMES = 1 << 16
+"""libsndfile reads this many frames at a time and mixes each block to mono at once, so a file's
+channel count never multiplies the memory a request holds."""
 
 NOT_AUDIO_MESSAGE = (
     "the recording could not be decoded: it is not audio in a format we read "
@@ -180,19 +186,33 @@ def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.n
     bytes (FFmpeg gets them next). A too-long recording is refused from its header, unread."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, frames = int(f.samplerate), int(f.frames)
+            rate, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
             if rate <= 0 or frames < 0:
                 return None
-            if max_seconds is not None and frames / rate > max_seconds:
+            if rate > MAX_NATIVE_RATE or not 0 < channels <= MAX_CHANNELS:
                 samples = None  # refused below, outside this `except ValueError`
-            else:
-                samples = f.read(dtype="float32", always_2d=False)
+            elif max_seconds is not None and frames / rate > max_seconds:
+                samples = None
+            else:  # block by block, each mixed to mono at once (memory: one mono copy)
+                samples = [block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+                           for block in f.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)]
     except _SOUNDFILE_ERRORS as e:
         log.debug("libsndfile cannot read the recording (%s); trying FFmpeg", e)
         return None
     if samples is None:
+        _refuse_layout(rate, channels)
         _refuse_if_too_long(frames / rate, max_seconds)
-    return _to_mono(np.asarray(samples)), rate
+    return np.ascontiguousarray(np.concatenate(samples) if samples else np.zeros(0), dtype=np.float32), rate
+
+
+def _refuse_layout(rate: int, channels: int) -> None:
+    """UndecodableAudioError for a sample rate or channel count no recording has."""
+    if rate > MAX_NATIVE_RATE:
+        raise UndecodableAudioError(f"the recording claims {rate} samples per second; at most "
+                                    f"{MAX_NATIVE_RATE} is accepted")
+    if not 0 < channels <= MAX_CHANNELS:
+        raise UndecodableAudioError(f"the recording claims {channels} channels; at most {MAX_CHANNELS} "
+                                    "are accepted")
 
 
 def _decode_with_ffmpeg(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
@@ -247,8 +267,9 @@ class _MonoCollector:
             self.flush()
             if not self.rate:
                 self.rate = int(frame.sample_rate)
-                if not 0 < self.rate <= MAX_NATIVE_RATE:
+                if self.rate <= 0:
                     raise UndecodableAudioError(NOT_AUDIO_MESSAGE)
+            _refuse_layout(self.rate, len(frame.layout.channels))
             self._converter = av.AudioResampler(format="fltp", layout=frame.layout, rate=self.rate)
             self._input = key
         self._take(self._converter.resample(frame))
@@ -336,8 +357,8 @@ def pcm_to_audio(
         raise EmptyAudioError("the recording is empty (0 bytes)")
     if pcm_format not in PCM_FORMATS:
         raise AudioError(f"unknown PCM format {pcm_format!r}; use one of {sorted(PCM_FORMATS)}")
-    if sample_rate <= 0 or sample_rate > 384_000:
-        raise AudioError(f"PCM sample rate must be between 1 and 384000 Hz, got {sample_rate}")
+    if sample_rate <= 0 or sample_rate > MAX_NATIVE_RATE:
+        raise AudioError(f"PCM sample rate must be between 1 and {MAX_NATIVE_RATE} Hz, got {sample_rate}")
     if channels < 1:
         raise AudioError(f"PCM channel count must be at least 1, got {channels}")
     dtype = PCM_FORMATS[pcm_format]

@@ -159,23 +159,29 @@ def calibrate_scores(
 ) -> Calibration:
     """Choose the threshold from top-1 scores. out_scores [n_out]; in_scores [n_in] with in_correct
     [n_in] (top-1 was the true track); out_groups [n_out]: where each out-of-catalogue query came from
-    (e.g. "qbh_demo", "no_melody"): the threshold then keeps every group's false-accept rate within the
-    target (the highest of the groups' thresholds: a pile of easily rejected inputs must not loosen it
-    for real hums), and each group's rate is reported."""
+    (e.g. "qbh_demo", "no_melody"): the threshold then keeps the false-accept rate within the target
+    in every group with at least 1 / target members (the highest of their thresholds: a pile of
+    easily rejected inputs must not loosen it for real hums), `false_accept_rate` is the worst of
+    those groups', and each group's rate is reported (smaller groups too)."""
     out = np.asarray(out_scores, np.float64)
     groups = None if out_groups is None else np.asarray(list(out_groups), dtype=object)
     if groups is not None and groups.shape != out.shape:
         raise CalibrationError(f"out_groups {groups.shape} must match out_scores {out.shape}")
-    if groups is None:
+    # the target holds for every source big enough to measure it (easy negatives must not dilute
+    # the hard ones); a smaller source is only reported
+    big = [] if groups is None else [g for g in sorted(set(groups.tolist()))
+                                     if (groups == g).sum() * max(target_false_accept_rate, 1e-9) >= 1.0]
+    if big:
+        threshold = max(threshold_at_false_accept_rate(out[groups == g], target_false_accept_rate) for g in big)
+        far = max(float(np.mean(out[groups == g] >= threshold)) for g in big)
+    else:
         threshold = threshold_at_false_accept_rate(out, target_false_accept_rate)
-    else:  # the target holds for every source: easy negatives must not dilute the hard ones
-        threshold = max(threshold_at_false_accept_rate(out[groups == g], target_false_accept_rate)
-                        for g in set(groups.tolist()))
-    far = float(np.mean(out >= threshold))
+        far = float(np.mean(out >= threshold))
     data: dict[str, Any] = {"out_of_catalogue": _summary(out), "sources": sources or {}}
     if groups is not None:
         data["false_accepts_by_group"] = {
-            str(g): {"count": int((groups == g).sum()), "false_accept_rate": float(np.mean(out[groups == g] >= threshold))}
+            str(g): {"count": int((groups == g).sum()), "false_accept_rate": float(np.mean(out[groups == g] >= threshold)),
+                     "sets_threshold": g in big}
             for g in sorted(set(groups.tolist()))}
     tar = None
     if in_scores is not None:
@@ -365,12 +371,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
             log.warning("skipping %s: %s", item, e)
             skipped += 1
             continue
-        check, _ = first.check_melody(audio)  # as the server: no melody, no search (scores 0)
-        q = None if check is not None and not check.has_melody else first.embed(audio)
-        gated[group] = gated.get(group, 0) + (q is None)
+        check, _ = first.check_melody(audio)  # once; no melody: no search, the query scores 0
+        gated[group] = gated.get(group, 0) + (check is not None and not check.has_melody)
+        embedded: list = []
+
+        def embed(a: np.ndarray):  # the retrievers differ only in aggregation: embed once
+            embedded[:] = embedded or [first.embed(a)]
+            return embedded[0]
+
         for agg, retriever in retrievers.items():
-            best = None if q is None else retriever.identify_embeddings(
-                q.emb, q.offsets_s, audio.size / C.SAMPLE_RATE, top_k=1, views=q.views).best
+            best = retriever.identify(audio, top_k=1, embed=embed, melody=check).best
             s = best.score if best else 0.0
             if want is None:
                 scores[agg]["out"].append(s)
@@ -397,7 +407,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
               f"true-accept {tar} ({len(sc['in'])} in-catalogue)")
         for group, g in cal.data.get("false_accepts_by_group", {}).items():
             print(f"{'':<9} {group}: false-accept {g['false_accept_rate']:.3f} of {g['count']} "
-                  f"({gated.get(group, 0)} stopped by the melody gate)")
+                  f"({gated.get(group, 0)} stopped by the melody gate"
+                  f"{'' if g['sets_threshold'] else '; too few to set the threshold'})")
+        if gated.get("in"):
+            print(f"{'':<9} in-catalogue: {gated['in']} of {len(sc['in'])} stopped by the melody gate")
     print(f"wrote {Path(index.path) / CALIBRATION_FILE}")
     return 0
 

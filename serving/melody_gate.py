@@ -21,7 +21,6 @@ against degenerate inputs (`earworm gate-check` prints the figures).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -127,18 +126,49 @@ class MelodyGate:
     """Pitch-tracks a query and tells whether it holds a melody. Thread-safe (stateless)."""
 
     def __init__(self, config: MelodyGateConfig = MelodyGateConfig()):
-        self.config = config
-
-    @cached_property
-    def _extractor(self):
         from data_gen.pitch.yin import YinExtractor
 
-        return YinExtractor()
+        self.config = config
+        self.extractor = YinExtractor()
 
     def check(self, audio: np.ndarray) -> MelodyCheck:
         """audio float32 [time] mono at SAMPLE_RATE -> MelodyCheck."""
-        track = self._extractor.extract(np.asarray(audio, np.float32))
+        return self.check_track(self.extractor.extract(np.asarray(audio, np.float32)))
+
+    def check_track(self, track) -> MelodyCheck:
+        """The verdict on a pitch track (`data_gen.pitch.PitchTrack` on the 10 ms grid)."""
         return describe(track.f0_midi(), track.voiced, self.config)
 
+    def streaming(self, settle_samples: int = 0) -> "StreamingMelodyCheck":
+        return StreamingMelodyCheck(self, settle_samples)
 
-__all__ = ["MelodyCheck", "MelodyGate", "MelodyGateConfig", "describe"]
+
+class StreamingMelodyCheck:
+    """The check of one growing recording (a stream): pitch frames that can no longer change are
+    kept, so each interim answer analyses only the new audio, not the whole buffer again.
+
+    settle_samples: how much of the recording's end may still change when audio is appended (0 for
+    audio at SAMPLE_RATE; resampled audio changes near its end)."""
+
+    def __init__(self, gate: MelodyGate, settle_samples: int = 0):
+        self.gate = gate
+        self.settle_samples = int(settle_samples)
+        self._settled = None  # YinFrames of the frames that will not change
+
+    def check(self, audio: np.ndarray) -> MelodyCheck:
+        from data_gen.pitch.base import num_pitch_frames
+        from data_gen.pitch.yin import YinFrames
+
+        extractor = self.gate.extractor
+        kept = self._settled or YinFrames(*(np.zeros(0, np.float32),) * 3)
+        n = num_pitch_frames(audio.size)
+        kept = kept.head(min(len(kept), n))
+        frames = kept.then(extractor.analyse(audio, first_frame=len(kept)))
+        half = extractor.config.frame_length // 2
+        settled = (audio.size - self.settle_samples - half) // C.PITCH_HOP + 1  # window inside settled audio
+        if settled > len(kept):
+            self._settled = frames.head(min(settled, len(frames)))
+        return self.gate.check_track(extractor.track(frames))
+
+
+__all__ = ["MelodyCheck", "MelodyGate", "MelodyGateConfig", "StreamingMelodyCheck", "describe"]

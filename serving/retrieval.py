@@ -533,18 +533,22 @@ class Retriever:
                                {"melody": gate_ms, "total": gate_ms}, NO_MELODY, check)
 
     def identify(self, audio: np.ndarray, top_k: int | None = None,
-                 embed: Callable[[np.ndarray], QueryEmbedding] | None = None) -> RetrievalResult:
+                 embed: Callable[[np.ndarray], QueryEmbedding] | None = None,
+                 melody: MelodyCheck | None = None) -> RetrievalResult:
         """audio float32 [time] mono at SAMPLE_RATE (already validated/decoded) -> RetrievalResult.
 
         The melody gate runs first: a query with no melody is answered `NO_MELODY`, unembedded and
         unsearched. Then `embed(audio)` (default `self.embed`; the server passes its batched
         embedder, the evaluation a cache shared by several retrievers) and `identify_embeddings`.
+        melody: the gate's verdict when the caller made it already (a stream checks incrementally).
         timings_ms: "melody", "embed", "search", "aggregate", "total"."""
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(f"audio must be a non-empty [time] array, got shape {audio.shape}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
         t0 = time.perf_counter()
-        check, gate_ms = self.check_melody(audio)
+        check, gate_ms = (melody, 0.0) if melody is not None else self.check_melody(audio)
         seconds = audio.size / C.SAMPLE_RATE
         if check is not None and not check.has_melody:
             return self.no_melody(check, seconds, gate_ms)

@@ -27,7 +27,15 @@ import grpc
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.audio import AudioError, SilentAudioError, TooShortAudioError, decode_audio, pcm_to_audio
+from data_gen.audio import MAX_CHANNELS as MAX_AUDIO_CHANNELS
+from data_gen.audio import (
+    MAX_NATIVE_RATE,
+    AudioError,
+    SilentAudioError,
+    TooShortAudioError,
+    decode_audio,
+    pcm_to_audio,
+)
 from data_gen.windows import cut_query_views, tempo_view, window_starts
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
@@ -50,8 +58,8 @@ NO_MATCH_REASONS = {
     NO_MATCH_BELOW_THRESHOLD: pb.NO_MATCH_REASON_BELOW_THRESHOLD,
     NO_MELODY: pb.NO_MATCH_REASON_NO_MELODY,
 }
-MAX_PCM_RATE = 384_000
-MAX_CHANNELS = 16
+MAX_PCM_RATE = MAX_NATIVE_RATE
+MAX_CHANNELS = MAX_AUDIO_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -112,11 +120,13 @@ class _Outcome:
     answers: int = 0
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    melody_ms: float = 0.0
     reason: str = ""
 
     def record(self, result: Any) -> None:
         """Add one answer's time and outcome (`serving.retrieval.RetrievalResult`)."""
         t = result.timings_ms
+        self.melody_ms += t.get("melody", 0.0)
         self.embed_ms += t.get("embed", 0.0)
         self.search_ms += t.get("search", 0.0) + t.get("aggregate", 0.0)
         self.reason = result.reason
@@ -285,7 +295,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         """The one log line and the counters of a finished request."""
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.record(method, code.name, ms, outcome.audio_seconds)
-        if outcome.embed_ms or outcome.search_ms:
+        if outcome.embed_ms or outcome.search_ms or outcome.melody_ms:
+            self.metrics.increment("melody_ms", outcome.melody_ms)
             self.metrics.increment("embed_ms", outcome.embed_ms)
             self.metrics.increment("search_ms", outcome.search_ms)
         top = "-" if outcome.top_score is None else f"{outcome.top_score:.3f}"
@@ -295,8 +306,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             self.metrics.increment(f"no_match_{outcome.reason}")
         if method == "StreamIdentify":
             extra += f" answers={outcome.answers}"
-        log.info("%s %s %.1f ms (embed %.1f, search %.1f) audio=%.1fs top=%s%s%s", method, code.name, ms,
-                 outcome.embed_ms, outcome.search_ms, outcome.audio_seconds, top, extra,
+        log.info("%s %s %.1f ms (melody check %.1f, embed %.1f, search %.1f) audio=%.1fs top=%s%s%s", method,
+                 code.name, ms, outcome.melody_ms, outcome.embed_ms, outcome.search_ms, outcome.audio_seconds, top, extra,
                  f" ({details})" if details else "")
 
     # --- Identify ----------------------------------------------------------------------------
@@ -413,6 +424,9 @@ class _StreamSession:
             self.next_interim += self.interval
         self.pending_interim = False
         self.cache: dict[tuple[int, int], np.ndarray] = {}  # (tempo view, window start) -> embedding [dim]
+        gate = state.retriever.gate  # the melody check, fed only the new audio of each answer
+        self.melody = None if gate is None else gate.streaming(
+            0 if self.sample_rate == C.SAMPLE_RATE else C.SAMPLE_RATE // 2)
         self.confident_streak: list[str] = []  # top track of consecutive confident interims
 
     @property
@@ -481,7 +495,11 @@ class _StreamSession:
     def _answer(self, final: bool) -> pb.StreamIdentifyResponse:
         audio = self._audio(final)
         # no melody so far is answered as such; a later answer may hear one
-        result = self.state.retriever.identify(audio, top_k=self.top_k, embed=lambda a: QueryEmbedding(*self._embed(a)))
+        t0 = time.perf_counter()
+        melody = self.melody.check(audio) if self.melody is not None else None
+        self.outcome.melody_ms += (time.perf_counter() - t0) * 1000.0
+        result = self.state.retriever.identify(audio, top_k=self.top_k, embed=lambda a: QueryEmbedding(*self._embed(a)),
+                                               melody=melody)
         self.outcome.record(result)
         self.outcome.answers += 1
         response = pb.StreamIdentifyResponse(result=RecognizerServicer._response(result, self.state),

@@ -87,6 +87,30 @@ def cmnd(frames: np.ndarray, max_lag: int) -> np.ndarray:
     return out
 
 
+BLOCK_FRAMES = 512
+"""Frames analysed at once (~1.5 MB of work arrays each): a 60 s query is 12 blocks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class YinFrames:
+    """YIN's per-frame measurements on the 10 ms grid (float32 [frames] each), before the voicing
+    decision: frames far from a recording's ends do not change when audio is appended (a stream)."""
+
+    f0_hz: np.ndarray
+    aperiodicity: np.ndarray
+    level: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.f0_hz.shape[0])
+
+    def head(self, n: int) -> YinFrames:
+        return YinFrames(self.f0_hz[:n], self.aperiodicity[:n], self.level[:n])
+
+    def then(self, more: YinFrames) -> YinFrames:
+        return YinFrames(*(np.concatenate([a, b]) for a, b in
+                           zip((self.f0_hz, self.aperiodicity, self.level), (more.f0_hz, more.aperiodicity, more.level))))
+
+
 class YinExtractor(PitchExtractor):
     """YIN on the 10 ms grid; confidence = 1 - aperiodicity (the minimum of d')."""
 
@@ -96,14 +120,21 @@ class YinExtractor(PitchExtractor):
         config = config or YinConfig()
         self.config = dataclasses.replace(config, **options) if options else config
 
-    def extract(self, audio: np.ndarray) -> PitchTrack:
+    def analyse(self, audio: np.ndarray, first_frame: int = 0) -> YinFrames:
+        """The per-frame analysis of frames `first_frame`.. of `audio` (all of them by default),
+        BLOCK_FRAMES at a time so that memory stays bounded whatever the length."""
         audio = check_audio(audio)
+        frames = _frames(audio, self.config.frame_length)[first_frame:]
+        parts = [self._analyse_block(frames[i : i + BLOCK_FRAMES]) for i in range(0, frames.shape[0], BLOCK_FRAMES)]
+        if not parts:
+            return YinFrames(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return YinFrames(*(np.concatenate(p) for p in zip(*parts)))
+
+    def _analyse_block(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
         min_lag = max(2, int(np.floor(C.SAMPLE_RATE / cfg.fmax)))
         max_lag = int(np.ceil(C.SAMPLE_RATE / cfg.fmin))
-        frames = _frames(audio, cfg.frame_length)
-        d = cmnd(frames, max_lag)
-        band = d[:, min_lag : max_lag + 1]
+        band = cmnd(frames, max_lag)[:, min_lag : max_lag + 1]
         # YIN step 4: the first dip below the threshold (its local minimum), else the global minimum
         below = band < cfg.threshold
         first = np.where(below.any(axis=1), below.argmax(axis=1), band.argmin(axis=1))
@@ -125,10 +156,19 @@ class YinExtractor(PitchExtractor):
         period = tau + min_lag + np.clip(shift, -1.0, 1.0)
         f0 = np.clip(C.SAMPLE_RATE / np.maximum(period, 1.0), cfg.fmin, cfg.fmax)
         level = np.std(frames, axis=1, dtype=np.float64)  # AC level: a DC offset is not a sound
-        loud = level > (level.max() if level.size else 0.0) * 10 ** (-cfg.floor_db / 20) + 1e-9
-        confidence = np.clip(1.0 - aperiodicity, 0.0, 1.0)
+        return f0.astype(np.float32), aperiodicity.astype(np.float32), level.astype(np.float32)
+
+    def track(self, frames: YinFrames) -> PitchTrack:
+        """The voicing decision over a whole recording's frames: periodic enough, and not far below
+        its loudest frame."""
+        cfg = self.config
+        level = frames.level
+        loud = level > (float(level.max()) if level.size else 0.0) * 10 ** (-cfg.floor_db / 20) + 1e-9
         return PitchTrack(
-            f0_hz=f0.astype(np.float32),
-            confidence=confidence.astype(np.float32),
-            voiced=(aperiodicity < cfg.threshold) & loud,
+            f0_hz=frames.f0_hz,
+            confidence=np.clip(1.0 - frames.aperiodicity, 0.0, 1.0),
+            voiced=(frames.aperiodicity < cfg.threshold) & loud,
         )
+
+    def extract(self, audio: np.ndarray) -> PitchTrack:
+        return self.track(self.analyse(audio))

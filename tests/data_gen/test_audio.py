@@ -253,3 +253,19 @@ def test_a_file_without_a_sound_track_says_so():
             out.mux(packet)
     with pytest.raises(A.UndecodableAudioError, match=r"no sound track \(it holds only video\)"):
         A.decode_audio(buf.getvalue())
+
+
+def test_a_file_claiming_an_absurd_rate_or_channel_count_is_refused_before_it_is_read():
+    many = _encode(np.zeros((1600, 8), np.float32), 655_350, "FLAC")  # 8 channels at 655 kHz
+    with pytest.raises(A.UndecodableAudioError, match="samples per second"):
+        A.decode_audio(many, max_seconds=60)
+    channels = _encode(np.zeros((160, 20), np.float32), C.SAMPLE_RATE, "WAV")
+    with pytest.raises(A.UndecodableAudioError, match="20 channels"):
+        A.decode_audio(channels)
+
+
+def test_multichannel_files_are_mixed_to_mono_block_by_block(tone_audio):
+    n = A.READ_BLOCK_FRAMES + 1000  # more than one block
+    stereo = np.stack([np.resize(tone_audio, n), -0.5 * np.resize(tone_audio, n)], axis=1)
+    out = A.decode_audio(_encode(stereo, C.SAMPLE_RATE, "WAV"))
+    np.testing.assert_allclose(out, 0.25 * np.resize(tone_audio, n), atol=1e-4)

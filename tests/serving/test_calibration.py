@@ -140,15 +140,17 @@ def test_calibrate_retriever_on_simulated_embeddings():
 
 
 def test_false_accepts_are_reported_per_source():
-    scores = [0.1, 0.2, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    groups = ["qbh_demo"] * 3 + ["no_melody"] * 6
+    scores = [0.1, 0.2, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]
+    groups = ["qbh_demo"] * 3 + ["no_melody"] * 6 + ["speech"]
     cal = calibrate_scores(scores, aggregation="temporal", target_false_accept_rate=0.34, out_groups=groups)
     by_group = cal.data["false_accepts_by_group"]
-    assert by_group["qbh_demo"] == {"count": 3, "false_accept_rate": pytest.approx(1 / 3)}
-    assert by_group["no_melody"] == {"count": 6, "false_accept_rate": 0.0}
-    assert 0.2 < cal.threshold < 0.9
-    # pooled, the easy zeros would let two of the three hums through (3 of 9 accepted <= 34 %)
-    assert calibrate_scores(scores, aggregation="temporal", target_false_accept_rate=0.34).threshold <= 0.1
+    assert by_group["qbh_demo"] == {"count": 3, "false_accept_rate": pytest.approx(1 / 3), "sets_threshold": True}
+    assert by_group["no_melody"] == {"count": 6, "false_accept_rate": 0.0, "sets_threshold": True}
+    # one item cannot measure a 34 % rate: reported, but it does not set the threshold
+    assert by_group["speech"] == {"count": 1, "false_accept_rate": 1.0, "sets_threshold": False}
+    assert 0.2 < cal.threshold < 0.5 and cal.false_accept_rate == pytest.approx(1 / 3)
+    # pooled, the easy zeros would let two of the three hums through (3 of 10 accepted <= 34 %)
+    assert calibrate_scores(scores, aggregation="temporal", target_false_accept_rate=0.34).threshold < 0.2
     with pytest.raises(CalibrationError, match="out_groups"):
         calibrate_scores([0.1, 0.2], aggregation="temporal", out_groups=["a"])
 

@@ -97,3 +97,24 @@ def test_retriever_answers_no_melody_without_embedding(index_dir):
     assert result.melody is not None and not result.melody.has_melody
     assert CountingEmbedder.calls == 0
     assert result.audio_seconds == pytest.approx(5.0)
+
+
+def test_a_stream_is_checked_incrementally_with_the_same_verdict(gate):
+    tune = np.concatenate([signals(seconds=3.0)["white_noise"], TUNE, TUNE])
+    stream = gate.streaming()
+    for end in range(8000, tune.size + 1, 7919):  # chunks that do not fall on the frame grid
+        part = tune[:end]
+        assert stream.check(part) == gate.check(part), end
+    assert stream.check(tune) == gate.check(tune) and stream.check(tune).has_melody
+    assert len(stream._settled) < 1 + tune.size // 160  # the end is analysed again next time
+
+
+def test_yin_analysis_of_a_long_recording_is_blockwise_and_identical():
+    from data_gen.pitch.yin import BLOCK_FRAMES, YinExtractor
+
+    long = np.tile(TUNE, 3)
+    yin = YinExtractor()
+    whole = yin.analyse(long)
+    assert len(whole) > BLOCK_FRAMES
+    tail = yin.analyse(long, first_frame=BLOCK_FRAMES + 7)
+    np.testing.assert_array_equal(tail.f0_hz, whole.f0_hz[BLOCK_FRAMES + 7 :])

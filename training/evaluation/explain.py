@@ -65,8 +65,7 @@ def _contour(extractor: Any, audio: np.ndarray) -> tuple[np.ndarray, float]:
     from training.evaluation.baselines.note_histogram import coarse_pitch
 
     track = coarse_pitch(extractor, audio, FRAME_S)
-    midi = 69.0 + 12.0 * np.log2(track.f0_hz.astype(np.float64) / 440.0)
-    return np.where(track.voiced, midi, np.nan), float(track.voiced.mean()) if len(track) else 0.0
+    return track.f0_midi(), float(track.voiced.mean()) if len(track) else 0.0
 
 
 def intonation_spread(midi: np.ndarray) -> float | None:
@@ -117,7 +116,16 @@ def align_contours(hum: np.ndarray, master: np.ndarray, ratios: np.ndarray = TEM
     return best
 
 
+def _tempo_span(retriever: Any) -> tuple[float, float]:
+    """The master-seconds-per-query-second range the retriever's tempo views and alignments cover."""
+    cfg = retriever.config
+    rates = cfg.query_tempo_rates
+    ratios = cfg.tempo_ratios if len(rates) == 1 else cfg.view_tempo_ratios
+    return min(rates) * min(ratios), max(rates) * max(ratios)
+
+
 def likely_cause(m: Miss, tempo_views: tuple[float, float] = (0.7, 1.44)) -> str:
+    """tempo_views: the range of tempo ratios the retrieval covers (`_tempo_span`)."""
     causes = []
     if m.hum_voiced < 0.4:
         causes.append(f"little pitched sound in the query ({m.hum_voiced:.0%} voiced)")
@@ -157,8 +165,13 @@ def explain_misses(retriever: Any, queries: list, tracks: dict[str, Any], outcom
         except (AudioError, KeyError) as e:
             log.warning("explain: %s: %s", o.query_id, e)
             continue
-        emb = retriever.embed(audio)
-        true_score, true_offset = retriever.score_track(emb, o.true_track)
+        gated = o.reason == "no_melody"  # never searched: its cause is the gate's verdict
+        try:
+            true_score, true_offset = (0.0, 0.0) if gated else retriever.score_track(retriever.embed(audio),
+                                                                                      o.true_track)
+        except KeyError:  # the true master is not in the index (indexing could not read it)
+            log.warning("explain: %s: its track %s is not in the index", o.query_id, o.true_track)
+            true_score, true_offset = 0.0, 0.0
         hum, hum_voiced = _contour(extractor, audio)
         m_contour, m_voiced, m_seconds = master_cache[o.true_track]
         aligned = align_contours(hum, m_contour)
@@ -169,7 +182,9 @@ def explain_misses(retriever: Any, queries: list, tracks: dict[str, Any], outcom
             None if (s := intonation_spread(hum)) is None else round(s, 1), round(m_voiced, 3), round(m_seconds, 2),
             None if aligned is None else round(aligned[0], 3), None if aligned is None else round(aligned[1], 2),
             None if aligned is None else round(aligned[2], 2), "")
-        miss = Miss(**{**asdict(miss), "cause": likely_cause(miss)})
+        cause = (f"stopped by the melody gate: {retriever.check_melody(audio)[0].why}" if gated
+                 else likely_cause(miss, _tempo_span(retriever)))
+        miss = Miss(**{**asdict(miss), "cause": cause})
         misses.append(miss)
         if plots:
             _plot(out_dir / "failures" / f"{o.query_id}.png", miss, hum, m_contour)

@@ -93,7 +93,7 @@ def audio_melody_contour(extractor: PitchExtractor, audio: np.ndarray, frame_s: 
 
     track = coarse_pitch(extractor, audio, frame_s)
     times = np.arange(len(track)) * frame_s
-    midi = 69.0 + 12.0 * np.log2(track.f0_hz.astype(np.float64) / 440.0)
+    midi = track.f0_midi()
     if not track.voiced.any():
         raise ValueError("no pitched frame in the master")
     if drop_rests:
