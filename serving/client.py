@@ -23,11 +23,10 @@ from data_gen import constants as C
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 
-NO_MATCH_REASONS = {
-    pb.NO_MATCH_REASON_UNSPECIFIED: "",
-    pb.NO_MATCH_REASON_BELOW_THRESHOLD: "below_threshold",
-    pb.NO_MATCH_REASON_NO_MELODY: "no_melody",
-}
+NO_MATCH_REASONS = {value: "" if value == pb.NO_MATCH_REASON_UNSPECIFIED else
+                    pb.NoMatchReason.Name(value).removeprefix("NO_MATCH_REASON_").lower()
+                    for value in pb.NoMatchReason.values()}
+"""NoMatchReason -> "" (a match), "below_threshold" or "no_melody" (as `serving.retrieval` names them)."""
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT_S = 30.0

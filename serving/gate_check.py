@@ -19,29 +19,23 @@ from typing import Any
 
 import numpy as np
 
-REAL_SETS = {
-    "qbh_demo": ("qbh_demo/manifest.csv", "path"),
-    "zalo_mini hums": ("zalo_mini/queries.csv", "path"),
-    "mir1k voices": ("mir1k/manifest.csv", None),
-}
-
-
 def _real_files(shared: Path, limit: int | None) -> dict[str, list[Path]]:
-    import csv
+    """The real recordings that hold a melody, per set (sets whose folder is absent are left out)."""
+    from data_gen.manifest import read_queries
+    from serving.calibration import qbh_demo_hums
+    from training.evaluation.benchsets.common import read_csv_rows
 
     out: dict[str, list[Path]] = {}
-    for name, (rel, column) in REAL_SETS.items():
-        manifest = shared / rel
-        if not manifest.is_file():
-            continue
-        with manifest.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if column is None:  # MIR-1K: the voice channel of each clip
-            files = [manifest.parent / "audio" / f"{r['clip_id']}.voice.ogg" for r in rows]
-        else:
-            files = [manifest.parent / r[column] for r in rows]
-        out[name] = files[:limit] if limit else files
-    return out
+    try:
+        out["qbh_demo"] = qbh_demo_hums(shared)
+    except FileNotFoundError:
+        pass
+    if (shared / "zalo_mini" / "queries.csv").is_file():
+        out["zalo_mini hums"] = [q.path for q in read_queries(shared / "zalo_mini" / "queries.csv")]
+    if (shared / "mir1k" / "manifest.csv").is_file():
+        out["mir1k voices"] = [shared / "mir1k" / "audio" / f"{r['clip_id']}.voice.ogg"
+                               for r in read_csv_rows(shared / "mir1k" / "manifest.csv", ("clip_id",))]
+    return {name: files[:limit] if limit else files for name, files in out.items()}
 
 
 def run_gate_check(shared: Path | None = None, limit: int | None = None, config=None) -> dict[str, Any]:

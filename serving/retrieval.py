@@ -562,11 +562,11 @@ class Retriever:
 
     def score_track(self, q: QueryEmbedding, track_id: str) -> tuple[float, float]:
         """The exact (re-ranking) score and offset of one catalogue track against an embedded query,
-        its best tempo view, on the scale of the ranked answers: for explaining a miss whose true
-        track did not make the list. KeyError for a track that is not in the index."""
+        its best tempo view, on the scale of the re-ranked answers (`rerank_candidates` > 0): for
+        explaining a miss whose true track did not make the list. KeyError for a track that is not
+        in the index."""
         row = self.index.track_row(track_id)
-        groups = [(q.views == v, self._view_penalty(int(v))) for v in np.unique(q.views)]
-        ratios = self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
+        groups, ratios = self._view_groups(q.views)
         best = (0.0, 0.0)
         for m, penalty in groups:
             s = rerank_temporal(q.emb[m], q.offsets_s[m], np.array([row]), self.index.embeddings,
@@ -588,6 +588,13 @@ class Retriever:
         if view >= len(rates):
             raise ValueError(f"query window of tempo view {view}, but the config has {len(rates)} views")
         return self.config.tempo_view_penalty * abs(float(np.log(rates[view])))
+
+    def _view_groups(self, views: np.ndarray | None) -> tuple[list[tuple], Sequence[float]]:
+        """(window mask, score penalty) per tempo view of a query's windows (no views given: the
+        query as sung, no penalty), and the aggregation's tempo ratios for that many views."""
+        groups = ([(slice(None), 0.0)] if views is None else
+                  [(views == v, self._view_penalty(int(v))) for v in np.unique(views)])
+        return groups, self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
 
     def _rank_view(self, rows: np.ndarray, sims: np.ndarray, emb: np.ndarray, offsets: np.ndarray,
                    depth: int, tempo_ratios: Sequence[float]) -> list[tuple[int, float, float]]:
@@ -633,10 +640,7 @@ class Retriever:
         for i, item in enumerate(queries):
             t1 = time.perf_counter()
             r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
-            # (window mask, score penalty) per view; no views given: the query as sung, no penalty
-            groups = ([(slice(None), 0.0)] if views_of[i] is None else
-                      [(views_of[i] == v, self._view_penalty(int(v))) for v in np.unique(views_of[i])])
-            ratios = self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
+            groups, ratios = self._view_groups(views_of[i])
             best: dict[int, tuple[float, float]] = {}
             for m, penalty in groups:
                 for t, score, offset in self._rank_view(r[m], s[m], embs[i][m], offs[i][m], depth, ratios):

@@ -30,7 +30,8 @@ def _tone(hz: float, n: int, amplitude: float = 0.3) -> np.ndarray:
 
 
 def signals(seconds: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
-    """name -> mono float32 [time] at SAMPLE_RATE: tones, constants, noise, clicks, coughs."""
+    """name -> mono float32 [time] at SAMPLE_RATE: tones, constants, noise, clicks, coughs; each
+    `seconds` long but "two_samples_at_1hz" (2 s: two samples declared at 1 Hz, resampled)."""
     from data_gen.audio import pcm_to_audio
 
     rng = np.random.default_rng(seed)
@@ -57,8 +58,9 @@ def signals(seconds: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def speech(seed: int = 0) -> dict[str, np.ndarray]:
-    """Spoken sentences (espeak-ng, three voices): name -> audio. Empty when espeak-ng is absent."""
+def speech() -> dict[str, np.ndarray]:
+    """Spoken sentences (espeak-ng, three voices): name -> audio. Empty when espeak-ng is absent;
+    a sentence espeak-ng fails on is left out."""
     import soundfile as sf
 
     from data_gen.audio import resample
@@ -68,16 +70,19 @@ def speech(seed: int = 0) -> dict[str, np.ndarray]:
     out = {}
     for i, text in enumerate(SPEECH):
         for voice in SPEECH_VOICES:
-            wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True,
-                                 check=True, timeout=30).stdout
-            x, rate = sf.read(io.BytesIO(wav), dtype="float32")
+            try:
+                wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True,
+                                     check=True, timeout=30).stdout
+                x, rate = sf.read(io.BytesIO(wav), dtype="float32")
+            except (subprocess.SubprocessError, OSError, RuntimeError):
+                continue
             out[f"speech_{i}_{voice.replace('+', '_')}"] = resample(np.asarray(x, np.float32).reshape(-1), int(rate))
     return out
 
 
 def no_melody_inputs(seconds: float = 10.0, seed: int = 0, with_speech: bool = True) -> dict[str, np.ndarray]:
     """`signals` and (where espeak-ng is installed) `speech`."""
-    return {**signals(seconds, seed), **(speech(seed) if with_speech else {})}
+    return {**signals(seconds, seed), **(speech() if with_speech else {})}
 
 
 __all__ = ["no_melody_inputs", "signals", "speech"]

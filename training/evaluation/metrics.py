@@ -29,6 +29,8 @@ HIT_KS = (1, 5, 10)
 LENGTH_BUCKETS_S = (0.0, 4.0, 6.0, 8.0, 10.0, 15.0, math.inf)
 """Edges of the query-length buckets in seconds: [0, 4), [4, 6), ..., [15, inf)."""
 DEFAULT_TARGET_FAR = 0.05
+NO_MELODY = "no_melody"
+"""`QueryOutcome.reason` of a query the melody gate stopped (`serving.retrieval.NO_MELODY`)."""
 UNKNOWN_KIND = "unspecified"
 UNREADABLE = "unreadable"
 
@@ -221,7 +223,7 @@ def summarize(
     summary: dict[str, Any] = {
         "num_queries": len(outcomes),
         # queries the melody gate answered "no melody" (they never reached retrieval)
-        "no_melody": sum(o.reason == "no_melody" for o in outcomes),
+        "no_melody": sum(o.reason == NO_MELODY for o in outcomes),
         "in_catalogue": ranking_metrics(outcomes),
         "open_set": open_set_metrics(outcomes, threshold),
         "calibration": {

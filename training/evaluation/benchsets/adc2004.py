@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 
 NAME = "adc2004"
 TRACK_PREFIX = "adc2004-"
-F0_HOP_S = 256 / 44100
-"""Hop of the annotation (informative: the times are read from the file's first column)."""
 MANIFEST_COLUMNS = ("clip_id", "genre", "audio", "melody")
 
 
