@@ -218,6 +218,16 @@ def _plot(path: Path, miss: Miss, hum: np.ndarray, master: np.ndarray) -> None:
     plt.close(fig)
 
 
+def cause_kind(cause: str) -> str:
+    """A cause without its figures, for counting: "sung at 1.74x the record's tempo, beyond the tempo
+    views" -> "sung at another tempo than the record's, beyond the tempo views"."""
+    if cause.startswith("stopped by the melody gate"):
+        return "stopped by the melody gate"
+    if cause.startswith("sung at "):
+        return "sung at another tempo than the record's, beyond the tempo views"
+    return cause.split(" (")[0]
+
+
 def failures_markdown(misses: list[Miss], n_in_catalogue: int, system: str) -> str:
     from training.evaluation.report import table
 
@@ -241,8 +251,7 @@ def failures_markdown(misses: list[Miss], n_in_catalogue: int, system: str) -> s
     counts: dict[str, int] = {}
     for m in misses:
         for c in m.cause.split("; "):
-            key = c.split(" (")[0]
-            counts[key] = counts.get(key, 0) + 1
+            counts[cause_kind(c)] = counts.get(cause_kind(c), 0) + 1
     lines += ["", "Causes: " + "; ".join(f"{v} × {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])),
               "", "Plots of each miss (query contour over the master's at the best alignment): `failures/*.png`.",
               ""]

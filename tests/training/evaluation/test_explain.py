@@ -71,3 +71,5 @@ def test_failures_markdown_table():
     assert "1 of 20" in text and "| `q` | 3 | 0.400 | 0.600 |" in text
     assert "Causes: 1 × the master's pitch track does not carry the hummed tune" in text
     assert "Every in-catalogue query" in failures_markdown([], 5, "m")
+    tempo = [_miss(cause=likely_cause(_miss(tempo_ratio=r))) for r in (0.5, 1.8)]
+    assert "Causes: 2 × sung at another tempo" in failures_markdown(tempo, 20, "m")
