@@ -52,7 +52,7 @@ def test_describe_counts_held_notes_and_phrases():
     steps = np.repeat([60.0, 62.0, 64.0], 100)
     check = describe(steps, np.ones(frames, bool))
     assert check.has_melody and check.distinct_notes == 3 and check.phrase_seconds == pytest.approx(3.0)
-    chopped = np.tile(np.r_[np.ones(15, bool), np.zeros(10, bool)], 12)[:frames]  # 150 ms syllables
+    chopped = np.tile(np.r_[np.ones(10, bool), np.zeros(6, bool)], 20)[:frames]  # 100 ms syllables
     check = describe(steps, chopped)
     assert not check.has_melody and "like speech" in check.why
     assert describe(np.zeros(0), np.zeros(0, bool)).voiced_seconds == 0.0
