@@ -287,6 +287,6 @@ def suite_markdown(reports: dict[str, dict[str, Any]], cfg: SuiteConfig, elapsed
         "learned model, which only hears the polyphonic master, does not have; on zalo (no melody MIDI) "
         "against each master's predominant pitch tracked from the mix, the classic audio QbH system.",
         "- Latency: per query on this machine's CPU (2 shared cores), audio decoding excluded; "
-        "model = embed + search + aggregate; baselines = pitch tracking + matching.",
+        "model = melody check + embed + search + aggregate; baselines = pitch tracking + matching.",
     ]
     return "\n".join(lines) + "\n"
