@@ -74,8 +74,8 @@ def cmnd(frames: np.ndarray, max_lag: int) -> np.ndarray:
     spectrum = scipy.fft.rfft(frames, n_fft)
     head = scipy.fft.rfft(frames[:, :width], n_fft)
     corr = scipy.fft.irfft(np.conj(head) * spectrum, n_fft)[:, : max_lag + 1]  # r(tau)
-    power = np.concatenate([np.zeros((frames.shape[0], 1), np.float32),
-                            np.cumsum(frames.astype(np.float64)**2, axis=1).astype(np.float32)], axis=1)
+    power = np.zeros((frames.shape[0], length + 1), np.float32)
+    np.cumsum(np.square(frames), axis=1, out=power[:, 1:])
     energy = power[:, width : width + max_lag + 1] - power[:, : max_lag + 1]  # e(tau)
     diff = np.maximum(energy[:, :1] + energy - 2.0 * corr, 0.0)
     cumulative = np.cumsum(diff[:, 1:], axis=1)
