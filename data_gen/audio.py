@@ -6,9 +6,11 @@ the server maps them to INVALID_ARGUMENT, the pipelines route them to an errors 
 
 Two decoders, one result:
 
-- libsndfile (`soundfile`) first: the fast path for WAV, FLAC, Ogg Vorbis/Opus and clean MP3.
-- FFmpeg through PyAV (`av`) when libsndfile cannot read the bytes: MP3 streams cut mid-frame
-  (what real catalogues and recorders send; every media player plays them), M4A/AAC (phone voice
+- libsndfile (`soundfile`) first: the fast path for WAV, FLAC and Ogg Vorbis/Opus.
+- FFmpeg through PyAV (`av`) for MP3 (recognised by its ID3 tag or frame header; libsndfile's
+  mpg123 prints complaints about damaged frames on stderr) and whenever libsndfile cannot read the
+  bytes: MP3 streams cut mid-frame (what real catalogues and recorders send; every media player
+  plays them), M4A/AAC (phone voice
   memos), WebM/Opus (browser MediaRecorder), and the other containers in `FFMPEG_DEMUXERS`.
   The stream is demuxed packet by packet and a packet that does not decode (a frame cut by the
   start or the end of the stream) is skipped and counted, as the ffmpeg command-line tool does.
@@ -155,11 +157,11 @@ def decode_audio(
 ) -> np.ndarray:
     """Encoded bytes -> mono float32 [time] at `target_rate`.
 
-    WAV, FLAC, Ogg Vorbis/Opus and MP3 (libsndfile), else MP3 cut mid-frame, M4A/AAC, WebM/Opus
+    WAV, FLAC and Ogg Vorbis/Opus (libsndfile), else MP3 (also cut mid-frame), M4A/AAC, WebM/Opus
     and the rest of `FFMPEG_DEMUXERS` (FFmpeg via PyAV). See the module docstring."""
     if not data:
         raise EmptyAudioError("the recording is empty (0 bytes)")
-    decoded = _decode_with_soundfile(data, max_seconds)
+    decoded = None if _looks_like_mp3(data) else _decode_with_soundfile(data, max_seconds)
     if decoded is None:
         decoded = _decode_with_ffmpeg(data, max_seconds)
     samples, rate = decoded
@@ -176,6 +178,12 @@ def decode_audio(
         max_seconds=max_seconds,
         reject_silence=reject_silence,
     )
+
+
+def _looks_like_mp3(data: bytes) -> bool:
+    """An ID3 tag or an MPEG audio frame header at the start: FFmpeg reads it directly (libsndfile's
+    mpg123 prints its complaints about damaged frames on stderr and refuses streams cut mid-frame)."""
+    return data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and (data[1] & 0xE6) in (0xE2, 0xE4, 0xE6))
 
 
 _SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError)
