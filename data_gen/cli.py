@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "data_gen.cli_queries",  # earworm queries make
     "data_gen.cli_leads",  # earworm mir1k-leads
     "data_gen.cli_pitch",  # earworm pitch bench
+    "data_gen.cli_realism",  # earworm hum-stats
     "beam_pipelines.cli",  # earworm datagen / index
     "training.cli",  # earworm train / export
     "training.evaluation.cli",  # earworm eval / benchset
