@@ -213,11 +213,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
     def _check_size(self, n_bytes: int, what: str) -> None:
         if n_bytes > self.config.max_audio_bytes:
+            limit = self.config.max_audio_bytes
             raise _RpcFailure(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what} is {n_bytes / 1e6:.1f} MB; this server accepts at most "
-                f"{self.config.max_audio_bytes / 1e6:.1f} MB (send at most "
-                f"{self.config.max_query_seconds:g} s, e.g. 16 kHz mono)",
+                f"{what} is {n_bytes:,} bytes; this server accepts at most {limit / 1e6:.1f} MB "
+                f"({limit:,} bytes; send at most {self.config.max_query_seconds:g} s, e.g. 16 kHz mono)",
             )
 
     @staticmethod
@@ -418,6 +418,7 @@ class _StreamSession:
                             self.config.min_interim_interval_seconds)
         self.frame_bytes = PCM_BYTES[self.pcm_format] * self.channels
         self.max_bytes = int(self.config.max_query_seconds * self.sample_rate) * self.frame_bytes
+        """The seconds cap: the stream is answered when it is reached."""
         self.buffer = bytearray()
         self.next_interim = self.interval
         while self.next_interim < self.config.min_query_seconds:
@@ -434,7 +435,12 @@ class _StreamSession:
         return len(self.buffer) // self.frame_bytes / self.sample_rate
 
     def add(self, chunk: bytes) -> bool:
-        """Append a chunk; True when the audio cap is reached (the stream is then answered)."""
+        """Append a chunk; True when the audio cap is reached (the stream is then answered).
+        RESOURCE_EXHAUSTED when the stream would hold more bytes than one Identify request may (a
+        high rate times many channels reaches that long before the seconds cap)."""
+        kept = min(len(self.buffer) + len(chunk), self.max_bytes)
+        if kept > self.config.max_audio_bytes:
+            self.servicer._check_size(len(self.buffer) + len(chunk), "the stream's audio so far")
         self.buffer.extend(chunk)
         capped = len(self.buffer) >= self.max_bytes
         if capped:

@@ -511,3 +511,24 @@ def test_metrics_count_requests_and_errors(server_factory, embedder, index_dir, 
     assert 'earworm_responses_total{code="INVALID_ARGUMENT"} 1' in text
     assert 'earworm_request_latency_ms_bucket{le="+Inf"} 3' in text
     assert "3 requests" in server.metrics.summary_line()
+
+
+def test_a_stream_holds_no_more_bytes_than_one_request(server_factory, embedder, index_dir):
+    """A stream at 384 kHz x 16 channels of float32 used to be buffered up to 60 s (1,456 MiB)."""
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                               servicer={"max_audio_bytes": 1_000_000})
+    cfg = pb.StreamConfig(sample_rate_hz=384_000, channels=16, encoding=pb.PCM_ENCODING_F32LE)
+    sent = []
+
+    def requests():
+        yield pb.StreamIdentifyRequest(config=cfg)
+        for _ in range(40):  # 40 x 256 kB = 10 MB offered; 1 MB is the limit
+            sent.append(1)
+            yield pb.StreamIdentifyRequest(audio_chunk=b"\x00" * 256_000)
+
+    code, details = _code_of(lambda: list(_stub(target).StreamIdentify(requests(), timeout=30)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "the stream's audio so far is 1,024,000 bytes" in details and "at most 1.0 MB" in details
+    assert len(sent) < 40  # refused at the limit, not after buffering everything
