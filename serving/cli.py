@@ -43,6 +43,22 @@ def _on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"use on or off, got {text!r}")
 
 
+def read_token(path: Path | None) -> str | None:
+    """The bearer token: from the file at `path`, else $EARWORM_AUTH_TOKEN, else None. Never an
+    argument: the command line of a process is visible to every user of the machine (`ps`)."""
+    from serving.server import AUTH_TOKEN_ENV
+
+    if path is None:
+        return os.environ.get(AUTH_TOKEN_ENV, "").strip() or None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read the token file: {e}") from e
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
+
+
 # --- earworm serve ---------------------------------------------------------------------------
 def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) -> None:
     """Flags shared by `serve` and `bench-load` (in-process server)."""
@@ -95,15 +111,17 @@ def _register_serve(subparsers) -> None:
     from serving.server import AUTH_TOKEN_ENV, DEFAULT_PORT, ServerConfig
 
     d = ServerConfig()
-    p = subparsers.add_parser("serve", help="run the Recognizer gRPC server",
+    p = subparsers.add_parser("serve", help="run the Recognizer gRPC server", allow_abbrev=False,
                               description="Serve Identify/StreamIdentify over gRPC (health + reflection on).")
     add_server_arguments(p, model_required=True)
-    p.add_argument("--host", default=d.host, help=f"listen address (default {d.host})")
+    p.add_argument("--host", default=d.host, help=f"listen address (default {d.host}: this machine only; "
+                                                  "[::] or 0.0.0.0 to serve a network, with TLS and a token)")
     p.add_argument("--port", type=_nonneg_int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
-    p.add_argument("--auth-token", default=None,
-                   help=f"require 'authorization: Bearer TOKEN' (default: ${AUTH_TOKEN_ENV} if set)")
+    p.add_argument("--auth-token-file", type=Path, default=None,
+                   help=f"require 'authorization: Bearer TOKEN' with the token read from this file "
+                        f"(default: ${AUTH_TOKEN_ENV} if set; never on the command line, where `ps` shows it)")
     p.add_argument("--watch-index", type=float, default=d.watch_index_seconds,
                    help=f"poll the index's metadata.json every N s and swap in a new version "
                         f"(0: off; default {d.watch_index_seconds:g}); SIGHUP also reloads")
@@ -111,9 +129,13 @@ def _register_serve(subparsers) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from serving.server import AUTH_TOKEN_ENV, ServerError, create_server
+    from serving.server import ServerError, create_server
 
-    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    try:
+        token = read_token(args.auth_token_file)
+    except ValueError as e:
+        print(f"earworm serve: {e}", file=sys.stderr)
+        return 1
     config = server_config_from_args(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
                                      tls_key=args.tls_key, auth_token=token,
                                      watch_index_seconds=args.watch_index)
@@ -149,13 +171,14 @@ def run_serve(args: argparse.Namespace) -> int:
 def _register_identify(subparsers) -> None:
     from serving.client import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 
-    p = subparsers.add_parser("identify", help="identify a recording with a running server",
+    p = subparsers.add_parser("identify", help="identify a recording with a running server", allow_abbrev=False,
                               description="Send a recording (WAV/FLAC/Ogg/MP3/M4A/WebM) to an Earworm server.")
     p.add_argument("file", type=Path, help="the hum/whistle/singing recording")
     p.add_argument("--server", default=DEFAULT_TARGET, help=f"host:port (default {DEFAULT_TARGET})")
     p.add_argument("--top-k", type=_nonneg_int, default=5, help="matches to show (default 5)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON (for scripts)")
-    p.add_argument("--token", default=None, help="bearer token (default: $EARWORM_AUTH_TOKEN if set)")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="file holding the bearer token (default: $EARWORM_AUTH_TOKEN if set)")
     p.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (PEM): use TLS")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
     p.set_defaults(func=run_identify)
@@ -163,9 +186,12 @@ def _register_identify(subparsers) -> None:
 
 def run_identify(args: argparse.Namespace) -> int:
     from serving.client import ClientError, RecognizerClient, format_table
-    from serving.server import AUTH_TOKEN_ENV
 
-    token = args.token or os.environ.get(AUTH_TOKEN_ENV) or None
+    try:
+        token = read_token(args.token_file)
+    except ValueError as e:
+        print(f"earworm identify: {e}", file=sys.stderr)
+        return 2
     try:
         with RecognizerClient(args.server, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
             result = client.identify_file(args.file, top_k=args.top_k)

@@ -107,7 +107,7 @@ def _explain(error: grpc.RpcError, target: str) -> ClientError:
     elif code == grpc.StatusCode.INVALID_ARGUMENT:
         msg = f"the server refused the recording: {details}"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
-        msg = f"the server wants a valid token (--token or $EARWORM_AUTH_TOKEN): {details}"
+        msg = f"the server wants a valid token (--token-file or $EARWORM_AUTH_TOKEN): {details}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         msg = f"no answer in time from {target}: {details}"
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +58,9 @@ class ServerConfig:
 
     model_dir: Path | None = None
     index_dir: Path | None = None
-    host: str = "[::]"
+    host: str = "localhost"
+    """Listen address. Closed by default: loopback only; "[::]" or "0.0.0.0" to serve a network
+    (then with --tls-cert/--tls-key and a bearer token: README, "Deploying")."""
     port: int = DEFAULT_PORT
     workers: int = 8
     tls_cert: Path | None = None
@@ -149,10 +152,28 @@ def read_index_version(index_dir: Path | str) -> str | None:
 
 
 class _AuthInterceptor(grpc.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` on every RPC except health and reflection."""
+    """Requires `authorization: Bearer <token>` on every RPC except health and reflection. Every
+    rejected call is counted (status UNAUTHENTICATED in the metrics) and logged, at most one line
+    per `log_every_s` with the count since the last line."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, metrics: Metrics | None = None, log_every_s: float = 10.0):
         self._expected = f"Bearer {token}".encode()
+        self._metrics = metrics
+        self._log_every_s = log_every_s
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._last_log = -math.inf
+
+    def _rejected(self, method: str, peer_hint: str) -> None:
+        if self._metrics is not None:
+            self._metrics.record(method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
+        with self._lock:
+            self._unlogged += 1
+            now = time.monotonic()
+            if now - self._last_log < self._log_every_s:
+                return
+            count, self._unlogged, self._last_log = self._unlogged, 0, now
+        log.warning("rejected %d call(s) without the right bearer token (latest: %s%s)", count, method, peer_hint)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -163,6 +184,7 @@ class _AuthInterceptor(grpc.ServerInterceptor):
             given = given.decode("latin-1")
         if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
             return handler
+        self._rejected(handler_call_details.method, "" if given else ", no authorization metadata")
         return _deny(handler, "missing or wrong bearer token; send metadata 'authorization: Bearer <token>'")
 
 
@@ -330,7 +352,7 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
         raise ServerError(f"workers must be >= 1, got {config.workers}")
     metrics = Metrics()
     servicer = RecognizerServicer(config.servicer, metrics)
-    interceptors = [_AuthInterceptor(config.auth_token)] if config.auth_token else []
+    interceptors = [_AuthInterceptor(config.auth_token, metrics)] if config.auth_token else []
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="earworm-rpc"),
         interceptors=interceptors,

@@ -532,3 +532,38 @@ def test_a_stream_holds_no_more_bytes_than_one_request(server_factory, embedder,
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "the stream's audio so far is 1,024,000 bytes" in details and "at most 1.0 MB" in details
     assert len(sent) < 40  # refused at the limit, not after buffering everything
+
+
+def test_rejected_calls_are_counted_and_logged(server_factory, embedder, index_dir, good_query, caplog):
+    """Over 1,200 UNAUTHENTICATED calls used to leave the server reporting "errors: none"."""
+    import logging
+
+    from serving.client import ClientError, RecognizerClient
+    from serving.index import WindowIndex
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), auth_token="s3cret")
+    with caplog.at_level(logging.WARNING, logger="serving.server"), RecognizerClient(target, token="wrong") as c:
+        for _ in range(5):
+            with pytest.raises(ClientError):
+                c.identify_audio(good_query)
+    assert server.metrics.snapshot().codes.get("UNAUTHENTICATED") == 5
+    assert "UNAUTHENTICATED=5" in server.metrics.summary_line()
+    lines = [r for r in caplog.records if "without the right bearer token" in r.getMessage()]
+    assert 1 <= len(lines) < 5  # logged, but not once per call
+
+
+def test_closed_by_default_and_the_token_never_on_the_command_line(tmp_path, monkeypatch):
+    from serving.cli import read_token
+    from serving.server import AUTH_TOKEN_ENV, ServerConfig
+
+    assert ServerConfig().host == "localhost"
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert read_token(secret) == "s3cret"
+    monkeypatch.setenv(AUTH_TOKEN_ENV, "from-env")
+    assert read_token(None) == "from-env"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        read_token(tmp_path / "empty")
+    with pytest.raises(SystemExit):  # there is no flag that takes the secret itself
+        run_cli(["serve", "--model", "m", "--index", "i", "--auth-token", "s3cret"])
