@@ -220,6 +220,9 @@ class EarwormServer:
         self._stopped = threading.Event()
         self._embedding: DirectEmbedding | MicroBatcher | None = None
         self._reload_lock = threading.Lock()
+        self.reload_problem: str | None = None
+        """"serving index X, newer Y failed: reason" while the newest index on disk cannot be
+        served (also counted as index_reload_failures in the metrics); None when all is well."""
         self._watcher: threading.Thread | None = None
 
     # --- loading -----------------------------------------------------------------------------
@@ -291,23 +294,34 @@ class EarwormServer:
             try:
                 index = load_index(self.config.index_dir)
                 self.swap_index(index)
-            except IndexSwapError as e:
-                log.error("index reload refused, still serving %s: %s",
-                          state.index_version if state else "-", e)
+            except Exception as e:  # noqa: BLE001 - refused (IndexSwapError) or broken: keep the old one
+                serving = state.index_version if state else "-"
+                self.reload_problem = f"serving index {serving}, newer {on_disk} failed: {e}"
+                self.metrics.increment("index_reload_failures")
+                log.error("index reload failed (%s): %s", "refused" if isinstance(e, IndexSwapError) else "broken",
+                          self.reload_problem)
                 return False
-            except Exception as e:  # noqa: BLE001 - keep serving the old index
-                log.error("index reload failed, still serving the old index: %s", e)
-                return False
+            self.reload_problem = None
             return True
 
     def _watch_index(self) -> None:
-        last = read_index_version(self.config.index_dir)
-        while not self._stopped.wait(self.config.watch_index_seconds):
+        """Reload when the version on disk differs from the served one; a failed reload (e.g. a
+        version whose files are not all written yet) is retried with backoff until it succeeds or
+        the version on disk changes again."""
+        interval = self.config.watch_index_seconds
+        delay, failures = interval, 0
+        while not self._stopped.wait(delay):
             current = read_index_version(self.config.index_dir)
-            if current is not None and current != last:
-                log.info("index version on disk changed %s -> %s: reloading", last, current)
-                self.reload_index()
-                last = current
+            state = self.servicer.state
+            if current is None or state is None or current == state.index_version:
+                delay, failures = interval, 0
+                continue
+            log.info("index version on disk %s differs from the served %s: reloading", current, state.index_version)
+            if self.reload_index():
+                delay, failures = interval, 0
+            else:
+                failures += 1
+                delay = min(interval * 2 ** failures, max(interval, 300.0))
 
     # --- shutdown ----------------------------------------------------------------------------
     def stop(self, grace: float | None = 2.0) -> None:

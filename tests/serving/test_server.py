@@ -567,3 +567,31 @@ def test_closed_by_default_and_the_token_never_on_the_command_line(tmp_path, mon
         read_token(tmp_path / "empty")
     with pytest.raises(SystemExit):  # there is no flag that takes the secret itself
         run_cli(["serve", "--model", "m", "--index", "i", "--auth-token", "s3cret"])
+
+
+def test_a_failed_reload_is_retried_and_reported(server_factory, make_index, tmp_path):
+    """A version whose files were not all written yet failed once and was never retried: the server
+    kept the old index, reported SERVING and showed nothing."""
+    import shutil
+
+    path = tmp_path / "index"
+    v1 = make_index(" (v1)")
+    v1.save(path)
+    server, _ = server_factory(index_dir=path, watch_index_seconds=0.05)
+    v2 = make_index(" (v2)", track_ids=TRACK_IDS[:2])
+    staged = tmp_path / "staged"
+    v2.save(staged)
+    shutil.copy(staged / "metadata.json", path / "metadata.json")  # the new version, its files still old
+    for _ in range(200):
+        if server.reload_problem:
+            break
+        time.sleep(0.02)
+    assert server.reload_problem and v2.version in server.reload_problem and v1.version in server.reload_problem
+    assert server.servicer.state.index_version == v1.version
+    assert server.metrics.snapshot().extra.get("index_reload_failures", 0) >= 1
+    v2.save(path)  # now complete: the watcher's retry picks it up
+    for _ in range(400):
+        if server.servicer.state.index_version == v2.version:
+            break
+        time.sleep(0.02)
+    assert server.servicer.state.index_version == v2.version and server.reload_problem is None
