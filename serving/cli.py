@@ -73,7 +73,12 @@ def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) ->
     p.add_argument("--workers", type=_positive_int, default=d.workers,
                    help=f"request threads (default {d.workers})")
     p.add_argument("--max-audio-bytes", type=_positive_int, default=s.max_audio_bytes,
-                   help=f"largest accepted audio payload (default {s.max_audio_bytes})")
+                   help=f"largest accepted audio payload, and most bytes a stream may hold (default {s.max_audio_bytes})")
+    p.add_argument("--max-streams", type=_positive_int, default=s.max_concurrent_streams,
+                   help=f"StreamIdentify calls served at once; more get RESOURCE_EXHAUSTED "
+                        f"(default {s.max_concurrent_streams}; keep it below --workers)")
+    p.add_argument("--stream-idle-seconds", type=float, default=s.stream_idle_seconds,
+                   help=f"end a stream that sends nothing this long (default {s.stream_idle_seconds:g})")
     p.add_argument("--batching", type=_on_off, default=d.batching,
                    help=f"micro-batch embedding across concurrent requests: on|off "
                         f"(default {'on' if d.batching else 'off'})")
@@ -98,7 +103,8 @@ def server_config_from_args(args: argparse.Namespace, **overrides):
         model_dir=args.model,
         index_dir=args.index,
         workers=args.workers,
-        servicer=replace(ServicerConfig(), max_audio_bytes=args.max_audio_bytes),
+        servicer=replace(ServicerConfig(), max_audio_bytes=args.max_audio_bytes,
+                         max_concurrent_streams=args.max_streams, stream_idle_seconds=args.stream_idle_seconds),
         batching=args.batching,
         batch=replace(BatchingConfig(), max_wait_ms=args.batch_wait_ms),
         no_match_threshold=args.threshold,

@@ -78,6 +78,13 @@ class ServicerConfig:
     confident_margin: float = 0.1
     """A streamed answer is final early when its top score is at least threshold + this margin
     in two consecutive interim answers naming the same track."""
+    max_concurrent_streams: int = 4
+    """StreamIdentify calls served at once; more are refused with RESOURCE_EXHAUSTED at once, so that
+    streams (which hold a worker thread for their whole length) never take every thread."""
+    stream_idle_seconds: float = 10.0
+    """A stream that sends nothing for this long is ended (DEADLINE_EXCEEDED)."""
+    stream_total_seconds: float = 120.0
+    """No stream lasts longer than this, however it trickles its audio (DEADLINE_EXCEEDED)."""
 
 
 class EmbeddingBackend(Protocol):
@@ -153,6 +160,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self._state: ServingState | None = None
         self._embedding: EmbeddingBackend | None = None
         self._swap_lock = threading.Lock()
+        self._streams = threading.BoundedSemaphore(max(1, config.max_concurrent_streams))
 
     # --- lifecycle ---------------------------------------------------------------------------
     def attach(self, state: ServingState, embedding: EmbeddingBackend) -> None:
@@ -371,6 +379,18 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
     def _stream(self, requests: Iterator[pb.StreamIdentifyRequest], context: grpc.ServicerContext,
                 outcome: _Outcome) -> Iterator[pb.StreamIdentifyResponse]:
         state, embedding = self._serving()  # one index for the whole stream
+        if not self._streams.acquire(blocking=False):
+            raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the server is answering {self.config.max_concurrent_streams} streams already; "
+                              "retry shortly, or send the recording with Identify")
+        try:
+            yield from self._stream_session(_timed(requests, self.config), context, state, embedding, outcome)
+        finally:
+            self._streams.release()
+
+    def _stream_session(self, requests: Iterator[pb.StreamIdentifyRequest], context: grpc.ServicerContext,
+                        state: ServingState, embedding: EmbeddingBackend,
+                        outcome: _Outcome) -> Iterator[pb.StreamIdentifyResponse]:
         first = next(requests, None)
         if first is None:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
@@ -393,6 +413,46 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             if done:
                 break
         yield session.final()
+
+
+_END = object()
+
+
+def _timed(requests: Iterator[Any], config: ServicerConfig) -> Iterator[Any]:
+    """The stream's messages, ended with DEADLINE_EXCEEDED when none comes for
+    `stream_idle_seconds` or the stream outlasts `stream_total_seconds`. A reader thread pulls the
+    messages (a gRPC request iterator blocks until the client sends) through a small bounded queue;
+    it ends with the RPC."""
+    import queue
+
+    inbox: queue.Queue = queue.Queue(maxsize=2)
+
+    def read() -> None:
+        try:
+            for message in requests:
+                inbox.put(message)
+        except Exception as e:  # noqa: BLE001 - the RPC ended (cancelled) or the transport failed
+            inbox.put(e)
+            return
+        inbox.put(_END)
+
+    threading.Thread(target=read, name="earworm-stream-reader", daemon=True).start()
+    deadline = time.monotonic() + config.stream_total_seconds
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            item = inbox.get(timeout=max(0.0, min(config.stream_idle_seconds, left)))
+        except queue.Empty:
+            if left <= config.stream_idle_seconds:
+                raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the stream lasted {config.stream_total_seconds:g} s, the most a stream may") from None
+            raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"no audio for {config.stream_idle_seconds:g} s: the stream was ended") from None
+        if item is _END:
+            return
+        if isinstance(item, Exception):
+            raise item
+        yield item
 
 
 class _StreamSession:

@@ -595,3 +595,58 @@ def test_a_failed_reload_is_retried_and_reported(server_factory, make_index, tmp
             break
         time.sleep(0.02)
     assert server.servicer.state.index_version == v2.version and server.reload_problem is None
+
+
+def test_idle_streams_cannot_starve_identify_or_health(server_factory, embedder, index_dir, good_query):
+    """Eight streams that sent a config and then nothing used to hold all 8 worker threads: Identify
+    and the health check then failed with DEADLINE_EXCEEDED."""
+    from grpc_health.v1 import health_pb2
+
+    from serving.index import WindowIndex
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), workers=8,
+                                    servicer={"stream_idle_seconds": 1.5, "max_concurrent_streams": 4})
+    release = threading.Event()
+    codes: list[tuple[grpc.StatusCode, str]] = []
+
+    def idle_stream():
+        def requests():
+            yield pb.StreamIdentifyRequest(config=pb.StreamConfig(sample_rate_hz=C.SAMPLE_RATE))
+            release.wait(20)  # then nothing
+
+        try:
+            list(_stub(target).StreamIdentify(requests(), timeout=20))
+            codes.append((grpc.StatusCode.OK, ""))
+        except grpc.RpcError as e:
+            codes.append((e.code(), e.details()))
+
+    threads = [threading.Thread(target=idle_stream) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert _health(target) == health_pb2.HealthCheckResponse.SERVING
+    answer = _stub(target).Identify(pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(good_query))), timeout=5)
+    assert answer.matches[0].track_id == TRACK_IDS[1]
+    for t in threads:
+        t.join(10)
+    release.set()
+    refused = [d for c, d in codes if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    idle = [d for c, d in codes if c == grpc.StatusCode.DEADLINE_EXCEEDED]
+    assert len(refused) == 4 and "4 streams already" in refused[0]
+    assert len(idle) == 4 and "no audio for 1.5 s" in idle[0]
+
+
+def test_a_trickling_stream_ends_at_the_total_limit():
+    from serving.servicer import ServicerConfig, _RpcFailure, _timed
+
+    def trickle():
+        while True:
+            time.sleep(0.05)
+            yield b"x"
+
+    cfg = ServicerConfig(stream_idle_seconds=1.0, stream_total_seconds=0.4)
+    with pytest.raises(_RpcFailure, match="lasted 0.4 s") as info:
+        for _ in _timed(trickle(), cfg):
+            pass
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert list(_timed(iter([1, 2, 3]), cfg)) == [1, 2, 3]
