@@ -128,6 +128,9 @@ def _register_serve(subparsers) -> None:
     p.add_argument("--auth-token-file", type=Path, default=None,
                    help=f"require 'authorization: Bearer TOKEN' with the token read from this file "
                         f"(default: ${AUTH_TOKEN_ENV} if set; never on the command line, where `ps` shows it)")
+    p.add_argument("--index-mmap", action="store_true",
+                   help="memory-map the index's embeddings instead of reading them into memory (for indexes "
+                        "too big to copy; then replace the index only by renaming a complete directory)")
     p.add_argument("--watch-index", type=float, default=d.watch_index_seconds,
                    help=f"poll the index's metadata.json every N s and swap in a new version "
                         f"(0: off; default {d.watch_index_seconds:g}); SIGHUP also reloads")
@@ -144,7 +147,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     config = server_config_from_args(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
                                      tls_key=args.tls_key, auth_token=token,
-                                     watch_index_seconds=args.watch_index)
+                                     watch_index_seconds=args.watch_index, index_mmap=args.index_mmap)
     server = None
     try:
         server, port = create_server(config, wait=False)

@@ -69,6 +69,9 @@ class ServerConfig:
     servicer: ServicerConfig = field(default_factory=ServicerConfig)
     batching: bool = DEFAULT_BATCHING
     batch: BatchingConfig = field(default_factory=BatchingConfig)
+    index_mmap: bool = False
+    """Memory-map embeddings.npy instead of reading it (`load_index`): for indexes too big to copy,
+    swapped only by renaming a complete directory into place."""
     watch_index_seconds: float = 5.0
     """Poll the index's metadata.json this often and swap in a new version (0: never)."""
     no_match_threshold: float | None = None
@@ -106,10 +109,15 @@ def check_versions(model_version: str, index: Any, index_dir: Path | str | None 
         )
 
 
-def load_index(index_dir: Path | str) -> Any:
+def load_index(index_dir: Path | str, mmap: bool = False) -> Any:
+    """The index the server answers from. Its embeddings are read into memory (4 x dim bytes per
+    window: 0.5 KB at dim 128, 154 MB for 300k windows) unless `mmap`: a memory-mapped file that
+    something else overwrites in place (`cp` over embeddings.npy) kills the process with SIGBUS, so
+    mapping is only for indexes too big to copy, and then only swapped by renaming a complete
+    directory into place (what `earworm index` and `WindowIndex.save` do)."""
     from serving.index import WindowIndex
 
-    return WindowIndex.load(index_dir)
+    return WindowIndex.load(index_dir, mmap=mmap)
 
 
 def load_components(config: ServerConfig) -> Components:
@@ -121,7 +129,7 @@ def load_components(config: ServerConfig) -> Components:
         raise ServerError("both a model directory and an index directory are needed")
     try:
         embedder = Embedder(config.model_dir)
-        index = load_index(config.index_dir)
+        index = load_index(config.index_dir, config.index_mmap)
     except Exception as e:  # ModelError, IndexLoadError, OSError: all mean "cannot start"
         raise ServerError(str(e)) from e
     check_versions(embedder.version, index, config.index_dir)
@@ -292,7 +300,7 @@ class EarwormServer:
             if on_disk is None or (state is not None and on_disk == state.index_version and not force):
                 return False
             try:
-                index = load_index(self.config.index_dir)
+                index = load_index(self.config.index_dir, self.config.index_mmap)
                 self.swap_index(index)
             except Exception as e:  # noqa: BLE001 - refused (IndexSwapError) or broken: keep the old one
                 serving = state.index_version if state else "-"

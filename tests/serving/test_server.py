@@ -650,3 +650,20 @@ def test_a_trickling_stream_ends_at_the_total_limit():
             pass
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert list(_timed(iter([1, 2, 3]), cfg)) == [1, 2, 3]
+
+
+def test_copying_over_the_live_index_files_cannot_crash_the_server(server_factory, make_index, tmp_path,
+                                                                    good_query):
+    """`cp` over embeddings.npy while the server mapped it killed the server with SIGBUS, twice."""
+    import shutil
+
+    path = tmp_path / "index"
+    make_index(" (v1)").save(path)
+    smaller = tmp_path / "smaller"
+    make_index(" (v2)", track_ids=TRACK_IDS[:1]).save(smaller)
+    _, target = server_factory(index_dir=path, watch_index_seconds=0)
+    request = pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(good_query)))
+    before = _stub(target).Identify(request, timeout=20)
+    shutil.copyfile(smaller / "embeddings.npy", path / "embeddings.npy")  # in place: truncate + write
+    after = _stub(target).Identify(request, timeout=20)
+    assert after.matches[0].track_id == before.matches[0].track_id == TRACK_IDS[1]
