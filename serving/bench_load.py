@@ -316,7 +316,8 @@ def register(subparsers) -> None:
     p.add_argument("--synthetic-dir", type=Path, default=None,
                    help="where synthetic indexes are kept (default artifacts/bench)")
     p.add_argument("--server-pid", type=int, default=None, help="with --server: sample this process's RSS")
-    p.add_argument("--token", default=None, help="bearer token for --server")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="file holding the bearer token for --server (default: $EARWORM_AUTH_TOKEN if set)")
     p.add_argument("--clients", type=_positive_int, default=d.clients, help=f"default {d.clients}")
     p.add_argument("--seconds", type=float, default=d.seconds, help=f"default {d.seconds:g}")
     p.add_argument("--query-seconds", type=float, default=d.query_seconds, help=f"default {d.query_seconds:g}")
@@ -373,7 +374,9 @@ def run_bench_load(args: argparse.Namespace) -> int:
                   f"batching {'on' if sc.batching else 'off'}", flush=True)
         else:
             target, pid, metrics = args.server, args.server_pid, None
-        result = run_load(target, config, token=args.token, server_pid=pid, metrics=metrics)
+        from serving.cli import read_token
+
+        result = run_load(target, config, token=read_token(args.token_file), server_pid=pid, metrics=metrics)
         if server is not None and server.embedding_stats():
             stats = server.embedding_stats()
             result.server["mean_batch_requests"] = round(

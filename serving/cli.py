@@ -77,6 +77,9 @@ def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) ->
     p.add_argument("--max-streams", type=_positive_int, default=s.max_concurrent_streams,
                    help=f"StreamIdentify calls served at once; more get RESOURCE_EXHAUSTED "
                         f"(default {s.max_concurrent_streams}; keep it below --workers)")
+    p.add_argument("--max-identify", type=_positive_int, default=s.max_concurrent_identify,
+                   help=f"Identify calls worked on at once; more get RESOURCE_EXHAUSTED at once "
+                        f"(default {s.max_concurrent_identify}; with --max-streams, keep it below --workers)")
     p.add_argument("--stream-idle-seconds", type=float, default=s.stream_idle_seconds,
                    help=f"end a stream that sends nothing this long (default {s.stream_idle_seconds:g})")
     p.add_argument("--batching", type=_on_off, default=d.batching,
@@ -104,7 +107,8 @@ def server_config_from_args(args: argparse.Namespace, **overrides):
         index_dir=args.index,
         workers=args.workers,
         servicer=replace(ServicerConfig(), max_audio_bytes=args.max_audio_bytes,
-                         max_concurrent_streams=args.max_streams, stream_idle_seconds=args.stream_idle_seconds),
+                         max_concurrent_streams=args.max_streams, max_concurrent_identify=args.max_identify,
+                         stream_idle_seconds=args.stream_idle_seconds),
         batching=args.batching,
         batch=replace(BatchingConfig(), max_wait_ms=args.batch_wait_ms),
         no_match_threshold=args.threshold,

@@ -36,6 +36,9 @@ from serving.servicer import SERVICE_NAME, IndexSwapError, RecognizerServicer, S
 log = logging.getLogger(__name__)
 
 AUTH_TOKEN_ENV = "EARWORM_AUTH_TOKEN"
+MAX_QUEUED_RPCS_PER_WORKER = 8
+"""Calls gRPC accepts at once (running or waiting for a thread) per worker thread; more are refused
+with RESOURCE_EXHAUSTED by gRPC itself, so the wait queue is bounded."""
 DEFAULT_PORT = 50051
 DEFAULT_BATCHING = False
 """Micro-batching across requests is off by default because it did not pay on the 2-core machine:
@@ -372,12 +375,18 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
     """
     if config.workers < 1:
         raise ServerError(f"workers must be >= 1, got {config.workers}")
+    busy = config.servicer.max_concurrent_identify + config.servicer.max_concurrent_streams
+    if busy >= config.workers:
+        log.warning("%d Identify + %d streams may hold all %d worker threads: health checks can then wait "
+                    "(raise --workers or lower the limits)", config.servicer.max_concurrent_identify,
+                    config.servicer.max_concurrent_streams, config.workers)
     metrics = Metrics()
     servicer = RecognizerServicer(config.servicer, metrics)
     interceptors = [_AuthInterceptor(config.auth_token, metrics)] if config.auth_token else []
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="earworm-rpc"),
         interceptors=interceptors,
+        maximum_concurrent_rpcs=MAX_QUEUED_RPCS_PER_WORKER * config.workers,  # beyond: RESOURCE_EXHAUSTED
         options=[
             ("grpc.max_receive_message_length", config.max_receive_bytes),
             ("grpc.so_reuseport", 0),

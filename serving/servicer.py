@@ -78,9 +78,13 @@ class ServicerConfig:
     confident_margin: float = 0.1
     """A streamed answer is final early when its top score is at least threshold + this margin
     in two consecutive interim answers naming the same track."""
-    max_concurrent_streams: int = 4
+    max_concurrent_streams: int = 2
     """StreamIdentify calls served at once; more are refused with RESOURCE_EXHAUSTED at once, so that
     streams (which hold a worker thread for their whole length) never take every thread."""
+    max_concurrent_identify: int = 5
+    """Identify calls worked on at once; more are refused with RESOURCE_EXHAUSTED at once instead of
+    waiting (admission control: under overload a client learns it in milliseconds and can back off).
+    With the streams this stays below the server's worker threads, so health always finds one."""
     stream_idle_seconds: float = 10.0
     """A stream that sends nothing for this long is ended (DEADLINE_EXCEEDED)."""
     stream_total_seconds: float = 120.0
@@ -161,6 +165,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self._embedding: EmbeddingBackend | None = None
         self._swap_lock = threading.Lock()
         self._streams = threading.BoundedSemaphore(max(1, config.max_concurrent_streams))
+        self._identifies = threading.BoundedSemaphore(max(1, config.max_concurrent_identify))
 
     # --- lifecycle ---------------------------------------------------------------------------
     def attach(self, state: ServingState, embedding: EmbeddingBackend) -> None:
@@ -337,6 +342,17 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
     def _identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext,
                   outcome: _Outcome) -> pb.IdentifyResponse:
+        if not self._identifies.acquire(blocking=False):
+            raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the server is busy ({self.config.max_concurrent_identify} recordings in progress); "
+                              "retry in a moment")
+        try:
+            return self._identify_admitted(request, context, outcome)
+        finally:
+            self._identifies.release()
+
+    def _identify_admitted(self, request: pb.IdentifyRequest, context: grpc.ServicerContext,
+                           outcome: _Outcome) -> pb.IdentifyResponse:
         state, embedding = self._serving()
         audio_msg = request.audio
         kind = audio_msg.WhichOneof("content")

@@ -667,3 +667,32 @@ def test_copying_over_the_live_index_files_cannot_crash_the_server(server_factor
     shutil.copyfile(smaller / "embeddings.npy", path / "embeddings.npy")  # in place: truncate + write
     after = _stub(target).Identify(request, timeout=20)
     assert after.matches[0].track_id == before.matches[0].track_id == TRACK_IDS[1]
+
+
+def test_overload_is_refused_at_once_and_health_still_answers(server_factory, embedder, index_dir, good_query):
+    """With no admission control, 32 clients waited 1.6 s (p50) in an unbounded queue."""
+    from grpc_health.v1 import health_pb2
+
+    from serving.index import WindowIndex
+
+    release = threading.Event()
+    calls = []
+
+    def slow(windows):  # quick for the warm-up, then held until released
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(10)
+        return embedder.embed_windows(windows)
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir), embed_windows=slow),
+                                    workers=4, servicer={"max_concurrent_identify": 1})
+    request = pb.IdentifyRequest(audio=pb.Audio(encoded=encode_audio(good_query)))
+    first = _stub(target).Identify.future(request, timeout=20)
+    while len(calls) < 2:
+        time.sleep(0.01)
+    code, details = _code_of(lambda: _stub(target).Identify(request, timeout=20))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in details  # refused, not queued
+    assert _health(target) == health_pb2.HealthCheckResponse.SERVING
+    release.set()
+    assert first.result().matches[0].track_id == TRACK_IDS[1]
+    assert server.metrics.snapshot().codes.get("RESOURCE_EXHAUSTED") == 1
