@@ -442,33 +442,47 @@ def _timed(requests: Iterator[Any], config: ServicerConfig) -> Iterator[Any]:
     import queue
 
     inbox: queue.Queue = queue.Queue(maxsize=2)
+    done = threading.Event()  # the consumer stopped: the reader must not wait on a full inbox forever
+
+    def put(item: Any) -> bool:
+        while not done.is_set():
+            try:
+                inbox.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def read() -> None:
         try:
             for message in requests:
-                inbox.put(message)
+                if not put(message):
+                    return
         except Exception as e:  # noqa: BLE001 - the RPC ended (cancelled) or the transport failed
-            inbox.put(e)
+            put(e)
             return
-        inbox.put(_END)
+        put(_END)
 
     threading.Thread(target=read, name="earworm-stream-reader", daemon=True).start()
     deadline = time.monotonic() + config.stream_total_seconds
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            item = inbox.get(timeout=max(0.0, min(config.stream_idle_seconds, left)))
-        except queue.Empty:
-            if left <= config.stream_idle_seconds:
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                item = inbox.get(timeout=max(0.0, min(config.stream_idle_seconds, left)))
+            except queue.Empty:
+                if left <= config.stream_idle_seconds:
+                    raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the stream lasted "
+                                      f"{config.stream_total_seconds:g} s, the most a stream may") from None
                 raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"the stream lasted {config.stream_total_seconds:g} s, the most a stream may") from None
-            raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              f"no audio for {config.stream_idle_seconds:g} s: the stream was ended") from None
-        if item is _END:
-            return
-        if isinstance(item, Exception):
-            raise item
-        yield item
+                                  f"no audio for {config.stream_idle_seconds:g} s: the stream was ended") from None
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        done.set()
 
 
 class _StreamSession:

@@ -696,3 +696,22 @@ def test_overload_is_refused_at_once_and_health_still_answers(server_factory, em
     release.set()
     assert first.result().matches[0].track_id == TRACK_IDS[1]
     assert server.metrics.snapshot().codes.get("RESOURCE_EXHAUSTED") == 1
+
+
+def test_the_stream_reader_ends_when_the_stream_does():
+    from serving.servicer import ServicerConfig, _timed
+
+    def endless():
+        while True:
+            yield b"x"
+
+    before = [t for t in threading.enumerate() if t.name == "earworm-stream-reader" and t.is_alive()]
+    stream = _timed(endless(), ServicerConfig())
+    assert next(stream) == b"x"
+    stream.close()  # the consumer stops early (a final answer) while the reader has more to give
+    for _ in range(100):
+        alive = [t for t in threading.enumerate() if t.name == "earworm-stream-reader" and t.is_alive()]
+        if len(alive) <= len(before):
+            break
+        time.sleep(0.05)
+    assert len(alive) <= len(before)
