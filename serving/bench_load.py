@@ -305,7 +305,7 @@ def register(subparsers) -> None:
 
     d = LoadBenchConfig()
     p = subparsers.add_parser(
-        "bench-load", help="concurrent-client load benchmark of the server",
+        "bench-load", help="concurrent-client load benchmark of the server", allow_abbrev=False,
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", type=Path, help="exported model: start a server in this process")
@@ -343,6 +343,13 @@ def run_bench_load(args: argparse.Namespace) -> int:
         logging.getLogger("serving.servicer").setLevel(logging.WARNING)
     config = replace(LoadBenchConfig(), clients=args.clients, seconds=args.seconds,
                      query_seconds=args.query_seconds, seed=args.seed)
+    from serving.cli import read_token
+
+    try:
+        token = read_token(args.token_file)
+    except ValueError as e:
+        print(f"earworm bench-load: {e}", file=os.sys.stderr)
+        return 2
     server = None
     try:
         if args.model is not None:
@@ -374,9 +381,7 @@ def run_bench_load(args: argparse.Namespace) -> int:
                   f"batching {'on' if sc.batching else 'off'}", flush=True)
         else:
             target, pid, metrics = args.server, args.server_pid, None
-        from serving.cli import read_token
-
-        result = run_load(target, config, token=read_token(args.token_file), server_pid=pid, metrics=metrics)
+        result = run_load(target, config, token=token, server_pid=pid, metrics=metrics)
         if server is not None and server.embedding_stats():
             stats = server.embedding_stats()
             result.server["mean_batch_requests"] = round(

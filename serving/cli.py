@@ -28,6 +28,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _nonneg_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -80,7 +87,7 @@ def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) ->
     p.add_argument("--max-identify", type=_positive_int, default=s.max_concurrent_identify,
                    help=f"Identify calls worked on at once; more get RESOURCE_EXHAUSTED at once "
                         f"(default {s.max_concurrent_identify}; with --max-streams, keep it below --workers)")
-    p.add_argument("--stream-idle-seconds", type=float, default=s.stream_idle_seconds,
+    p.add_argument("--stream-idle-seconds", type=_positive_float, default=s.stream_idle_seconds,
                    help=f"end a stream that sends nothing this long (default {s.stream_idle_seconds:g})")
     p.add_argument("--batching", type=_on_off, default=d.batching,
                    help=f"micro-batch embedding across concurrent requests: on|off "

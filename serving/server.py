@@ -320,19 +320,23 @@ class EarwormServer:
         version whose files are not all written yet) is retried with backoff until it succeeds or
         the version on disk changes again."""
         interval = self.config.watch_index_seconds
-        delay, failures = interval, 0
+        cap = max(interval, 300.0)
+        delay, failed_version = interval, None
         while not self._stopped.wait(delay):
             current = read_index_version(self.config.index_dir)
             state = self.servicer.state
             if current is None or state is None or current == state.index_version:
-                delay, failures = interval, 0
+                delay, failed_version = interval, None
+                if current is not None and state is not None:
+                    self.reload_problem = None  # e.g. rolled back to the served version
                 continue
+            if current != failed_version:
+                delay = interval  # a new version on disk: no backoff carried over
             log.info("index version on disk %s differs from the served %s: reloading", current, state.index_version)
             if self.reload_index():
-                delay, failures = interval, 0
+                delay, failed_version = interval, None
             else:
-                failures += 1
-                delay = min(interval * 2 ** failures, max(interval, 300.0))
+                failed_version, delay = current, min(delay * 2, cap)
 
     # --- shutdown ----------------------------------------------------------------------------
     def stop(self, grace: float | None = 2.0) -> None:

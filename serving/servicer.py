@@ -468,6 +468,9 @@ def _timed(requests: Iterator[Any], config: ServicerConfig) -> Iterator[Any]:
     try:
         while True:
             left = deadline - time.monotonic()
+            if left <= 0:  # also when messages keep coming
+                raise _RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"the stream lasted {config.stream_total_seconds:g} s, the most a stream may")
             try:
                 item = inbox.get(timeout=max(0.0, min(config.stream_idle_seconds, left)))
             except queue.Empty:
@@ -507,8 +510,13 @@ class _StreamSession:
         self.interval = max(interval or self.config.interim_interval_seconds,
                             self.config.min_interim_interval_seconds)
         self.frame_bytes = PCM_BYTES[self.pcm_format] * self.channels
-        self.max_bytes = int(self.config.max_query_seconds * self.sample_rate) * self.frame_bytes
-        """The seconds cap: the stream is answered when it is reached."""
+        seconds_cap = int(self.config.max_query_seconds * self.sample_rate) * self.frame_bytes
+        bytes_cap = self.config.max_audio_bytes // self.frame_bytes * self.frame_bytes
+        self.max_bytes = min(seconds_cap, bytes_cap)
+        """The stream is answered when it holds this much: max_query_seconds of audio, or as many bytes
+        as one Identify request may carry, whichever comes first."""
+        self.cap_is_too_small = bytes_cap // self.frame_bytes < self.config.min_query_seconds * self.sample_rate
+        """At this rate and channel count the byte cap holds less audio than a query needs."""
         self.buffer = bytearray()
         self.next_interim = self.interval
         while self.next_interim < self.config.min_query_seconds:
@@ -526,10 +534,9 @@ class _StreamSession:
 
     def add(self, chunk: bytes) -> bool:
         """Append a chunk; True when the audio cap is reached (the stream is then answered).
-        RESOURCE_EXHAUSTED when the stream would hold more bytes than one Identify request may (a
-        high rate times many channels reaches that long before the seconds cap)."""
-        kept = min(len(self.buffer) + len(chunk), self.max_bytes)
-        if kept > self.config.max_audio_bytes:
+        RESOURCE_EXHAUSTED when a rate and channel count so high that the byte cap holds less audio
+        than a query needs pass that cap (384 kHz x 16 channels of float32: 0.7 s per 16 MB)."""
+        if self.cap_is_too_small and len(self.buffer) + len(chunk) > self.max_bytes:
             self.servicer._check_size(len(self.buffer) + len(chunk), "the stream's audio so far")
         self.buffer.extend(chunk)
         capped = len(self.buffer) >= self.max_bytes

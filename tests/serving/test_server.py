@@ -715,3 +715,22 @@ def test_the_stream_reader_ends_when_the_stream_does():
             break
         time.sleep(0.05)
     assert len(alive) <= len(before)
+
+
+def test_a_long_high_rate_stream_is_answered_at_the_byte_cap(server_factory, embedder, index_dir, good_query):
+    """48 kHz stereo float32 reaches one request's bytes before 60 s: it is answered there, not refused."""
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                               servicer={"max_audio_bytes": 8 * 48_000 * 12})  # 12 s at 48 kHz stereo f32
+    loud = soxr.resample(np.tile(good_query, 2), C.SAMPLE_RATE, 48_000).astype(np.float32)  # 20 s
+    pcm = np.stack([loud, loud], axis=1).astype("<f4").tobytes()
+    cfg = pb.StreamConfig(sample_rate_hz=48_000, channels=2, encoding=pb.PCM_ENCODING_F32LE)
+
+    def requests():
+        yield pb.StreamIdentifyRequest(config=cfg)
+        for i in range(0, len(pcm), 384_000):
+            yield pb.StreamIdentifyRequest(audio_chunk=pcm[i : i + 384_000])
+
+    answers = list(_stub(target).StreamIdentify(requests(), timeout=30))
+    assert answers[-1].is_final and answers[-1].result.audio_seconds <= 12.01
