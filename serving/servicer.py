@@ -1,10 +1,13 @@
 """The `earworm.v1.Recognizer` gRPC servicer: Identify and StreamIdentify.
 
-Every request ends with a deliberate status code, never UNKNOWN:
+Every request ends with a deliberate status code, never UNKNOWN (a query with no melody is an OK
+answer: no_match with NO_MATCH_REASON_NO_MELODY):
 - INVALID_ARGUMENT: unusable audio (every `data_gen.audio.AudioError`, with its human message),
   bad parameters (top_k, sample rate, encoding, missing audio, stream without config);
-- RESOURCE_EXHAUSTED: audio larger than `max_audio_bytes`;
-- DEADLINE_EXCEEDED: no time left before or after embedding;
+- RESOURCE_EXHAUSTED: audio larger than `max_audio_bytes`; more than `max_concurrent_identify`
+  recordings or `max_concurrent_streams` streams at once (admission control: refused at once);
+- DEADLINE_EXCEEDED: no time left before or after embedding; a stream idle for
+  `stream_idle_seconds` or older than `stream_total_seconds`;
 - UNAVAILABLE: the model and index are still loading;
 - INTERNAL: anything unexpected (logged with its traceback; the client sees a generic message).
 
