@@ -27,6 +27,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from data_gen import constants as C
+from data_gen.pitch.base import held_notes
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,6 @@ def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[starts], np.diff(np.r_[starts, values.size])
 
 
-def _held_notes(midi: np.ndarray, min_frames: int) -> np.ndarray:
-    """Semitones held for at least `min_frames` consecutive frames (NaN = unvoiced): int [runs]."""
-    notes = np.where(np.isfinite(midi), np.rint(np.nan_to_num(midi, nan=-1.0)), -1).astype(np.int64)
-    value, length = _runs(notes)
-    return value[(length >= min_frames) & (value >= 0)]
-
-
 def _phrase_seconds(voiced: np.ndarray) -> float:
     """Typical length of the pitched stretches: their mean length weighted by length (seconds)."""
     value, length = _runs(voiced.astype(np.int64))
@@ -103,7 +97,7 @@ def describe(midi: np.ndarray, voiced: np.ndarray, config: MelodyGateConfig = Me
         lo, hi = np.percentile(smooth[voiced], [5, 95])
         spread = float(hi - lo)
         min_frames = max(1, int(round(config.min_note_seconds / C.PITCH_HOP_SECONDS)))
-        distinct = int(np.unique(_held_notes(smooth, min_frames)).size)
+        distinct = int(np.unique(held_notes(smooth, min_frames)[0]).size)
     else:
         spread, distinct = 0.0, 0
     phrase = _phrase_seconds(voiced)

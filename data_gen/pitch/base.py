@@ -121,6 +121,22 @@ class PitchTrack:
         return PitchTrack(self.f0_hz[index], self.confidence[index], self.voiced[index])
 
 
+def held_notes(midi: np.ndarray, min_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The notes of a pitch contour: runs of frames whose pitch rounds to one semitone for at least
+    `min_frames` frames. midi float [frames] (NaN = unvoiced) -> (semitone int64 [notes], first frame
+    [notes], frame after the last [notes])."""
+    midi = np.asarray(midi, dtype=np.float64)
+    voiced = np.isfinite(midi)
+    notes = np.where(voiced, np.rint(np.where(voiced, midi, 0.0)), -1).astype(np.int64)
+    if notes.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    starts = np.r_[0, np.flatnonzero(np.diff(notes)) + 1]
+    stops = np.r_[starts[1:], notes.size]
+    keep = (stops - starts >= min_frames) & voiced[starts]
+    return notes[starts[keep]], starts[keep], stops[keep]
+
+
 def resample_to_pitch_grid(
     source_times: np.ndarray,
     f0_hz: np.ndarray,

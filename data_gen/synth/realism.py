@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from data_gen import constants as C
+from data_gen.pitch.base import held_notes
 
 STATS = ("spectral_tilt_db_per_octave", "energy_above_4k_db", "breathiness", "noise_floor_db",
          "onsets_per_s", "vibrato_cents", "tempo_drift")
@@ -54,18 +55,6 @@ def _spectrum_stats(audio: np.ndarray) -> tuple[float, float]:
     return tilt, 10 * np.log10(high + 1e-12)
 
 
-def _note_runs(midi: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
-    """(start, stop) frame spans where the rounded pitch holds one semitone for >= min_frames."""
-    notes = np.where(np.isfinite(midi), np.rint(np.nan_to_num(midi, nan=-1000.0)), -1000).astype(np.int64)
-    spans, start = [], 0
-    for i in range(1, notes.size + 1):
-        if i == notes.size or notes[i] != notes[start]:
-            if notes[start] > -1000 and i - start >= min_frames:
-                spans.append((start, i))
-            start = i
-    return spans
-
-
 def hum_stats(audio: np.ndarray) -> HumStats:
     """mono float32 [time] at SAMPLE_RATE -> HumStats (NaN where a statistic has nothing to measure)."""
     from data_gen.pitch.yin import YinExtractor
@@ -82,7 +71,8 @@ def hum_stats(audio: np.ndarray) -> HumStats:
     quiet = ~voiced & (frames.level > 0)
     floor = (20 * np.log10(np.median(frames.level[quiet]) / np.median(frames.level[voiced]))
              if voiced.any() and quiet.any() else float("nan"))
-    notes = _note_runs(midi, int(round(0.08 / hop)))
+    _, note_starts, note_stops = held_notes(midi, int(round(0.08 / hop)))
+    notes = list(zip(note_starts.tolist(), note_stops.tolist()))
     onsets = len(notes) / max(voiced.sum() * hop, 1e-9) if voiced.any() else float("nan")
     wobble = []
     for a, b in notes:

@@ -166,3 +166,10 @@ def test_unknown_backend_and_option_are_value_errors():
         pitch.make_extractor("pyin", hop=3)
     with pytest.raises(ValueError, match="decoder"):
         pitch.make_extractor("crepe", decoder="beam")
+
+
+def test_held_notes_of_a_contour():
+    midi = np.r_[np.full(5, 60.2), np.full(3, 61.9), np.full(2, np.nan), np.full(4, 64.0), [59.6]]
+    semitones, starts, stops = pitch.held_notes(midi, min_frames=3)
+    assert semitones.tolist() == [60, 62, 64] and starts.tolist() == [0, 5, 10] and stops.tolist() == [5, 8, 14]
+    assert [a.size for a in pitch.held_notes(np.zeros(0), 3)] == [0, 0, 0]
