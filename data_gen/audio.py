@@ -50,6 +50,10 @@ FFMPEG_DEMUXERS = (
 browsers record into (mov = MP4/M4A/3GP, matroska = MKV/WebM, asf = WMA). Nothing that can
 reference other files or URLs (HLS, concat, ...)."""
 
+MIN_NATIVE_RATE = 4_000
+"""Lowest sample rate a recording (file, stream or raw PCM) may claim. Narrow-band telephone audio
+is 8 kHz and a hum's fundamental and first harmonics need a few kHz; below 4 kHz there is no melody
+to hear, and a tiny claimed rate would make a few bytes resample into gigabytes."""
 MAX_NATIVE_RATE = 384_000
 """Highest sample rate a recording (file, stream or raw PCM) may claim: the highest that studio
 converters use; a higher one is damage or an attack (memory grows with the claimed rate)."""
@@ -197,7 +201,7 @@ def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.n
             rate, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
             if rate <= 0 or frames < 0:
                 return None
-            if rate > MAX_NATIVE_RATE or not 0 < channels <= MAX_CHANNELS:
+            if not MIN_NATIVE_RATE <= rate <= MAX_NATIVE_RATE or not 0 < channels <= MAX_CHANNELS:
                 samples = None  # refused below, outside this `except ValueError`
             elif max_seconds is not None and frames / rate > max_seconds:
                 samples = None
@@ -215,9 +219,9 @@ def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.n
 
 def _refuse_layout(rate: int, channels: int) -> None:
     """UndecodableAudioError for a sample rate or channel count no recording has."""
-    if rate > MAX_NATIVE_RATE:
-        raise UndecodableAudioError(f"the recording claims {rate} samples per second; at most "
-                                    f"{MAX_NATIVE_RATE} is accepted")
+    if not MIN_NATIVE_RATE <= rate <= MAX_NATIVE_RATE:
+        raise UndecodableAudioError(f"the recording claims {rate:,} samples per second; the sample rate must be "
+                                    f"between {MIN_NATIVE_RATE:,} and {MAX_NATIVE_RATE:,} Hz")
     if not 0 < channels <= MAX_CHANNELS:
         raise UndecodableAudioError(f"the recording claims {channels} channels; at most {MAX_CHANNELS} "
                                     "are accepted")
@@ -365,8 +369,9 @@ def pcm_to_audio(
         raise EmptyAudioError("the recording is empty (0 bytes)")
     if pcm_format not in PCM_FORMATS:
         raise AudioError(f"unknown PCM format {pcm_format!r}; use one of {sorted(PCM_FORMATS)}")
-    if sample_rate <= 0 or sample_rate > MAX_NATIVE_RATE:
-        raise AudioError(f"PCM sample rate must be between 1 and {MAX_NATIVE_RATE} Hz, got {sample_rate}")
+    if not MIN_NATIVE_RATE <= sample_rate <= MAX_NATIVE_RATE:
+        raise AudioError(f"the PCM sample rate must be between {MIN_NATIVE_RATE:,} and {MAX_NATIVE_RATE:,} Hz, "
+                         f"got {sample_rate:,}")
     if channels < 1:
         raise AudioError(f"PCM channel count must be at least 1, got {channels}")
     dtype = PCM_FORMATS[pcm_format]

@@ -261,8 +261,8 @@ def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
         n = max(window.total, 1)
         server = {"requests": window.total, "codes": window.codes,
                   "mean_latency_ms": round(window.latency_sum_ms / n, 1),
-                  "mean_embed_ms": round(window.extra.get("embed_ms", 0.0) / n, 1),
-                  "mean_search_ms": round(window.extra.get("search_ms", 0.0) / n, 1)}
+                  "mean_embed_ms": round(window.stage_ms.get("embed", 0.0) / n, 1),
+                  "mean_search_ms": round(window.stage_ms.get("search", 0.0) / n, 1)}
     return LoadResult(
         clients=config.clients,
         seconds=figures.seconds,

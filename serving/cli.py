@@ -139,6 +139,8 @@ def _register_serve(subparsers) -> None:
     p.add_argument("--auth-token-file", type=Path, default=None,
                    help=f"require 'authorization: Bearer TOKEN' with the token read from this file "
                         f"(default: ${AUTH_TOKEN_ENV} if set; never on the command line, where `ps` shows it)")
+    p.add_argument("--metrics-port", type=_nonneg_int, default=None,
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (same --host; default: not served)")
     p.add_argument("--index-mmap", action="store_true",
                    help="memory-map the index's embeddings instead of reading them into memory (for indexes "
                         "too big to copy; then replace the index only by renaming a complete directory)")
@@ -158,7 +160,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     config = server_config_from_args(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
                                      tls_key=args.tls_key, auth_token=token,
-                                     watch_index_seconds=args.watch_index, index_mmap=args.index_mmap)
+                                     watch_index_seconds=args.watch_index, index_mmap=args.index_mmap,
+                                     metrics_port=args.metrics_port)
     server = None
     try:
         server, port = create_server(config, wait=False)
@@ -180,7 +183,9 @@ def run_serve(args: argparse.Namespace) -> int:
         if sig is not None:
             signal.signal(sig, on_signal)
     print(f"Earworm is serving on port {port} (Ctrl-C to stop). Try:\n"
-          f"  earworm identify some_hum.wav --server localhost:{port}", flush=True)
+          f"  earworm identify some_hum.wav --server localhost:{port}"
+          + (f"\nMetrics: http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""),
+          flush=True)
     while not stop.wait(1.0):
         pass
     server.stop(grace=5.0)

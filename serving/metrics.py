@@ -1,19 +1,32 @@
-"""Request counters and a latency histogram for the Recognizer server.
+"""The Recognizer server's metrics, kept in a `prometheus_client` registry (one per server).
 
-One `Metrics` object per server, shared by every handler thread (all updates take one lock; they
-are a few integer additions, far cheaper than the request itself). It is read three ways: a
-one-line summary logged when the server stops, `snapshot()` for the load benchmark, and
-`prometheus_text()` (Prometheus text exposition format) for anyone who wants to scrape it.
+Prometheus scrapes them from `earworm serve --metrics-port PORT` (`/metrics`, served by
+`prometheus_client` itself: `start_metrics_http`). The same registry is read two more ways: a
+one-line summary logged when the server stops, and `snapshot()` for the load and soak benchmarks.
+
+| metric | type | labels |
+|---|---|---|
+| `earworm_requests_total` | counter | method, code (every finished call, refused ones included) |
+| `earworm_request_latency_seconds` | histogram | method (calls the servicer worked on; not calls refused by the token check) |
+| `earworm_requests_in_progress` | gauge | method (Identify calls and streams being worked on: the queue depth admission control bounds) |
+| `earworm_audio_seconds_total` | counter | |
+| `earworm_stage_seconds_total` | counter | stage (melody check, embed, search) |
+| `earworm_no_match_total` | counter | reason |
+| `earworm_index_info` | info | version, model_version, tracks, windows |
+| `earworm_index_reload_failing` | gauge | 1 while the newest index on disk cannot be served |
+| `earworm_<name>_total` | counter | free-form counts (`increment`): index_swaps, index_reload_failures, ... |
 """
 
 from __future__ import annotations
 
-import bisect
 import math
+import re
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, start_http_server
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     5, 10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000, math.inf
@@ -21,11 +34,15 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 """Upper bounds (inclusive) of the latency histogram buckets, in milliseconds."""
 
 OK = "OK"
+PREFIX = "earworm"
+STAGES = ("melody", "embed", "search")
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS_MS", "Metrics", "MetricsSnapshot", "start_metrics_http"]
 
 
 @dataclass(frozen=True)
 class MetricsSnapshot:
-    """A consistent copy of the counters at one instant."""
+    """A copy of the counters at one instant."""
 
     uptime_s: float
     requests: dict[str, int]  # method -> count (all outcomes)
@@ -35,6 +52,8 @@ class MetricsSnapshot:
     latency_sum_ms: float
     audio_seconds_sum: float
     extra: dict[str, float] = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    """Milliseconds spent per stage (melody, embed, search), summed over requests."""
 
     @property
     def total(self) -> int:
@@ -47,6 +66,11 @@ class MetricsSnapshot:
     @property
     def error_total(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def timed(self) -> int:
+        """Requests in the latency histogram."""
+        return sum(self.latency_counts)
 
     def latency_quantile_ms(self, q: float) -> float:
         """Upper bound of the bucket holding quantile `q` (0..1); nan when nothing was recorded."""
@@ -75,60 +99,126 @@ class MetricsSnapshot:
             latency_sum_ms=self.latency_sum_ms - earlier.latency_sum_ms,
             audio_seconds_sum=self.audio_seconds_sum - earlier.audio_seconds_sum,
             extra={k: v - earlier.extra.get(k, 0.0) for k, v in self.extra.items()},
+            stage_ms={k: v - earlier.stage_ms.get(k, 0.0) for k, v in self.stage_ms.items()},
         )
 
 
 class Metrics:
-    """Thread-safe counters: requests per method, outcomes per status code, latency histogram."""
+    """A server's metrics in its own `prometheus_client` registry (thread-safe, as prometheus_client is)."""
 
     def __init__(self, buckets_ms: tuple[float, ...] = LATENCY_BUCKETS_MS):
         if list(buckets_ms) != sorted(buckets_ms) or buckets_ms[-1] != math.inf:
             raise ValueError("latency buckets must be increasing and end with inf")
-        self._buckets = tuple(float(b) for b in buckets_ms)
-        self._lock = threading.Lock()
+        self._buckets_ms = tuple(float(b) for b in buckets_ms)
         self._started = time.monotonic()
-        self._requests: Counter[str] = Counter()
-        self._codes: Counter[str] = Counter()
-        self._latency_counts = [0] * len(self._buckets)
-        self._latency_sum_ms = 0.0
-        self._audio_seconds = 0.0
-        self._extra: Counter[str] = Counter()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._requests = Counter(f"{PREFIX}_requests", "Finished calls by method and status code.",
+                                 ["method", "code"], registry=r)
+        self._latency = Histogram(f"{PREFIX}_request_latency_seconds",
+                                  "Time the server spent on a call, from arrival to answer.", ["method"],
+                                  buckets=[b / 1000.0 for b in self._buckets_ms], registry=r)
+        self._in_progress = Gauge(f"{PREFIX}_requests_in_progress",
+                                  "Identify calls and streams being worked on now.", ["method"], registry=r)
+        self._audio = Counter(f"{PREFIX}_audio_seconds", "Seconds of query audio decoded.", registry=r)
+        self._stages = Counter(f"{PREFIX}_stage_seconds", "Time spent in each stage of answering.", ["stage"],
+                               registry=r)
+        self._no_match = Counter(f"{PREFIX}_no_match", "Answers with no match, by reason.", ["reason"], registry=r)
+        self._index = Info(f"{PREFIX}_index", "The index being served.", registry=r)
+        self._reload_failing = Gauge(f"{PREFIX}_index_reload_failing",
+                                     "1 while a newer index on disk cannot be served (the log says why).",
+                                     registry=r)
+        self._extra: dict[str, Counter] = {}
+        self._extra_lock = threading.Lock()
 
-    def record(self, method: str, code: str, latency_ms: float, audio_seconds: float = 0.0) -> None:
-        """Count one finished request. `code` is a grpc.StatusCode name ("OK", "INVALID_ARGUMENT")."""
-        i = bisect.bisect_left(self._buckets, latency_ms)
-        with self._lock:
-            self._requests[method] += 1
-            self._codes[code] += 1
-            self._latency_counts[min(i, len(self._buckets) - 1)] += 1
-            self._latency_sum_ms += latency_ms
-            self._audio_seconds += audio_seconds
+    # --- recording ---------------------------------------------------------------------------
+    def record(self, method: str, code: str, latency_ms: float | None, audio_seconds: float = 0.0) -> None:
+        """Count one finished call. `code` is a grpc.StatusCode name ("OK", "INVALID_ARGUMENT");
+        `latency_ms` None for a call refused before any work (kept out of the latency histogram)."""
+        self._requests.labels(method, code).inc()
+        if latency_ms is not None:
+            self._latency.labels(method).observe(max(latency_ms, 0.0) / 1000.0)
+        if audio_seconds:
+            self._audio.inc(audio_seconds)
+
+    def in_progress(self, method: str) -> Gauge:
+        """The gauge of calls of `method` being worked on (`with metrics.in_progress(m).track_inprogress():`)."""
+        return self._in_progress.labels(method)
+
+    def stage_ms(self, stage: str, ms: float) -> None:
+        if ms > 0:
+            self._stages.labels(stage).inc(ms / 1000.0)
+
+    def no_match(self, reason: str) -> None:
+        self._no_match.labels(reason).inc()
+
+    def index_served(self, version: str, model_version: str, tracks: int, windows: int) -> None:
+        self._index.info({"version": str(version), "model_version": str(model_version),
+                          "tracks": str(tracks), "windows": str(windows)})
+
+    def reload_failing(self, failing: bool) -> None:
+        self._reload_failing.set(1 if failing else 0)
 
     def increment(self, name: str, amount: float = 1.0) -> None:
-        """A free-form counter (index swaps, batches run, windows embedded...)."""
-        with self._lock:
-            self._extra[name] += amount
+        """A free-form counter (`earworm_<name>_total`: index swaps, reload failures, batches...)."""
+        if not _NAME.match(name):
+            raise ValueError(f"not a metric name: {name!r}")
+        counter = self._extra.get(name)
+        if counter is None:
+            with self._extra_lock:
+                counter = self._extra.get(name)
+                if counter is None:
+                    counter = Counter(f"{PREFIX}_{name}", f"Count of {name.replace('_', ' ')}.", registry=self.registry)
+                    self._extra[name] = counter
+        counter.inc(amount)
+
+    # --- reading -----------------------------------------------------------------------------
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
+        return generate_latest(self.registry)
 
     def snapshot(self) -> MetricsSnapshot:
-        with self._lock:
-            return MetricsSnapshot(
-                uptime_s=time.monotonic() - self._started,
-                requests=dict(self._requests),
-                codes=dict(self._codes),
-                latency_buckets_ms=self._buckets,
-                latency_counts=tuple(self._latency_counts),
-                latency_sum_ms=self._latency_sum_ms,
-                audio_seconds_sum=self._audio_seconds,
-                extra=dict(self._extra),
-            )
+        requests: dict[str, int] = {}
+        codes: dict[str, int] = {}
+        cumulative: dict[float, float] = {}
+        latency_sum = audio = 0.0
+        extra: dict[str, float] = {}
+        stages: dict[str, float] = {}
+        extra_names = {f"{PREFIX}_{n}_total": n for n in self._extra}
+        for family in self.registry.collect():
+            for s in family.samples:
+                if s.name == f"{PREFIX}_requests_total":
+                    requests[s.labels["method"]] = requests.get(s.labels["method"], 0) + int(s.value)
+                    codes[s.labels["code"]] = codes.get(s.labels["code"], 0) + int(s.value)
+                elif s.name == f"{PREFIX}_request_latency_seconds_bucket":
+                    le = float(s.labels["le"]) * 1000.0
+                    cumulative[le] = cumulative.get(le, 0.0) + s.value
+                elif s.name == f"{PREFIX}_request_latency_seconds_sum":
+                    latency_sum += s.value * 1000.0
+                elif s.name == f"{PREFIX}_audio_seconds_total":
+                    audio = s.value
+                elif s.name == f"{PREFIX}_stage_seconds_total":
+                    stages[s.labels["stage"]] = s.value * 1000.0
+                elif s.name in extra_names:
+                    extra[extra_names[s.name]] = s.value
+        counts, before = [], 0.0
+        for bound in self._buckets_ms:
+            c = cumulative.get(bound, before)
+            counts.append(int(round(c - before)))
+            before = c
+        return MetricsSnapshot(
+            uptime_s=time.monotonic() - self._started, requests=requests, codes=codes,
+            latency_buckets_ms=self._buckets_ms, latency_counts=tuple(counts), latency_sum_ms=latency_sum,
+            audio_seconds_sum=audio, extra=extra, stage_ms=stages,
+        )
 
     def summary_line(self) -> str:
         """One human line: totals, errors by code, approximate p50/p95/p99 (bucket upper bounds)."""
         s = self.snapshot()
         errors = ", ".join(f"{k}={v}" for k, v in sorted(s.errors.items())) or "none"
-        if s.total:
+        if s.timed:
             lat = (
-                f"latency mean {s.latency_sum_ms / s.total:.1f} ms, p50<={s.latency_quantile_ms(0.5):g} "
+                f"latency mean {s.latency_sum_ms / s.timed:.1f} ms, p50<={s.latency_quantile_ms(0.5):g} "
                 f"p95<={s.latency_quantile_ms(0.95):g} p99<={s.latency_quantile_ms(0.99):g} ms"
             )
         else:
@@ -140,37 +230,9 @@ class Metrics:
             f"{s.audio_seconds_sum:.0f} s of audio{extra}"
         )
 
-    def prometheus_text(self, prefix: str = "earworm") -> str:
-        """The counters in Prometheus text exposition format."""
-        s = self.snapshot()
-        lines = [
-            f"# HELP {prefix}_requests_total Finished requests by method and status code.",
-            f"# TYPE {prefix}_requests_total counter",
-        ]
-        # Codes are not kept per method (one server, two methods): expose both breakdowns.
-        for method, n in sorted(s.requests.items()):
-            lines.append(f'{prefix}_requests_total{{method="{method}"}} {n}')
-        lines += [
-            f"# HELP {prefix}_responses_total Finished requests by status code.",
-            f"# TYPE {prefix}_responses_total counter",
-        ]
-        for code, n in sorted(s.codes.items()):
-            lines.append(f'{prefix}_responses_total{{code="{code}"}} {n}')
-        lines += [
-            f"# HELP {prefix}_request_latency_ms Request latency in milliseconds.",
-            f"# TYPE {prefix}_request_latency_ms histogram",
-        ]
-        cumulative = 0
-        for bound, count in zip(s.latency_buckets_ms, s.latency_counts):
-            cumulative += count
-            le = "+Inf" if math.isinf(bound) else f"{bound:g}"
-            lines.append(f'{prefix}_request_latency_ms_bucket{{le="{le}"}} {cumulative}')
-        lines.append(f"{prefix}_request_latency_ms_sum {s.latency_sum_ms:.3f}")
-        lines.append(f"{prefix}_request_latency_ms_count {cumulative}")
-        lines += [
-            f"# TYPE {prefix}_audio_seconds_total counter",
-            f"{prefix}_audio_seconds_total {s.audio_seconds_sum:.3f}",
-        ]
-        for name, value in sorted(s.extra.items()):
-            lines += [f"# TYPE {prefix}_{name}_total counter", f"{prefix}_{name}_total {value:g}"]
-        return "\n".join(lines) + "\n"
+
+def start_metrics_http(metrics: Metrics, host: str, port: int):
+    """Serve `/metrics` over HTTP on (host, port) from a daemon thread, with prometheus_client's own
+    server. Returns the HTTP server (its `server_port` is the bound port; `shutdown()` stops it)."""
+    httpd, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return httpd

@@ -25,11 +25,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import BatchingConfig, DirectEmbedding, MicroBatcher
-from serving.metrics import Metrics
+from serving.metrics import Metrics, start_metrics_http
 from serving.retrieval import DEFAULT_QUERY_TEMPO_RATES
 from serving.servicer import SERVICE_NAME, IndexSwapError, RecognizerServicer, ServicerConfig, ServingState
 
@@ -49,6 +49,9 @@ per-window cost is nearly linear in the batch size on CPU, and two cores are alr
 4 concurrent requests)."""
 
 _EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+"""grpcio-reflection serves only v1alpha; v1 (what grpcurl and Postman ask first) has the same
+messages under another package name, so the same servicer answers both (`_add_reflection`)."""
 
 
 class ServerError(RuntimeError):
@@ -65,6 +68,8 @@ class ServerConfig:
     """Listen address. Closed by default: loopback only; "[::]" or "0.0.0.0" to serve a network
     (then with --tls-cert/--tls-key and a bearer token: README, "Deploying")."""
     port: int = DEFAULT_PORT
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on http://host:metrics_port/metrics (None: not served; 0: any free port)."""
     workers: int = 8
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -173,18 +178,27 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         self._log_every_s = log_every_s
         self._lock = threading.Lock()
         self._unlogged = 0
+        self._latest = ""
         self._last_log = -math.inf
 
     def _rejected(self, method: str, peer_hint: str) -> None:
         if self._metrics is not None:
-            self._metrics.record(method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
+            self._metrics.record(method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name, None)
         with self._lock:
             self._unlogged += 1
+            self._latest = f"{method}{peer_hint}"
             now = time.monotonic()
             if now - self._last_log < self._log_every_s:
                 return
             count, self._unlogged, self._last_log = self._unlogged, 0, now
-        log.warning("rejected %d call(s) without the right bearer token (latest: %s%s)", count, method, peer_hint)
+        log.warning("rejected %d call(s) without the right bearer token (latest: %s)", count, self._latest)
+
+    def flush(self) -> None:
+        """Log the rejections not logged yet (at shutdown)."""
+        with self._lock:
+            count, self._unlogged = self._unlogged, 0
+        if count:
+            log.warning("rejected %d call(s) without the right bearer token (latest: %s)", count, self._latest)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -218,23 +232,45 @@ class EarwormServer:
     """A started gRPC server plus what it serves; returned by `create_server`."""
 
     def __init__(self, config: ServerConfig, grpc_server: grpc.Server, port: int,
-                 servicer: RecognizerServicer, health_servicer: health.HealthServicer, metrics: Metrics):
+                 servicer: RecognizerServicer, health_servicer: health.HealthServicer, metrics: Metrics,
+                 auth: "_AuthInterceptor | None" = None):
         self.config = config
         self.grpc_server = grpc_server
         self.port = port
         self.servicer = servicer
         self.health = health_servicer
         self.metrics = metrics
+        self._auth = auth
+        self.metrics_http: Any = None
+        """prometheus_client's HTTP server for /metrics (config.metrics_port), or None."""
         self.components: Components | None = None
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._stopped = threading.Event()
         self._embedding: DirectEmbedding | MicroBatcher | None = None
         self._reload_lock = threading.Lock()
-        self.reload_problem: str | None = None
-        """"serving index X, newer Y failed: reason" while the newest index on disk cannot be
-        served (also counted as index_reload_failures in the metrics); None when all is well."""
+        self._reload_problem: str | None = None
         self._watcher: threading.Thread | None = None
+
+    @property
+    def reload_problem(self) -> str | None:
+        """"serving index X, newer Y failed: reason" while the newest index on disk cannot be
+        served (metrics: earworm_index_reload_failing 1, earworm_index_reload_failures_total);
+        None when all is well."""
+        return self._reload_problem
+
+    @reload_problem.setter
+    def reload_problem(self, problem: str | None) -> None:
+        self._reload_problem = problem
+        self.metrics.reload_failing(problem is not None)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_http is None else int(self.metrics_http.server_port)
+
+    def _index_served(self, index: Any) -> None:
+        m = index.metadata
+        self.metrics.index_served(m.version, m.model_version, m.num_tracks, m.num_windows)
 
     # --- loading -----------------------------------------------------------------------------
     def _set_health(self, status: int) -> None:
@@ -253,6 +289,7 @@ class EarwormServer:
             self.servicer.attach(ServingState(components.retriever, components.index,
                                               components.embedder.version), self._embedding)
             self.components = components
+            self._index_served(components.index)
         except BaseException as e:
             self._load_error = e
             self._ready.set()
@@ -287,6 +324,7 @@ class EarwormServer:
     def swap_index(self, index: Any) -> None:
         """Serve `index` from now on (IndexSwapError when its model version differs)."""
         self.servicer.swap_index(index)
+        self._index_served(index)
         if self.components is not None:
             self.components.index = index
 
@@ -346,6 +384,11 @@ class EarwormServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
+        if self._auth is not None:
+            self._auth.flush()
         if self._embedding is not None:
             self._embedding.close()
             for name, value in self._embedding.stats().items():
@@ -386,7 +429,8 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
                     config.servicer.max_concurrent_streams, config.workers)
     metrics = Metrics()
     servicer = RecognizerServicer(config.servicer, metrics)
-    interceptors = [_AuthInterceptor(config.auth_token, metrics)] if config.auth_token else []
+    auth = _AuthInterceptor(config.auth_token, metrics) if config.auth_token else None
+    interceptors = [auth] if auth else []
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="earworm-rpc"),
         interceptors=interceptors,
@@ -399,10 +443,7 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
     pb_grpc.add_RecognizerServicer_to_server(servicer, grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        grpc_server,
-    )
+    _add_reflection(grpc_server)
     address = f"{config.host}:{config.port}"
     try:
         credentials = _credentials(config)
@@ -412,8 +453,15 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
         raise ServerError(f"cannot listen on {address}: {e}") from e
     if port == 0:
         raise ServerError(f"cannot listen on {address} (port in use?)")
-    server = EarwormServer(config, grpc_server, port, servicer, health_servicer, metrics)
+    server = EarwormServer(config, grpc_server, port, servicer, health_servicer, metrics, auth)
     server._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    if config.metrics_port is not None:
+        try:
+            server.metrics_http = start_metrics_http(metrics, config.host, config.metrics_port)
+        except OSError as e:
+            grpc_server.stop(0)
+            raise ServerError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {e}") from e
+        log.info("metrics on http://%s:%d/metrics", config.host, server.metrics_port)
     grpc_server.start()
     log.info("listening on %s (port %d)%s%s; loading model and index...", address, port,
              ", TLS" if credentials else "", ", bearer token required" if config.auth_token else "")
@@ -429,6 +477,22 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
         threading.Thread(target=_load_quietly, args=(server, loader), name="earworm-loader",
                          daemon=True).start()
     return server, port
+
+
+def _add_reflection(grpc_server: grpc.Server) -> None:
+    """Server reflection, v1alpha (grpcio-reflection) and v1: the two protocols have the same
+    messages, field for field, so v1's bytes are parsed with v1alpha's classes by one servicer."""
+    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME, REFLECTION_V1)
+    servicer = reflection.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, grpc_server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    grpc_server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),))
 
 
 def _load_quietly(server: EarwormServer, loader: Loader) -> None:

@@ -33,6 +33,7 @@ from data_gen import constants as C
 from data_gen.audio import MAX_CHANNELS as MAX_AUDIO_CHANNELS
 from data_gen.audio import (
     MAX_NATIVE_RATE,
+    MIN_NATIVE_RATE,
     AudioError,
     SilentAudioError,
     TooShortAudioError,
@@ -61,7 +62,7 @@ NO_MATCH_REASONS = {
     NO_MATCH_BELOW_THRESHOLD: pb.NO_MATCH_REASON_BELOW_THRESHOLD,
     NO_MELODY: pb.NO_MATCH_REASON_NO_MELODY,
 }
-MAX_PCM_RATE = MAX_NATIVE_RATE
+MIN_PCM_RATE, MAX_PCM_RATE = MIN_NATIVE_RATE, MAX_NATIVE_RATE
 MAX_CHANNELS = MAX_AUDIO_CHANNELS
 
 
@@ -245,9 +246,10 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
     @staticmethod
     def _pcm_layout(sample_rate: int, channels: int) -> int:
-        if not 0 < sample_rate <= MAX_PCM_RATE:
+        if not MIN_PCM_RATE <= sample_rate <= MAX_PCM_RATE:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"PCM sample_rate_hz must be between 1 and {MAX_PCM_RATE}, got {sample_rate}")
+                              f"PCM sample_rate_hz must be between {MIN_PCM_RATE:,} and {MAX_PCM_RATE:,}, "
+                              f"got {sample_rate:,}")
         channels = channels or 1
         if not 0 < channels <= MAX_CHANNELS:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
@@ -311,15 +313,14 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         """The one log line and the counters of a finished request."""
         ms = (time.perf_counter() - started) * 1000.0
         self.metrics.record(method, code.name, ms, outcome.audio_seconds)
-        if outcome.embed_ms or outcome.search_ms or outcome.melody_ms:
-            self.metrics.increment("melody_ms", outcome.melody_ms)
-            self.metrics.increment("embed_ms", outcome.embed_ms)
-            self.metrics.increment("search_ms", outcome.search_ms)
+        self.metrics.stage_ms("melody", outcome.melody_ms)
+        self.metrics.stage_ms("embed", outcome.embed_ms)
+        self.metrics.stage_ms("search", outcome.search_ms)
         top = "-" if outcome.top_score is None else f"{outcome.top_score:.3f}"
         extra = "" if outcome.no_match is None else f" no_match={outcome.no_match}"
         if outcome.reason:
             extra += f" reason={outcome.reason}"
-            self.metrics.increment(f"no_match_{outcome.reason}")
+            self.metrics.no_match(outcome.reason)
         if method == "StreamIdentify":
             extra += f" answers={outcome.answers}"
         log.info("%s %s %.1f ms (melody check %.1f, embed %.1f, search %.1f) audio=%.1fs top=%s%s%s", method,
@@ -350,7 +351,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                               f"the server is busy ({self.config.max_concurrent_identify} recordings in progress); "
                               "retry in a moment")
         try:
-            return self._identify_admitted(request, context, outcome)
+            with self.metrics.in_progress("Identify").track_inprogress():
+                return self._identify_admitted(request, context, outcome)
         finally:
             self._identifies.release()
 
@@ -386,11 +388,11 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         except _RpcFailure as e:
             code, details = e.code, e.details
         except Exception:  # noqa: BLE001 - the client must never see UNKNOWN
-            if not context.is_active():
-                code, details = grpc.StatusCode.CANCELLED, "client cancelled the stream"
-            else:
+            if context.is_active():
                 log.exception("StreamIdentify failed unexpectedly")
                 code, details = grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
+        if not context.is_active():  # whatever the reading saw (an error, an early end), the client left
+            code, details = grpc.StatusCode.CANCELLED, "the client cancelled the stream or its deadline passed"
         self._finish("StreamIdentify", started, outcome, code, details)
         if code is not grpc.StatusCode.OK and context.is_active():
             context.abort(code, details)
@@ -402,9 +404,12 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"the server is answering {self.config.max_concurrent_streams} streams already; "
                               "retry shortly, or send the recording with Identify")
+        gauge = self.metrics.in_progress("StreamIdentify")
+        gauge.inc()
         try:
             yield from self._stream_session(_timed(requests, self.config), context, state, embedding, outcome)
         finally:
+            gauge.dec()
             self._streams.release()
 
     def _stream_session(self, requests: Iterator[pb.StreamIdentifyRequest], context: grpc.ServicerContext,

@@ -31,8 +31,7 @@ def _tone(hz: float, n: int, amplitude: float = 0.3) -> np.ndarray:
 
 def signals(seconds: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
     """name -> mono float32 [time] at SAMPLE_RATE: tones, constants, noise, clicks, coughs; each
-    `seconds` long but "two_samples_at_1hz" (2 s: two samples declared at 1 Hz, resampled)."""
-    from data_gen.audio import pcm_to_audio
+    `seconds` long."""
 
     rng = np.random.default_rng(seed)
     n = int(seconds * C.SAMPLE_RATE)
@@ -49,7 +48,7 @@ def signals(seconds: float = 10.0, seed: int = 0) -> dict[str, np.ndarray]:
         "square_110hz": 0.2 * np.sign(np.sin(2 * np.pi * 110 * t)),
         "chord_c_major": (_tone(261.6, n, 0.1) + _tone(329.6, n, 0.1) + _tone(392.0, n, 0.1)),
         "constant": np.full(n, 0.3),
-        "two_samples_at_1hz": pcm_to_audio(np.array([16000, -16000], "<i2").tobytes(), 1, reject_silence=False),
+        "infrasound_0_5hz": 0.4 * np.sin(2 * np.pi * 0.5 * t),
         "white_noise": 0.1 * rng.standard_normal(n),
         "brown_noise": np.cumsum(rng.standard_normal(n)) * 0.001,
         "clicks_2hz": clicks,

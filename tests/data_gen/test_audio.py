@@ -202,15 +202,24 @@ def test_every_zalo_song_and_hum_decodes():
 
 
 def test_too_long_pcm_is_refused_before_resampling():
-    # 50,000 frames declared at 1 Hz: 50,000 s, which resampled to 16 kHz would be 3.2 GB.
-    with pytest.raises(A.TooLongAudioError, match=r"50000\.0 s long; at most 30 s"):
-        A.pcm_to_audio(b"\x01\x00" * 50_000, 1, max_seconds=30)
+    # 400,000 frames declared at 4 kHz: 100 s, refused before anything is converted or resampled.
+    with pytest.raises(A.TooLongAudioError, match=r"100\.0 s long; at most 30 s"):
+        A.pcm_to_audio(b"\x01\x00" * 400_000, 4_000, max_seconds=30)
 
 
 def test_too_long_file_is_refused_before_resampling(tone_audio):
-    at_1hz = _encode(np.tile(tone_audio, 2)[:50_000], 1)  # a WAV header claiming 1 Hz
-    with pytest.raises(A.TooLongAudioError, match=r"50000\.0 s long; at most 30 s"):
-        A.decode_audio(at_1hz, max_seconds=30)
+    at_4k = _encode(np.tile(tone_audio, 20)[:400_000], 4_000)  # a WAV header claiming 4 kHz: 100 s
+    with pytest.raises(A.TooLongAudioError, match=r"100\.0 s long; at most 30 s"):
+        A.decode_audio(at_4k, max_seconds=30)
+
+
+@pytest.mark.parametrize("rate", [1, 100, 3_999])
+def test_a_rate_below_the_minimum_is_refused_before_resampling(tone_audio, rate):
+    # 50,000 frames at 1 Hz would resample to 800 M samples (3.2 GB) at 16 kHz.
+    with pytest.raises(A.AudioError, match="between 4,000 and 384,000 Hz"):
+        A.pcm_to_audio(b"\x01\x00" * 50_000, rate)
+    with pytest.raises(A.UndecodableAudioError, match="between 4,000 and 384,000 Hz"):
+        A.decode_audio(_encode(np.tile(tone_audio, 2)[:50_000], rate), max_seconds=30)
 
 
 def test_ffmpeg_stops_decoding_once_past_the_maximum(tone_audio):

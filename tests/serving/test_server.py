@@ -65,11 +65,14 @@ def test_identify_answers_no_melody_to_audio_without_one(target, name):
     assert response.melody.explanation.startswith("no melody heard")
 
 
-def test_two_samples_declared_at_1hz_are_no_melody(target):
-    pcm = pb.RawPcm(data=np.array([16000, -16000], "<i2").tobytes(), sample_rate_hz=1,
+@pytest.mark.parametrize("rate", [1, 3_999, 384_001])
+def test_pcm_at_a_rate_no_recording_has_is_refused(target, rate):
+    pcm = pb.RawPcm(data=np.array([16000, -16000] * 1000, "<i2").tobytes(), sample_rate_hz=rate,
                     encoding=pb.PCM_ENCODING_S16LE)
-    response = _stub(target).Identify(pb.IdentifyRequest(audio=pb.Audio(pcm=pcm)), timeout=20)
-    assert response.no_match_reason == pb.NO_MATCH_REASON_NO_MELODY and not response.matches
+    with pytest.raises(grpc.RpcError) as e:
+        _stub(target).Identify(pb.IdentifyRequest(audio=pb.Audio(pcm=pcm)), timeout=20)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "between 4,000 and 384,000" in e.value.details()
 
 
 def test_identify_raw_pcm_at_another_rate_and_stereo(client, good_query):
@@ -492,11 +495,24 @@ def test_micro_batching_server_gives_the_same_answers(server_factory, embedder, 
     assert stats["embed_requests"] == 3 and stats["embed_windows"] == 3 * per_query
 
 
-def test_metrics_count_requests_and_errors(server_factory, embedder, index_dir, good_query):
+def _scrape(server) -> dict[tuple[str, tuple], float]:
+    """The server's /metrics page, fetched over HTTP and parsed by prometheus_client."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_served_for_prometheus(server_factory, embedder, index_dir, good_query):
     from serving.client import ClientError, RecognizerClient
     from serving.index import WindowIndex
 
-    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)))
+    index = WindowIndex.load(index_dir)
+    server, target = server_factory(loader=loader_for(embedder, index), metrics_port=0, host="127.0.0.1")
     with RecognizerClient(target) as c:
         c.identify_audio(good_query)
         c.identify_audio(good_query)
@@ -505,12 +521,48 @@ def test_metrics_count_requests_and_errors(server_factory, embedder, index_dir, 
     s = server.metrics.snapshot()
     assert s.requests == {"Identify": 3}
     assert s.codes == {"OK": 2, "INVALID_ARGUMENT": 1}
-    assert sum(s.latency_counts) == 3
+    assert sum(s.latency_counts) == 3 and s.stage_ms["embed"] > 0
     assert s.audio_seconds_sum == pytest.approx(20.0, abs=0.1)
-    text = server.metrics.prometheus_text()
-    assert 'earworm_responses_total{code="INVALID_ARGUMENT"} 1' in text
-    assert 'earworm_request_latency_ms_bucket{le="+Inf"} 3' in text
+    m = _scrape(server)
+    assert m[("earworm_requests_total", (("code", "INVALID_ARGUMENT"), ("method", "Identify")))] == 1
+    assert m[("earworm_requests_total", (("code", "OK"), ("method", "Identify")))] == 2
+    assert m[("earworm_request_latency_seconds_bucket", (("le", "+Inf"), ("method", "Identify")))] == 3
+    assert m[("earworm_requests_in_progress", (("method", "Identify"),))] == 0
+    info = next(k for k in m if k[0] == "earworm_index_info")
+    assert dict(info[1])["version"] == index.version and dict(info[1])["model_version"] == embedder.version
+    assert m[("earworm_index_reload_failing", ())] == 0
     assert "3 requests" in server.metrics.summary_line()
+
+
+def test_metrics_port_in_use_is_a_clear_startup_error(server_factory, embedder, index_dir):
+    import socket
+
+    from serving.index import WindowIndex
+    from serving.server import ServerError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ServerError, match="cannot serve metrics"):
+            server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), host="127.0.0.1",
+                           metrics_port=busy.getsockname()[1])
+
+
+@pytest.mark.parametrize("package", ["v1", "v1alpha"])
+def test_reflection_v1_and_v1alpha(target, package):
+    """grpcurl and Postman ask for reflection v1 first; grpcio-reflection serves only v1alpha."""
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_stream(f"/grpc.reflection.{package}.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=rpb.ServerReflectionResponse.FromString)
+        answers = list(call(iter([rpb.ServerReflectionRequest(list_services=""),
+                                  rpb.ServerReflectionRequest(file_containing_symbol="earworm.v1.Recognizer")]),
+                            timeout=10))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"earworm.v1.Recognizer", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= names
+    assert answers[1].file_descriptor_response.file_descriptor_proto  # the Recognizer's .proto, serialized
 
 
 def test_a_stream_holds_no_more_bytes_than_one_request(server_factory, embedder, index_dir):
@@ -548,8 +600,14 @@ def test_rejected_calls_are_counted_and_logged(server_factory, embedder, index_d
                 c.identify_audio(good_query)
     assert server.metrics.snapshot().codes.get("UNAUTHENTICATED") == 5
     assert "UNAUTHENTICATED=5" in server.metrics.summary_line()
+    assert server.metrics.snapshot().timed == 0  # refused before any work: not in the latency histogram
     lines = [r for r in caplog.records if "without the right bearer token" in r.getMessage()]
     assert 1 <= len(lines) < 5  # logged, but not once per call
+    with caplog.at_level(logging.WARNING, logger="serving.server"):
+        server.stop(grace=0)
+    logged = sum(int(r.getMessage().split()[1]) for r in caplog.records
+                 if "without the right bearer token" in r.getMessage())
+    assert logged == 5  # the last burst is logged at shutdown
 
 
 def test_closed_by_default_and_the_token_never_on_the_command_line(tmp_path, monkeypatch):
@@ -589,12 +647,17 @@ def test_a_failed_reload_is_retried_and_reported(server_factory, make_index, tmp
     assert server.reload_problem and v2.version in server.reload_problem and v1.version in server.reload_problem
     assert server.servicer.state.index_version == v1.version
     assert server.metrics.snapshot().extra.get("index_reload_failures", 0) >= 1
+    assert server.metrics.registry.get_sample_value("earworm_index_reload_failing") == 1
     v2.save(path)  # now complete: the watcher's retry picks it up
     for _ in range(400):
         if server.servicer.state.index_version == v2.version:
             break
         time.sleep(0.02)
     assert server.servicer.state.index_version == v2.version and server.reload_problem is None
+    assert server.metrics.registry.get_sample_value("earworm_index_reload_failing") == 0
+    assert server.metrics.registry.get_sample_value("earworm_index_info", {
+        "version": v2.version, "model_version": v2.metadata.model_version, "tracks": "2",
+        "windows": str(v2.metadata.num_windows)}) == 1
 
 
 def test_idle_streams_cannot_starve_identify_or_health(server_factory, embedder, index_dir, good_query):
@@ -734,3 +797,30 @@ def test_a_long_high_rate_stream_is_answered_at_the_byte_cap(server_factory, emb
 
     answers = list(_stub(target).StreamIdentify(requests(), timeout=30))
     assert answers[-1].is_final and answers[-1].result.audio_seconds <= 12.01
+
+
+@pytest.mark.parametrize("send_config", [False, True])
+def test_a_cancelled_stream_is_counted_as_cancelled(server_factory, embedder, index_dir, send_config):
+    """Cancelled streams used to be logged as INVALID_ARGUMENT "the stream closed before any message"."""
+    import threading
+
+    from serving.index import WindowIndex
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)))
+    release = threading.Event()
+
+    def requests():
+        if send_config:
+            yield pb.StreamIdentifyRequest(config=pb.StreamConfig(sample_rate_hz=C.SAMPLE_RATE))
+        release.wait(10)
+
+    with grpc.insecure_channel(target) as channel:
+        call = pb_grpc.RecognizerStub(channel).StreamIdentify(requests(), timeout=20)
+        time.sleep(0.3)
+        call.cancel()
+        release.set()
+        for _ in range(250):
+            if server.metrics.snapshot().requests.get("StreamIdentify"):
+                break
+            time.sleep(0.02)
+    assert server.metrics.snapshot().codes == {"CANCELLED": 1}
