@@ -111,14 +111,34 @@ def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, window
     return out_dir
 
 
+def synthetic_index_for_model(model_dir: Path, tracks: int, *, root: Path | None = None, seed: int = 0,
+                              windows_per_track: int = LoadBenchConfig.synthetic_windows_per_track) -> Path:
+    """Build (or reuse) the random `tracks`-track index for the model in `model_dir`, kept under
+    `root` (default artifacts/bench) by track count, model version and seed."""
+    from data_gen.paths import artifacts_dir
+    from serving.embedder import ModelMetadata
+
+    version = ModelMetadata.read(model_dir).version
+    root = root if root is not None else artifacts_dir() / "bench"
+    return build_synthetic_index(synthetic_index_dir(root, tracks, version, seed), tracks, version,
+                                 windows_per_track, seed)
+
+
 # --- the run --------------------------------------------------------------------------------
-class _RssSampler:
+class RssSampler:
+    """Samples a process's resident memory (VmRSS) every `interval_s` in a thread, and its CPU time
+    over the `with` block. Stops quietly when the process exits (`exited` is then True and
+    `cpu_used` None): a benchmark must report a crashed server, not die with it."""
+
     def __init__(self, pid: int, interval_s: float):
         import psutil
 
         self._proc = psutil.Process(pid)
         self._interval = interval_s
         self.samples: list[int] = []
+        self.exited = False
+        self.cpu_start: float | None = None
+        self.cpu_used: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -126,22 +146,41 @@ class _RssSampler:
         t = self._proc.cpu_times()
         return float(t.user + t.system)
 
-    def _run(self) -> None:
-        while True:
+    def _sample(self) -> bool:
+        import psutil
+
+        try:
             self.samples.append(self._proc.memory_info().rss)
+            return True
+        except psutil.Error:  # gone (or a zombie): nothing more to sample
+            self.exited = True
+            return False
+
+    def _run(self) -> None:
+        while self._sample():
             if self._stop.wait(self._interval):
                 break
 
-    def __enter__(self) -> "_RssSampler":
-        self.cpu_start = self.cpu_seconds()
+    def __enter__(self) -> "RssSampler":
+        import psutil
+
+        try:
+            self.cpu_start = self.cpu_seconds()
+        except psutil.Error:
+            self.exited = True
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import psutil
+
         self._stop.set()
         self._thread.join()
-        self.samples.append(self._proc.memory_info().rss)
-        self.cpu_used = self.cpu_seconds() - self.cpu_start
+        if not self.exited and self._sample():
+            try:
+                self.cpu_used = self.cpu_seconds() - self.cpu_start if self.cpu_start is not None else None
+            except psutil.Error:
+                self.exited = True
 
     def summary_mb(self) -> dict[str, float]:
         mb = np.asarray(self.samples) / 2**20
@@ -235,7 +274,7 @@ def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
             if not proc.is_alive():
                 raise ClientError("the benchmark's client process died during start-up")
         before = metrics.snapshot() if metrics is not None else None
-        sampler = _RssSampler(server_pid, config.rss_interval_s) if server_pid else None
+        sampler = RssSampler(server_pid, config.rss_interval_s) if server_pid else None
         if sampler:
             sampler.__enter__()
         try:
@@ -272,7 +311,8 @@ def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
         errors=figures.errors,
         rss_mb=sampler.summary_mb() if sampler else {},
         server=server,
-        server_cpu_ms_per_request=(sampler.cpu_used * 1000.0 / max(all_lat.size, 1)) if sampler else None,
+        server_cpu_ms_per_request=(sampler.cpu_used * 1000.0 / max(all_lat.size, 1))
+        if sampler and sampler.cpu_used is not None else None,
     )
 
 
@@ -335,7 +375,6 @@ def run_bench_load(args: argparse.Namespace) -> int:
     import os
     from dataclasses import replace
 
-    from data_gen.paths import artifacts_dir
     from serving.client import ClientError
     from serving.server import ServerConfig, ServerError, create_server
 
@@ -355,13 +394,9 @@ def run_bench_load(args: argparse.Namespace) -> int:
         if args.model is not None:
             index_dir = args.index
             if args.synthetic_tracks:
-                from serving.embedder import ModelMetadata
-
-                version = ModelMetadata.read(args.model).version
-                root = args.synthetic_dir or artifacts_dir() / "bench"
-                index_dir = build_synthetic_index(
-                    synthetic_index_dir(root, args.synthetic_tracks, version, args.seed),
-                    args.synthetic_tracks, version, config.synthetic_windows_per_track, args.seed)
+                index_dir = synthetic_index_for_model(args.model, args.synthetic_tracks, root=args.synthetic_dir,
+                                                      seed=args.seed,
+                                                      windows_per_track=config.synthetic_windows_per_track)
             if index_dir is None:
                 print("earworm bench-load: --model needs --index DIR or --synthetic-tracks N", file=os.sys.stderr)
                 return 2

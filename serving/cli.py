@@ -139,6 +139,12 @@ def _register_serve(subparsers) -> None:
     p.add_argument("--auth-token-file", type=Path, default=None,
                    help=f"require 'authorization: Bearer TOKEN' with the token read from this file "
                         f"(default: ${AUTH_TOKEN_ENV} if set; never on the command line, where `ps` shows it)")
+    p.add_argument("--http-port", type=_nonneg_int, default=None,
+                   help="also serve the page to hum into and the HTTP API (POST /v1/identify) on http://HOST:PORT/ "
+                        "(same --host, token, limits and metrics; default: not served)")
+    p.add_argument("--catalogue", type=Path, default=None,
+                   help="the index's catalogue manifest.csv: answers can then show each master's melody "
+                        "(include_pitch) and the page can play the masters")
     p.add_argument("--metrics-port", type=_nonneg_int, default=None,
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (same --host; default: not served)")
     p.add_argument("--index-mmap", action="store_true",
@@ -161,7 +167,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = server_config_from_args(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
                                      tls_key=args.tls_key, auth_token=token,
                                      watch_index_seconds=args.watch_index, index_mmap=args.index_mmap,
-                                     metrics_port=args.metrics_port)
+                                     metrics_port=args.metrics_port, http_port=args.http_port,
+                                     catalogue=args.catalogue)
     server = None
     try:
         server, port = create_server(config, wait=False)
@@ -184,6 +191,7 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(sig, on_signal)
     print(f"Earworm is serving on port {port} (Ctrl-C to stop). Try:\n"
           f"  earworm identify some_hum.wav --server localhost:{port}"
+          + (f"\nThe page to hum into: http://{args.host}:{server.http_port}/" if server.http_port else "")
           + (f"\nMetrics: http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""),
           flush=True)
     while not stop.wait(1.0):

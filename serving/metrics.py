@@ -10,7 +10,7 @@ one-line summary logged when the server stops, and `snapshot()` for the load and
 | `earworm_request_latency_seconds` | histogram | method (calls the servicer worked on; not calls refused by the token check) |
 | `earworm_requests_in_progress` | gauge | method (Identify calls and streams being worked on: the queue depth admission control bounds) |
 | `earworm_audio_seconds_total` | counter | |
-| `earworm_stage_seconds_total` | counter | stage (melody check, embed, search) |
+| `earworm_stage_seconds_total` | counter | stage (melody check, embed, search, pitch tracks) |
 | `earworm_no_match_total` | counter | reason |
 | `earworm_index_info` | info | version, model_version, tracks, windows |
 | `earworm_index_reload_failing` | gauge | 1 while the newest index on disk cannot be served |
@@ -35,7 +35,6 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 
 OK = "OK"
 PREFIX = "earworm"
-STAGES = ("melody", "embed", "search")
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 __all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS_MS", "Metrics", "MetricsSnapshot", "start_metrics_http"]
 

@@ -181,6 +181,9 @@ class Match:
     score: float
     offset_s: float
     """Where in the master the query's start aligns (seconds)."""
+    tempo_ratio: float = 1.0
+    """How many times longer the master plays the melody than the query (the tempo view it was
+    found in): query second t lies at offset_s + t * tempo_ratio in the master."""
 
 
 NO_MATCH_BELOW_THRESHOLD = "below_threshold"
@@ -568,7 +571,7 @@ class Retriever:
         row = self.index.track_row(track_id)
         groups, ratios = self._view_groups(q.views)
         best = (0.0, 0.0)
-        for m, penalty in groups:
+        for m, penalty, _rate in groups:
             s = rerank_temporal(q.emb[m], q.offsets_s[m], np.array([row]), self.index.embeddings,
                                 self.index.offsets_s, self.index.windows_of, ratios,
                                 self.config.rerank_step_seconds, self.config.rerank_tolerance_seconds)
@@ -590,10 +593,11 @@ class Retriever:
         return self.config.tempo_view_penalty * abs(float(np.log(rates[view])))
 
     def _view_groups(self, views: np.ndarray | None) -> tuple[list[tuple], Sequence[float]]:
-        """(window mask, score penalty) per tempo view of a query's windows (no views given: the
-        query as sung, no penalty), and the aggregation's tempo ratios for that many views."""
-        groups = ([(slice(None), 0.0)] if views is None else
-                  [(views == v, self._view_penalty(int(v))) for v in np.unique(views)])
+        """(window mask, score penalty, tempo rate) per tempo view of a query's windows (no views
+        given: the query as sung, no penalty), and the aggregation's tempo ratios for that many views."""
+        rates = self.config.query_tempo_rates
+        groups = ([(slice(None), 0.0, 1.0)] if views is None else
+                  [(views == v, self._view_penalty(int(v)), float(rates[int(v)])) for v in np.unique(views)])
         return groups, self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
 
     def _rank_view(self, rows: np.ndarray, sims: np.ndarray, emb: np.ndarray, offsets: np.ndarray,
@@ -641,16 +645,16 @@ class Retriever:
             t1 = time.perf_counter()
             r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
             groups, ratios = self._view_groups(views_of[i])
-            best: dict[int, tuple[float, float]] = {}
-            for m, penalty in groups:
+            best: dict[int, tuple[float, float, float]] = {}
+            for m, penalty, rate in groups:
                 for t, score, offset in self._rank_view(r[m], s[m], embs[i][m], offs[i][m], depth, ratios):
                     if t not in best or score - penalty > best[t][0]:
-                        best[t] = (score - penalty, offset)
+                        best[t] = (score - penalty, offset, rate)
             ranked = [kv for kv in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])) if kv[1][0] > 0][:top_k]
             matches = [
                 Match(self.index.tracks[t].track_id, self.index.tracks[t].title, self.index.tracks[t].artist,
-                      score, round(offset, 3))
-                for t, (score, offset) in ranked
+                      score, round(offset, 3), rate)
+                for t, (score, offset, rate) in ranked
             ]
             no_match = not matches or matches[0].score < self.threshold
             agg_ms = (time.perf_counter() - t1) * 1e3

@@ -70,6 +70,11 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     metrics_port: int | None = None
     """Serve Prometheus metrics on http://host:metrics_port/metrics (None: not served; 0: any free port)."""
+    http_port: int | None = None
+    """Serve the page and the HTTP API (serving/http_app.py) on this port (None: not served; 0: any free)."""
+    catalogue: Path | None = None
+    """The catalogue manifest of the index (track_id,title,artist,path[,melody_midi]): lets answers carry
+    each master's melody (include_pitch) and the page play the masters."""
     workers: int = 8
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -126,6 +131,17 @@ def load_index(index_dir: Path | str, mmap: bool = False) -> Any:
     from serving.index import WindowIndex
 
     return WindowIndex.load(index_dir, mmap=mmap)
+
+
+def load_masters(manifest: Path) -> Any:
+    """The catalogue's master melodies and audio (serving.pitch_tracks.MasterMelodies)."""
+    from data_gen.manifest import ManifestError
+    from serving.pitch_tracks import MasterMelodies
+
+    try:
+        return MasterMelodies(manifest)
+    except (ManifestError, OSError) as e:
+        raise ServerError(f"cannot read the catalogue {manifest}: {e}") from e
 
 
 def load_components(config: ServerConfig) -> Components:
@@ -200,16 +216,24 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         if count:
             log.warning("rejected %d call(s) without the right bearer token (latest: %s)", count, self._latest)
 
+    def allows(self, given: str | bytes, method: str, peer: str = "") -> bool:
+        """Whether `given` (the authorization metadata or header) carries the token; a refusal is
+        counted and logged (the HTTP front door asks this too)."""
+        if isinstance(given, bytes):
+            given = given.decode("latin-1")
+        if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
+            return True
+        hint = (f" from {peer}" if peer else "") + ("" if given else ", no authorization")
+        self._rejected(method, hint)
+        return False
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_EXEMPT_PREFIXES):
             return handler
         given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if isinstance(given, bytes):
-            given = given.decode("latin-1")
-        if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
+        if self.allows(given, handler_call_details.method):
             return handler
-        self._rejected(handler_call_details.method, "" if given else ", no authorization metadata")
         return _deny(handler, "missing or wrong bearer token; send metadata 'authorization: Bearer <token>'")
 
 
@@ -240,7 +264,10 @@ class EarwormServer:
         self.servicer = servicer
         self.health = health_servicer
         self.metrics = metrics
-        self._auth = auth
+        self.auth = auth
+        """The token check (None: no token required), shared by gRPC and HTTP."""
+        self.http: Any = None
+        """serving.http_app.HttpServer (config.http_port), or None."""
         self.metrics_http: Any = None
         """prometheus_client's HTTP server for /metrics (config.metrics_port), or None."""
         self.components: Components | None = None
@@ -265,6 +292,10 @@ class EarwormServer:
         self.metrics.reload_failing(problem is not None)
 
     @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
+
+    @property
     def metrics_port(self) -> int | None:
         return None if self.metrics_http is None else int(self.metrics_http.server_port)
 
@@ -281,6 +312,8 @@ class EarwormServer:
         """Load model + index, then report SERVING. Records (and re-raises) any failure."""
         try:
             components = loader(self.config)
+            if self.config.catalogue is not None:
+                self.servicer.masters = load_masters(self.config.catalogue)
             check_versions(components.embedder.version, components.index, self.config.index_dir)
             warm_up(components)
             embed = components.embedder.embed_windows
@@ -387,8 +420,10 @@ class EarwormServer:
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
-        if self._auth is not None:
-            self._auth.flush()
+        if self.http is not None:
+            self.http.stop()
+        if self.auth is not None:
+            self.auth.flush()
         if self._embedding is not None:
             self._embedding.close()
             for name, value in self._embedding.stats().items():
@@ -462,6 +497,19 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
             grpc_server.stop(0)
             raise ServerError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {e}") from e
         log.info("metrics on http://%s:%d/metrics", config.host, server.metrics_port)
+    if config.http_port is not None:
+        from serving.http_app import HttpServer
+
+        server.http = HttpServer(server, config.host, config.http_port)
+        try:
+            server.http.start()
+        except OSError as e:
+            server.http = None
+            if server.metrics_http is not None:
+                server.metrics_http.shutdown()
+            grpc_server.stop(0)
+            raise ServerError(f"cannot serve HTTP on {config.host}:{config.http_port}: {e}") from e
+        log.info("page and HTTP API on http://%s:%d/", config.host, server.http_port)
     grpc_server.start()
     log.info("listening on %s (port %d)%s%s; loading model and index...", address, port,
              ", TLS" if credentials else "", ", bearer token required" if config.auth_token else "")

@@ -136,6 +136,7 @@ class _Outcome:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     melody_ms: float = 0.0
+    pitch_ms: float = 0.0
     reason: str = ""
 
     def record(self, result: Any) -> None:
@@ -169,6 +170,8 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self._embedding: EmbeddingBackend | None = None
         self._swap_lock = threading.Lock()
         self._streams = threading.BoundedSemaphore(max(1, config.max_concurrent_streams))
+        self.masters: Any = None
+        """serving.pitch_tracks.MasterMelodies of the catalogue (for include_pitch), or None."""
         self._identifies = threading.BoundedSemaphore(max(1, config.max_concurrent_identify))
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -296,7 +299,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         return pb.IdentifyResponse(
             matches=[
                 pb.Match(track_id=m.track_id, title=m.title, artist=m.artist, score=float(m.score),
-                         offset_seconds=float(m.offset_s), rank=i + 1)
+                         offset_seconds=float(m.offset_s), rank=i + 1, tempo_ratio=float(m.tempo_ratio))
                 for i, m in enumerate(result.matches)
             ],
             no_match=bool(result.no_match),
@@ -316,6 +319,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         self.metrics.stage_ms("melody", outcome.melody_ms)
         self.metrics.stage_ms("embed", outcome.embed_ms)
         self.metrics.stage_ms("search", outcome.search_ms)
+        self.metrics.stage_ms("pitch", outcome.pitch_ms)
         top = "-" if outcome.top_score is None else f"{outcome.top_score:.3f}"
         extra = "" if outcome.no_match is None else f" no_match={outcome.no_match}"
         if outcome.reason:
@@ -372,7 +376,26 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
         result = state.retriever.identify(audio, top_k=top_k, embed=embed)
         outcome.record(result)
-        return self._response(result, state)
+        response = self._response(result, state)
+        if request.include_pitch:
+            t0 = time.perf_counter()
+            self._add_pitch(response, audio, result)
+            outcome.pitch_ms = (time.perf_counter() - t0) * 1000.0
+        return response
+
+    def _add_pitch(self, response: pb.IdentifyResponse, audio: np.ndarray, result: Any) -> None:
+        """The query's pitch track, and each of the first `PITCH_MATCHES` matches' master melody over
+        the stretch the query was matched to (when the server has the catalogue)."""
+        from serving.pitch_tracks import yin_contour
+
+        response.query_pitch.CopyFrom(_pitch_message(yin_contour(audio)))
+        if self.masters is None:
+            return
+        seconds = audio.shape[0] / C.SAMPLE_RATE
+        for match, message in list(zip(result.matches, response.matches))[:PITCH_MATCHES]:
+            stretch = self.masters.stretch(match.track_id, match.offset_s, seconds * match.tempo_ratio)
+            if stretch is not None:
+                message.master_pitch.CopyFrom(_pitch_message(stretch))
 
     # --- StreamIdentify ----------------------------------------------------------------------
     def StreamIdentify(self, request_iterator: Iterator[pb.StreamIdentifyRequest],
@@ -440,6 +463,13 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
 
 
 _END = object()
+PITCH_MATCHES = 5
+"""Matches that get their master's melody with include_pitch (each may read a master file once)."""
+
+
+def _pitch_message(contour: Any) -> pb.PitchTrack:
+    return pb.PitchTrack(start_seconds=float(contour.start_seconds), hop_seconds=float(contour.hop_seconds),
+                         midi=np.round(contour.midi, 2).tolist(), source=contour.source)
 
 
 def _timed(requests: Iterator[Any], config: ServicerConfig) -> Iterator[Any]:

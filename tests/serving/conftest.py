@@ -149,3 +149,30 @@ def good_query(masters) -> np.ndarray:
     """10 s of the second track starting at 4 s: its windows coincide with master windows."""
     audio = masters[TRACK_IDS[1]]
     return audio[4 * C.SAMPLE_RATE : 14 * C.SAMPLE_RATE].copy()
+
+
+@pytest.fixture(scope="session")
+def catalogue_manifest(masters, tmp_path_factory) -> Path:
+    """The index's masters as a catalogue on disk (WAV files; the first track also has a melody MIDI)."""
+    import pretty_midi
+
+    from data_gen.audio import write_audio
+    from data_gen.manifest import Track, write_catalogue
+
+    root = tmp_path_factory.mktemp("catalogue")
+    tracks = []
+    for i, (tid, audio) in enumerate(masters.items()):
+        path = root / f"{tid}.wav"
+        write_audio(path, audio)
+        midi_path = None
+        if i == 0:
+            pm = pretty_midi.PrettyMIDI()
+            lead = pretty_midi.Instrument(program=73)
+            lead.notes = [pretty_midi.Note(90, 60 + (k % 5) * 2, k * 0.5, k * 0.5 + 0.45) for k in range(40)]
+            pm.instruments.append(lead)
+            midi_path = root / f"{tid}.mid"
+            pm.write(str(midi_path))
+        tracks.append(Track(tid, f"Title {tid}", f"Artist {tid}", path, midi_path))
+    manifest = root / "manifest.csv"
+    write_catalogue(manifest, tracks)
+    return manifest

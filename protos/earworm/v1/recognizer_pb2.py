@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/earworm/v1/recognizer.proto\x12\nearworm.v1\"k\n\x06RawPcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12)\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x17.earworm.v1.PcmEncoding\"H\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12!\n\x03pcm\x18\x02 \x01(\x0b\x32\x12.earworm.v1.RawPcmH\x00\x42\t\n\x07\x63ontent\"B\n\x0fIdentifyRequest\x12 \n\x05\x61udio\x18\x01 \x01(\x0b\x32\x11.earworm.v1.Audio\x12\r\n\x05top_k\x18\x02 \x01(\x05\"m\n\x05Match\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06\x61rtist\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x16\n\x0eoffset_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04rank\x18\x06 \x01(\x05\"\xa4\x01\n\rMelodyQuality\x12\x16\n\x0evoiced_seconds\x18\x01 \x01(\x02\x12\x17\n\x0fvoiced_fraction\x18\x02 \x01(\x02\x12\x1d\n\x15pitch_range_semitones\x18\x03 \x01(\x02\x12\x16\n\x0e\x64istinct_notes\x18\x04 \x01(\x05\x12\x16\n\x0ephrase_seconds\x18\x05 \x01(\x02\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\"\x88\x02\n\x10IdentifyResponse\x12\"\n\x07matches\x18\x01 \x03(\x0b\x32\x11.earworm.v1.Match\x12\x10\n\x08no_match\x18\x02 \x01(\x08\x12\x1a\n\x12no_match_threshold\x18\x03 \x01(\x02\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x15\n\raudio_seconds\x18\x06 \x01(\x02\x12\x32\n\x0fno_match_reason\x18\x07 \x01(\x0e\x32\x19.earworm.v1.NoMatchReason\x12)\n\x06melody\x18\x08 \x01(\x0b\x32\x19.earworm.v1.MelodyQuality\"V\n\x15StreamIdentifyRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.earworm.v1.StreamConfig\x12\x13\n\x0b\x61udio_chunk\x18\x02 \x01(\x0c\"\x94\x01\n\x0cStreamConfig\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12)\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x17.earworm.v1.PcmEncoding\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12 \n\x18interim_interval_seconds\x18\x05 \x01(\x02\"X\n\x16StreamIdentifyResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.earworm.v1.IdentifyResponse\x12\x10\n\x08is_final\x18\x02 \x01(\x08*[\n\x0bPcmEncoding\x12\x1c\n\x18PCM_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12PCM_ENCODING_S16LE\x10\x01\x12\x16\n\x12PCM_ENCODING_F32LE\x10\x02*t\n\rNoMatchReason\x12\x1f\n\x1bNO_MATCH_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fNO_MATCH_REASON_BELOW_THRESHOLD\x10\x01\x12\x1d\n\x19NO_MATCH_REASON_NO_MELODY\x10\x02\x32\xb0\x01\n\nRecognizer\x12\x45\n\x08Identify\x12\x1b.earworm.v1.IdentifyRequest\x1a\x1c.earworm.v1.IdentifyResponse\x12[\n\x0eStreamIdentify\x12!.earworm.v1.StreamIdentifyRequest\x1a\".earworm.v1.StreamIdentifyResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/earworm/v1/recognizer.proto\x12\nearworm.v1\"k\n\x06RawPcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12)\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x17.earworm.v1.PcmEncoding\"H\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12!\n\x03pcm\x18\x02 \x01(\x0b\x32\x12.earworm.v1.RawPcmH\x00\x42\t\n\x07\x63ontent\"Y\n\x0fIdentifyRequest\x12 \n\x05\x61udio\x18\x01 \x01(\x0b\x32\x11.earworm.v1.Audio\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x15\n\rinclude_pitch\x18\x03 \x01(\x08\"V\n\nPitchTrack\x12\x15\n\rstart_seconds\x18\x01 \x01(\x02\x12\x13\n\x0bhop_seconds\x18\x02 \x01(\x02\x12\x0c\n\x04midi\x18\x03 \x03(\x02\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xb0\x01\n\x05Match\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06\x61rtist\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x16\n\x0eoffset_seconds\x18\x05 \x01(\x02\x12\x0c\n\x04rank\x18\x06 \x01(\x05\x12\x13\n\x0btempo_ratio\x18\x07 \x01(\x02\x12,\n\x0cmaster_pitch\x18\x08 \x01(\x0b\x32\x16.earworm.v1.PitchTrack\"\xa4\x01\n\rMelodyQuality\x12\x16\n\x0evoiced_seconds\x18\x01 \x01(\x02\x12\x17\n\x0fvoiced_fraction\x18\x02 \x01(\x02\x12\x1d\n\x15pitch_range_semitones\x18\x03 \x01(\x02\x12\x16\n\x0e\x64istinct_notes\x18\x04 \x01(\x05\x12\x16\n\x0ephrase_seconds\x18\x05 \x01(\x02\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\"\xb5\x02\n\x10IdentifyResponse\x12\"\n\x07matches\x18\x01 \x03(\x0b\x32\x11.earworm.v1.Match\x12\x10\n\x08no_match\x18\x02 \x01(\x08\x12\x1a\n\x12no_match_threshold\x18\x03 \x01(\x02\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x15\n\raudio_seconds\x18\x06 \x01(\x02\x12\x32\n\x0fno_match_reason\x18\x07 \x01(\x0e\x32\x19.earworm.v1.NoMatchReason\x12)\n\x06melody\x18\x08 \x01(\x0b\x32\x19.earworm.v1.MelodyQuality\x12+\n\x0bquery_pitch\x18\t \x01(\x0b\x32\x16.earworm.v1.PitchTrack\"V\n\x15StreamIdentifyRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.earworm.v1.StreamConfig\x12\x13\n\x0b\x61udio_chunk\x18\x02 \x01(\x0c\"\x94\x01\n\x0cStreamConfig\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12)\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x17.earworm.v1.PcmEncoding\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12 \n\x18interim_interval_seconds\x18\x05 \x01(\x02\"X\n\x16StreamIdentifyResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.earworm.v1.IdentifyResponse\x12\x10\n\x08is_final\x18\x02 \x01(\x08*[\n\x0bPcmEncoding\x12\x1c\n\x18PCM_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12PCM_ENCODING_S16LE\x10\x01\x12\x16\n\x12PCM_ENCODING_F32LE\x10\x02*t\n\rNoMatchReason\x12\x1f\n\x1bNO_MATCH_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fNO_MATCH_REASON_BELOW_THRESHOLD\x10\x01\x12\x1d\n\x19NO_MATCH_REASON_NO_MELODY\x10\x02\x32\xb0\x01\n\nRecognizer\x12\x45\n\x08Identify\x12\x1b.earworm.v1.IdentifyRequest\x1a\x1c.earworm.v1.IdentifyResponse\x12[\n\x0eStreamIdentify\x12!.earworm.v1.StreamIdentifyRequest\x1a\".earworm.v1.StreamIdentifyResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.earworm.v1.recognizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PCMENCODING']._serialized_start=1175
-  _globals['_PCMENCODING']._serialized_end=1266
-  _globals['_NOMATCHREASON']._serialized_start=1268
-  _globals['_NOMATCHREASON']._serialized_end=1384
+  _globals['_PCMENCODING']._serialized_start=1399
+  _globals['_PCMENCODING']._serialized_end=1490
+  _globals['_NOMATCHREASON']._serialized_start=1492
+  _globals['_NOMATCHREASON']._serialized_end=1608
   _globals['_RAWPCM']._serialized_start=50
   _globals['_RAWPCM']._serialized_end=157
   _globals['_AUDIO']._serialized_start=159
   _globals['_AUDIO']._serialized_end=231
   _globals['_IDENTIFYREQUEST']._serialized_start=233
-  _globals['_IDENTIFYREQUEST']._serialized_end=299
-  _globals['_MATCH']._serialized_start=301
-  _globals['_MATCH']._serialized_end=410
-  _globals['_MELODYQUALITY']._serialized_start=413
-  _globals['_MELODYQUALITY']._serialized_end=577
-  _globals['_IDENTIFYRESPONSE']._serialized_start=580
-  _globals['_IDENTIFYRESPONSE']._serialized_end=844
-  _globals['_STREAMIDENTIFYREQUEST']._serialized_start=846
-  _globals['_STREAMIDENTIFYREQUEST']._serialized_end=932
-  _globals['_STREAMCONFIG']._serialized_start=935
-  _globals['_STREAMCONFIG']._serialized_end=1083
-  _globals['_STREAMIDENTIFYRESPONSE']._serialized_start=1085
-  _globals['_STREAMIDENTIFYRESPONSE']._serialized_end=1173
-  _globals['_RECOGNIZER']._serialized_start=1387
-  _globals['_RECOGNIZER']._serialized_end=1563
+  _globals['_IDENTIFYREQUEST']._serialized_end=322
+  _globals['_PITCHTRACK']._serialized_start=324
+  _globals['_PITCHTRACK']._serialized_end=410
+  _globals['_MATCH']._serialized_start=413
+  _globals['_MATCH']._serialized_end=589
+  _globals['_MELODYQUALITY']._serialized_start=592
+  _globals['_MELODYQUALITY']._serialized_end=756
+  _globals['_IDENTIFYRESPONSE']._serialized_start=759
+  _globals['_IDENTIFYRESPONSE']._serialized_end=1068
+  _globals['_STREAMIDENTIFYREQUEST']._serialized_start=1070
+  _globals['_STREAMIDENTIFYREQUEST']._serialized_end=1156
+  _globals['_STREAMCONFIG']._serialized_start=1159
+  _globals['_STREAMCONFIG']._serialized_end=1307
+  _globals['_STREAMIDENTIFYRESPONSE']._serialized_start=1309
+  _globals['_STREAMIDENTIFYRESPONSE']._serialized_end=1397
+  _globals['_RECOGNIZER']._serialized_start=1611
+  _globals['_RECOGNIZER']._serialized_end=1787
 # @@protoc_insertion_point(module_scope)

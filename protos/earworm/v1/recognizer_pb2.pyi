@@ -46,28 +46,46 @@ class Audio(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., pcm: _Optional[_Union[RawPcm, _Mapping]] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("audio", "top_k")
+    __slots__ = ("audio", "top_k", "include_pitch")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PITCH_FIELD_NUMBER: _ClassVar[int]
     audio: Audio
     top_k: int
-    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    include_pitch: bool
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ..., include_pitch: _Optional[bool] = ...) -> None: ...
+
+class PitchTrack(_message.Message):
+    __slots__ = ("start_seconds", "hop_seconds", "midi", "source")
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HOP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIDI_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    start_seconds: float
+    hop_seconds: float
+    midi: _containers.RepeatedScalarFieldContainer[float]
+    source: str
+    def __init__(self, start_seconds: _Optional[float] = ..., hop_seconds: _Optional[float] = ..., midi: _Optional[_Iterable[float]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("track_id", "title", "artist", "score", "offset_seconds", "rank")
+    __slots__ = ("track_id", "title", "artist", "score", "offset_seconds", "rank", "tempo_ratio", "master_pitch")
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     ARTIST_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    TEMPO_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PITCH_FIELD_NUMBER: _ClassVar[int]
     track_id: str
     title: str
     artist: str
     score: float
     offset_seconds: float
     rank: int
-    def __init__(self, track_id: _Optional[str] = ..., title: _Optional[str] = ..., artist: _Optional[str] = ..., score: _Optional[float] = ..., offset_seconds: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
+    tempo_ratio: float
+    master_pitch: PitchTrack
+    def __init__(self, track_id: _Optional[str] = ..., title: _Optional[str] = ..., artist: _Optional[str] = ..., score: _Optional[float] = ..., offset_seconds: _Optional[float] = ..., rank: _Optional[int] = ..., tempo_ratio: _Optional[float] = ..., master_pitch: _Optional[_Union[PitchTrack, _Mapping]] = ...) -> None: ...
 
 class MelodyQuality(_message.Message):
     __slots__ = ("voiced_seconds", "voiced_fraction", "pitch_range_semitones", "distinct_notes", "phrase_seconds", "explanation")
@@ -86,7 +104,7 @@ class MelodyQuality(_message.Message):
     def __init__(self, voiced_seconds: _Optional[float] = ..., voiced_fraction: _Optional[float] = ..., pitch_range_semitones: _Optional[float] = ..., distinct_notes: _Optional[int] = ..., phrase_seconds: _Optional[float] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("matches", "no_match", "no_match_threshold", "model_version", "index_version", "audio_seconds", "no_match_reason", "melody")
+    __slots__ = ("matches", "no_match", "no_match_threshold", "model_version", "index_version", "audio_seconds", "no_match_reason", "melody", "query_pitch")
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     NO_MATCH_FIELD_NUMBER: _ClassVar[int]
     NO_MATCH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +113,7 @@ class IdentifyResponse(_message.Message):
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NO_MATCH_REASON_FIELD_NUMBER: _ClassVar[int]
     MELODY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_PITCH_FIELD_NUMBER: _ClassVar[int]
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     no_match: bool
     no_match_threshold: float
@@ -103,7 +122,8 @@ class IdentifyResponse(_message.Message):
     audio_seconds: float
     no_match_reason: NoMatchReason
     melody: MelodyQuality
-    def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., no_match: _Optional[bool] = ..., no_match_threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., audio_seconds: _Optional[float] = ..., no_match_reason: _Optional[_Union[NoMatchReason, str]] = ..., melody: _Optional[_Union[MelodyQuality, _Mapping]] = ...) -> None: ...
+    query_pitch: PitchTrack
+    def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., no_match: _Optional[bool] = ..., no_match_threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., audio_seconds: _Optional[float] = ..., no_match_reason: _Optional[_Union[NoMatchReason, str]] = ..., melody: _Optional[_Union[MelodyQuality, _Mapping]] = ..., query_pitch: _Optional[_Union[PitchTrack, _Mapping]] = ...) -> None: ...
 
 class StreamIdentifyRequest(_message.Message):
     __slots__ = ("config", "audio_chunk")

@@ -1,0 +1,242 @@
+"""The HTTP front door and the page: a Starlette app served by uvicorn in the gRPC server's process.
+
+`POST /v1/identify` goes through the very same `RecognizerServicer.Identify` as gRPC (same limits,
+admission control, token, metrics): the request is turned into an `IdentifyRequest`, answered by the
+servicer with an HTTP stand-in for the gRPC context, and the `IdentifyResponse` is sent as protobuf
+JSON (proto field names, default values included). A gRPC status becomes the usual HTTP one.
+
+| route | what |
+|---|---|
+| `GET /` , `GET /static/*` | the page (`serving/web/static/`) |
+| `GET /v1/info` | model and index versions, track count, whether a token is needed, query length limits |
+| `POST /v1/identify?top_k=&include_pitch=` | the recording as the body (WebM/Opus, WAV, MP3, M4A, FLAC, Ogg) or as the `audio` field of a multipart form (`top_k`, `include_pitch` may be fields too) |
+| `GET /v1/tracks/{track_id}/audio` | the master recording (needs `--catalogue`), with HTTP ranges |
+| `GET /healthz` | 200 when serving, 503 while loading |
+| `GET /metrics` | the same Prometheus registry as `--metrics-port` |
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from protos.earworm.v1 import recognizer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # the server is busy; oversize bodies are 413 before this
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+REQUEST_SECONDS = 30.0
+"""The deadline an HTTP request gets (gRPC clients set their own)."""
+FORM_OVERHEAD_BYTES = 64 * 1024
+"""Room for a multipart form's boundaries and small fields beyond the audio limit."""
+MAX_CONCURRENT_HTTP = 64
+"""Connections uvicorn serves at once; more are answered 503 at once."""
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _HttpContext:
+    """What `RecognizerServicer.Identify` uses of a gRPC ServicerContext, for an HTTP request."""
+
+    def __init__(self, seconds: float):
+        self._deadline = time.monotonic() + seconds
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def time_remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def is_active(self) -> bool:
+        return True
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise _Aborted(details)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def create_app(server: Any):
+    """The Starlette app of an `EarwormServer` (serving/server.py)."""
+    from google.protobuf.json_format import MessageToDict
+    from prometheus_client import make_asgi_app
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    servicer = server.servicer
+    limit = servicer.config.max_audio_bytes
+
+    def error(code: grpc.StatusCode, message: str, status: int | None = None) -> JSONResponse:
+        status = status or HTTP_STATUS.get(code, 500)
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        return JSONResponse({"error": {"code": code.name, "message": message}}, status_code=status, headers=headers)
+
+    def too_large(n_bytes: int | None) -> JSONResponse:
+        size = f"is {n_bytes:,} bytes" if n_bytes is not None else "is too large"
+        return error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     f"the recording {size}; this server accepts at most {limit / 1e6:.1f} MB ({limit:,} bytes; "
+                     f"send at most {servicer.config.max_query_seconds:g} s)", status=413)
+
+    def authorized(request: Request, method: str) -> bool:
+        """The token check of gRPC; a refusal is counted under `method` (Identify, TrackAudio)."""
+        return server.auth is None or server.auth.allows(request.headers.get("authorization", ""),
+                                                         f"HTTP {request.url.path} /{method}",
+                                                         request.client.host if request.client else "")
+
+    async def read_body(request: Request, cap: int) -> bytes | None:
+        """The body, or None as soon as it passes `cap` bytes (never buffered beyond it)."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cap:
+            return None
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > cap:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def identify(request: Request) -> Response:
+        if not authorized(request, "Identify"):
+            return error(grpc.StatusCode.UNAUTHENTICATED,
+                         "missing or wrong token; send the header 'Authorization: Bearer <token>'")
+        form_upload = request.headers.get("content-type", "").startswith("multipart/form-data")
+        body = await read_body(request, limit + (FORM_OVERHEAD_BYTES if form_upload else 0))
+        if body is None:
+            return too_large(None)
+        params = dict(request.query_params)
+        audio = body
+        if form_upload:
+            async def once():
+                yield body
+
+            try:
+                form = await MultiPartParser(Headers(scope=request.scope), once(), max_files=1, max_fields=8,
+                                             max_part_size=limit).parse()
+            except MultiPartException as e:
+                return error(grpc.StatusCode.INVALID_ARGUMENT, f"the form could not be read: {e.message}")
+            upload = form.get("audio")
+            if upload is None or isinstance(upload, str):
+                return error(grpc.StatusCode.INVALID_ARGUMENT,
+                             "the form has no file in its 'audio' field; send the recording there (or as the body)")
+            audio = await upload.read()
+            await form.close()
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+        if len(audio) > limit:
+            return too_large(len(audio))
+        try:
+            top_k = int(params.get("top_k") or 0)
+        except ValueError:
+            return error(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be a whole number, got {params.get('top_k')!r}")
+        message = pb.IdentifyRequest(audio=pb.Audio(encoded=audio), top_k=top_k,
+                                     include_pitch=_truthy(params.get("include_pitch")))
+        context = _HttpContext(REQUEST_SECONDS)
+
+        def call() -> pb.IdentifyResponse | None:
+            try:
+                return servicer.Identify(message, context)
+            except _Aborted:
+                return None
+
+        response = await run_in_threadpool(call)
+        if response is None:
+            return error(context.code or grpc.StatusCode.INTERNAL, context.details)
+        return JSONResponse(MessageToDict(response, preserving_proto_field_name=True,
+                                          always_print_fields_with_no_presence=True))
+
+    async def info(_request: Request) -> Response:
+        state = servicer.state
+        return JSONResponse({
+            "model_version": state.model_version if state else "",
+            "index_version": state.index_version if state else "",
+            "tracks": int(state.index.metadata.num_tracks) if state else 0,
+            "serving": state is not None,
+            "token_required": server.auth is not None,
+            "min_query_seconds": servicer.config.min_query_seconds,
+            "max_query_seconds": servicer.config.max_query_seconds,
+            "master_audio": servicer.masters is not None,
+        })
+
+    async def track_audio(request: Request) -> Response:
+        if not authorized(request, "TrackAudio"):
+            return error(grpc.StatusCode.UNAUTHENTICATED,
+                         "missing or wrong token; send the header 'Authorization: Bearer <token>'")
+        masters = servicer.masters
+        track_id = request.path_params["track_id"]
+        path = masters.audio_path(track_id) if masters is not None else None
+        if path is None:
+            why = "this server has no catalogue audio (start it with --catalogue)" if masters is None else \
+                f"no master recording for track {track_id!r}"
+            return error(grpc.StatusCode.NOT_FOUND, why)
+        return FileResponse(path)
+
+    async def healthz(_request: Request) -> Response:
+        ok = servicer.state is not None
+        return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
+
+    async def page(_request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return Starlette(routes=[
+        Route("/", page),
+        Route("/v1/identify", identify, methods=["POST"]),
+        Route("/v1/info", info),
+        Route("/v1/tracks/{track_id:path}/audio", track_audio),
+        Route("/healthz", healthz),
+        Mount("/metrics", make_asgi_app(server.metrics.registry)),
+        Mount("/static", StaticFiles(directory=STATIC_DIR)),
+    ])
+
+
+class HttpServer:
+    """uvicorn serving `create_app(server)` from a thread of the gRPC server's process."""
+
+    def __init__(self, server: Any, host: str, port: int):
+        import uvicorn
+
+        config = uvicorn.Config(create_app(server), host=host, port=port, log_level="warning", lifespan="off",
+                                access_log=False, limit_concurrency=MAX_CONCURRENT_HTTP, timeout_keep_alive=5)
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, name="earworm-http", daemon=True)
+        self.host = host
+        self.port = 0
+
+    def start(self, timeout: float = 10.0) -> int:
+        """Start serving; returns the bound port. OSError when the port cannot be bound."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"the HTTP server did not start on {self.host} (port in use?)")
+            time.sleep(0.02)
+        self.port = int(self._uvicorn.servers[0].sockets[0].getsockname()[1])
+        return self.port
+
+    def stop(self) -> None:
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=10)
