@@ -1,0 +1,177 @@
+"""The page to hum into, in a real browser: Debian's Chromium driven by Selenium through chromedriver,
+with a fake microphone that plays a hum of a catalogue track (`--use-file-for-fake-audio-capture`).
+
+`scripts/test.sh` installs chromium and chromium-driver (scripts/setup.sh --with-browser); elsewhere
+these tests skip, saying so. The result page's screenshot is saved as a test artefact
+(`artifacts/page-test/`), and the time from pressing stop to the answer on the page is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_gen import constants as C
+from data_gen.audio import write_audio
+from tests.serving.conftest import TRACK_IDS, loader_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+ARTEFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "page-test"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (scripts/setup.sh --with-browser installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def page_server(server_factory, embedder, index_dir, catalogue_manifest):
+    from serving.index import WindowIndex
+
+    server, _ = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), http_port=0,
+                               catalogue=catalogue_manifest)
+    return server
+
+
+@pytest.fixture(scope="module")
+def hum_file(masters, tmp_path_factory) -> Path:
+    """A hum of the second catalogue track (10 s from 4 s) at 48 kHz, as a microphone would give."""
+    import soxr
+
+    audio = masters[TRACK_IDS[1]][4 * C.SAMPLE_RATE : 14 * C.SAMPLE_RATE]
+    path = tmp_path_factory.mktemp("mic") / "hum.wav"
+    write_audio(path, soxr.resample(audio, C.SAMPLE_RATE, 48_000).astype(np.float32), 48_000)
+    return path
+
+
+def _browser(fake_audio: Path | None = None, microphone_allowed: bool = True):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager try to download a driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,900", "--autoplay-policy=no-user-gesture-required",
+                 "--use-fake-device-for-media-stream"):
+        options.add_argument(flag)
+    if microphone_allowed:
+        options.add_argument("--use-fake-ui-for-media-stream")
+    else:  # the person says no to the microphone prompt
+        options.add_experimental_option("prefs", {"profile.default_content_setting_values.media_stream_mic": 2})
+    if fake_audio is not None:
+        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+def _open(driver, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"http://127.0.0.1:{server.http_port}/")
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "record").is_enabled())
+
+
+def _verdict(driver, timeout: float = 60.0) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.find_element(By.ID, "verdict").get_attribute("data-verdict") not in (None, "", "pending"))
+    return driver.find_element(By.ID, "verdict").get_attribute("data-verdict")
+
+
+def _console_errors(driver) -> list[str]:
+    try:
+        return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    except Exception:  # noqa: BLE001 - not every driver keeps the console log
+        return []
+
+
+def test_record_a_hum_and_see_the_song_and_why(page_server, hum_file):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(hum_file)
+    try:
+        _open(driver, page_server)
+        driver.find_element(By.ID, "record").click()
+        WebDriverWait(driver, 20).until(
+            lambda d: float((d.find_element(By.ID, "timer").text or "0").split()[0].replace("0:", "") or 0) >= 10)
+        driver.find_element(By.ID, "record").click()  # stop: the recording is sent
+        assert _verdict(driver) == "match"
+        matches = driver.find_elements(By.CSS_SELECTOR, "#results li.match")
+        assert matches and matches[0].get_attribute("data-track-id") == TRACK_IDS[1]
+        assert f"Title {TRACK_IDS[1]}" in matches[0].text
+        canvas = driver.find_element(By.ID, "contour")
+        WebDriverWait(driver, 10).until(lambda d: canvas.get_attribute("data-drawn") == "true")
+        assert int(canvas.get_attribute("data-points")) > 100
+        answer_ms = float(driver.execute_script("return document.body.dataset.answerMs"))
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTEFACTS / "result.png"))
+        (ARTEFACTS / "timing.json").write_text(json.dumps({"stop_to_answer_ms": answer_ms}))
+        print(f"\npage: {answer_ms:.0f} ms from pressing stop to the answer on the page "
+              f"(screenshot {ARTEFACTS / 'result.png'})")
+        assert not _console_errors(driver)
+    finally:
+        driver.quit()
+
+
+def test_upload_a_file(page_server, hum_file):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        _open(driver, page_server)
+        driver.find_element(By.ID, "file").send_keys(str(hum_file))
+        assert _verdict(driver) == "match"
+        assert driver.find_elements(By.CSS_SELECTOR, "#results li.match")[0].get_attribute("data-track-id") == \
+            TRACK_IDS[1]
+    finally:
+        driver.quit()
+
+
+def test_a_denied_microphone_is_explained(page_server):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser(microphone_allowed=False)
+    try:
+        _open(driver, page_server)
+        driver.find_element(By.ID, "record").click()
+        assert _verdict(driver, 20) == "error"
+        assert "denied" in driver.find_element(By.ID, "status").text.lower()
+    finally:
+        driver.quit()
+
+
+def test_server_errors_are_shown(server_factory, embedder, index_dir, tmp_path):
+    """A file the server cannot read (400, the server's message), then a server that went away."""
+    from selenium.webdriver.common.by import By
+
+    from serving.index import WindowIndex
+
+    server, _ = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), http_port=0)
+    junk = tmp_path / "notes.wav"
+    junk.write_bytes(b"these are my notes, not a recording" * 50)
+    driver = _browser()
+    try:
+        _open(driver, server)
+        driver.find_element(By.ID, "file").send_keys(str(junk))
+        assert _verdict(driver) == "error"
+        assert "could not be decoded" in driver.find_element(By.ID, "status").text
+        server.http.stop()
+        driver.execute_script("document.getElementById('verdict').dataset.verdict = 'pending'")
+        driver.find_element(By.ID, "file").send_keys(str(junk))
+        assert _verdict(driver) == "error"
+        assert "reach" in driver.find_element(By.ID, "status").text.lower()
+    finally:
+        driver.quit()
