@@ -46,6 +46,8 @@ class DemoConfig:
     """In-catalogue synthetic queries used to report the calibrated threshold's accept rate."""
     top_k: int = 3
     port: int = 0
+    http_port: int = 0
+    """Port of the page to hum into (0: any free port; the address is printed)."""
 
 
 @dataclass(frozen=True)
@@ -334,11 +336,12 @@ def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
 
     _step("5/5 server + gRPC client")
     server_config = replace(ServerConfig(), model_dir=model_dir, index_dir=index_dir, host="127.0.0.1",
-                            port=config.port)
+                            port=config.port, http_port=config.http_port, catalogue=manifest)
     with _quiet("serving.server", "serving.embedder", "serving.retrieval"):
         server, port = create_server(server_config)
     target = f"localhost:{port}"
-    print(f"server listening on {target}", flush=True)
+    page = f"http://localhost:{server.http_port}/"
+    print(f"server listening on {target} (gRPC); the page to hum into: {page}", flush=True)
     try:
         with RecognizerClient(target) as client, _quiet("serving.servicer"):
             correct, ranked_first, threshold = identify_examples(client, queries, tracks, config.top_k)
@@ -351,8 +354,10 @@ def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
               f"  earworm serve --model {model_dir} --index {index_dir} --port 50051\n"
               f"  earworm identify {example} --server localhost:50051\n"
               f"(or any WAV/FLAC/Ogg/MP3/M4A/WebM recording of a hum; `earworm identify --json` for scripts)")
+        print(f"\nOr open {page} in a browser" + ("" if keep_serving else
+              " (with --keep-serving the server stays up for it)") + ": record a hum, see the song and why it matched.")
         if keep_serving:
-            print(f"\nThe server keeps running on {target} (Ctrl-C to stop):\n"
+            print(f"\nThe server keeps running on {target} and {page} (Ctrl-C to stop):\n"
                   f"  earworm identify {example} --server {target}", flush=True)
             try:
                 server.wait_for_termination()
@@ -403,7 +408,10 @@ def register(subparsers) -> None:
     p.add_argument("--queries", type=int, default=d.demo_queries,
                    help=f"example queries of catalogue melodies (default {d.demo_queries})")
     p.add_argument("--port", type=int, default=d.port, help="server port (default: any free port)")
-    p.add_argument("--keep-serving", action="store_true", help="keep the server running at the end")
+    p.add_argument("--http-port", type=int, default=d.http_port,
+                   help="port of the page to hum into (default: any free port; the address is printed)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="keep the server (and the page) running at the end")
     p.set_defaults(func=_run)
 
 
@@ -412,7 +420,8 @@ def _run(args: argparse.Namespace) -> int:
         print("earworm demo: --size and --queries must be >= 1", file=sys.stderr)
         return 2
     config = replace(DemoConfig(), workdir=args.workdir or artifacts_dir() / "demo", size=args.size,
-                     seed=args.seed, demo_queries=min(args.queries, args.size), port=args.port)
+                     seed=args.seed, demo_queries=min(args.queries, args.size), port=args.port,
+                     http_port=args.http_port)
     try:
         return run_demo(config, keep_serving=args.keep_serving)
     except Exception as e:  # noqa: BLE001 - a CLI prints one clear line, the log has the traceback
