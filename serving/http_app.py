@@ -10,6 +10,7 @@ JSON (proto field names, default values included). A gRPC status becomes the usu
 | `GET /` , `GET /static/*` | the page (`serving/web/static/`) |
 | `GET /v1/info` | model and index versions, track count, whether a token is needed, query length limits |
 | `POST /v1/identify?top_k=&include_pitch=` | the recording as the body (WebM/Opus, WAV, MP3, M4A, FLAC, Ogg) or as the `audio` field of a multipart form (`top_k`, `include_pitch` may be fields too) |
+| `WS /v1/stream` | live mode, through `StreamIdentify`: a JSON config first (`sample_rate_hz`, `encoding` "s16le"/"f32le", `channels`, `top_k`, `interim_interval_seconds`, `token`), then binary PCM chunks, then `{"end": true}`; answers `{"result": IdentifyResponse, "is_final": bool}` as they firm up, or `{"error": {code, message}}` |
 | `GET /v1/tracks/{track_id}/audio` | the master recording (needs `--catalogue`), with HTTP ranges |
 | `GET /healthz` | 200 when serving, 503 while loading |
 | `GET /metrics` | the same Prometheus registry as `--metrics-port` |
@@ -17,7 +18,9 @@ JSON (proto field names, default values included). A gRPC status becomes the usu
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -71,6 +74,24 @@ class _HttpContext:
         raise _Aborted(details)
 
 
+class _StreamContext(_HttpContext):
+    """The context of a live-mode stream: no deadline (the servicer's idle and total limits hold),
+    inactive once the browser has gone."""
+
+    def __init__(self):
+        super().__init__(0.0)
+        self.gone = threading.Event()
+
+    def time_remaining(self) -> None:
+        return None
+
+    def is_active(self) -> bool:
+        return not self.gone.is_set()
+
+
+PCM_ENCODINGS = {"s16le": pb.PCM_ENCODING_S16LE, "f32le": pb.PCM_ENCODING_F32LE}
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -85,8 +106,9 @@ def create_app(server: Any):
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route
+    from starlette.routing import Mount, Route, WebSocketRoute
     from starlette.staticfiles import StaticFiles
+    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     servicer = server.servicer
     limit = servicer.config.max_audio_bytes
@@ -166,8 +188,106 @@ def create_app(server: Any):
         response = await run_in_threadpool(call)
         if response is None:
             return error(context.code or grpc.StatusCode.INTERNAL, context.details)
-        return JSONResponse(MessageToDict(response, preserving_proto_field_name=True,
-                                          always_print_fields_with_no_presence=True))
+        return JSONResponse(as_json(response))
+
+    def as_json(response: pb.IdentifyResponse) -> dict:
+        return MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+    def stream_config(first: Any) -> pb.StreamConfig:
+        if not isinstance(first, dict):
+            raise ValueError("the first message must be a JSON object with the stream's config")
+        encoding = str(first.get("encoding", "s16le")).lower()
+        if encoding not in PCM_ENCODINGS:
+            raise ValueError(f"encoding must be one of {sorted(PCM_ENCODINGS)}, got {encoding!r}")
+        try:
+            return pb.StreamConfig(sample_rate_hz=int(first.get("sample_rate_hz", 0)),
+                                   channels=int(first.get("channels", 1)), encoding=PCM_ENCODINGS[encoding],
+                                   top_k=int(first.get("top_k", 0)),
+                                   interim_interval_seconds=float(first.get("interim_interval_seconds", 0.0)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"the stream's config has a value of the wrong type: {e}") from e
+
+    async def live(ws: WebSocket) -> None:
+        """Live mode: the browser's PCM chunks through the servicer's StreamIdentify."""
+        await ws.accept()
+
+        async def fail(code: grpc.StatusCode, message: str) -> None:
+            await ws.send_json({"error": {"code": code.name, "message": message}})
+            await ws.close(code=1008 if code is grpc.StatusCode.UNAUTHENTICATED else 1000)
+
+        try:
+            first = await asyncio.wait_for(ws.receive_json(), timeout=servicer.config.stream_idle_seconds)
+            config = stream_config(first)
+        except WebSocketDisconnect:
+            return
+        except asyncio.TimeoutError:
+            return await fail(grpc.StatusCode.DEADLINE_EXCEEDED, "no config arrived; send it first")
+        except ValueError as e:  # not JSON, or bad values
+            return await fail(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        given = f"Bearer {first.get('token', '')}" if first.get("token") else ""
+        if server.auth is not None and not server.auth.allows(
+                given, "HTTP /v1/stream /StreamIdentify", ws.client.host if ws.client else ""):
+            return await fail(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token; send it as 'token' in the config")
+
+        inbox: queue.Queue = queue.Queue()
+        context = _StreamContext()
+        loop = asyncio.get_running_loop()
+        outbox: asyncio.Queue = asyncio.Queue()
+
+        def requests():
+            yield pb.StreamIdentifyRequest(config=config)
+            while (chunk := inbox.get()) is not None:
+                yield pb.StreamIdentifyRequest(audio_chunk=chunk)
+
+        def work() -> None:
+            try:
+                for response in servicer.StreamIdentify(requests(), context):
+                    loop.call_soon_threadsafe(outbox.put_nowait, ("result", response))
+            except _Aborted:
+                loop.call_soon_threadsafe(outbox.put_nowait, ("error", (context.code, context.details)))
+            finally:
+                loop.call_soon_threadsafe(outbox.put_nowait, ("done", None))
+
+        async def read() -> None:
+            """Chunks into the inbox until the browser ends, leaves, or has sent as much as one
+            request may carry (the servicer answers at that cap; nothing more is buffered)."""
+            received = 0
+            try:
+                while received <= servicer.config.max_audio_bytes:
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        context.gone.set()
+                        break
+                    if message.get("bytes"):
+                        received += len(message["bytes"])
+                        inbox.put(message["bytes"])
+                    elif message.get("text") is not None:
+                        break  # {"end": true}: answer with what there is
+            finally:
+                inbox.put(None)
+
+        worker = loop.run_in_executor(None, work)
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                kind, item = await outbox.get()
+                if kind == "done":
+                    break
+                if context.gone.is_set():
+                    continue
+                if kind == "result":
+                    await ws.send_json({"result": as_json(item.result), "is_final": bool(item.is_final)})
+                else:
+                    code, details = item
+                    await ws.send_json({"error": {"code": (code or grpc.StatusCode.INTERNAL).name, "message": details}})
+        except WebSocketDisconnect:
+            context.gone.set()
+        finally:
+            inbox.put(None)  # the servicer's reader never waits for a chunk that cannot come
+            reader.cancel()
+            await worker
+        if not context.gone.is_set():
+            await ws.close()
 
     async def info(_request: Request) -> Response:
         state = servicer.state
@@ -206,6 +326,7 @@ def create_app(server: Any):
         Route("/", page),
         Route("/v1/identify", identify, methods=["POST"]),
         Route("/v1/info", info),
+        WebSocketRoute("/v1/stream", live),
         Route("/v1/tracks/{track_id:path}/audio", track_audio),
         Route("/healthz", healthz),
         Mount("/metrics", make_asgi_app(server.metrics.registry)),

@@ -183,3 +183,56 @@ def test_master_audio_with_ranges(http_server, catalogue_manifest):
     assert status == 206 and body == whole[100:200]
     status, _, body = _call(http_server, "/v1/tracks/nope/audio")
     assert status == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND"
+
+
+def _live(server, config: dict, chunks: list[bytes], end: bool = True) -> list[dict]:
+    """Every message the live-mode socket answers."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    got = []
+    with connect(f"ws://127.0.0.1:{server.http_port}/v1/stream", open_timeout=10) as ws:
+        ws.send(json.dumps(config))
+        for chunk in chunks:
+            ws.send(chunk)
+        if end:
+            ws.send(json.dumps({"end": True}))
+        try:
+            while True:
+                got.append(json.loads(ws.recv(timeout=30)))
+        except ConnectionClosed:
+            pass
+    return got
+
+
+def test_live_mode_streams_to_stream_identify(http_server, good_query):
+    pcm = (np.clip(good_query, -1, 1) * 32767).astype("<i2").tobytes()
+    half_second = C.SAMPLE_RATE  # bytes in 0.5 s of s16 mono
+    answers = _live(http_server, {"sample_rate_hz": C.SAMPLE_RATE, "encoding": "s16le", "top_k": 3,
+                                  "interim_interval_seconds": 2},
+                    [pcm[i : i + half_second] for i in range(0, len(pcm), half_second)])
+    assert answers and all("result" in a for a in answers)
+    assert answers[-1]["is_final"] is True and sum(a["is_final"] for a in answers) == 1
+    assert answers[-1]["result"]["matches"][0]["track_id"] == TRACK_IDS[1]
+    assert len(answers) >= 2  # interim answers while the audio came in
+
+
+@pytest.mark.parametrize("config, code", [
+    ({"sample_rate_hz": 16000, "encoding": "mp3"}, "INVALID_ARGUMENT"),
+    ({"sample_rate_hz": "fast"}, "INVALID_ARGUMENT"),
+    ({"sample_rate_hz": 100}, "INVALID_ARGUMENT"),
+])
+def test_live_mode_bad_config(http_server, config, code):
+    answers = _live(http_server, config, [], end=False)
+    assert answers[-1]["error"]["code"] == code and answers[-1]["error"]["message"]
+
+
+def test_live_mode_too_little_audio_and_the_token(server_factory, embedder, index_dir, good_query):
+    from serving.index import WindowIndex
+
+    server, _ = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), http_port=0,
+                               auth_token="s3cret")
+    cfg = {"sample_rate_hz": C.SAMPLE_RATE}
+    assert _live(server, cfg, [b"\x00\x01" * 100])[-1]["error"]["code"] == "UNAUTHENTICATED"
+    answers = _live(server, {**cfg, "token": "s3cret"}, [b"\x00\x01" * 100])
+    assert answers[-1]["error"]["code"] == "INVALID_ARGUMENT" and "too little audio" in answers[-1]["error"]["message"]
