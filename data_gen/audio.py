@@ -195,25 +195,33 @@ _SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EO
 
 def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
     """libsndfile: (mono float32 at the native rate, rate), or None when it cannot read the
-    bytes (FFmpeg gets them next). A too-long recording is refused from its header, unread."""
+    bytes (FFmpeg gets them next).
+
+    The header's length is never trusted (an Ogg granule position or a FLAC total_samples may claim
+    anything, 0 meaning unknown): the audio is read block by block, each block counted as libsndfile
+    returns it, and reading stops with `TooLongAudioError` once past `max_seconds`."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
-            if rate <= 0 or frames < 0:
+            rate, channels = int(f.samplerate), int(f.channels)
+            if rate <= 0:
                 return None
             if not MIN_NATIVE_RATE <= rate <= MAX_NATIVE_RATE or not 0 < channels <= MAX_CHANNELS:
                 samples = None  # refused below, outside this `except ValueError`
-            elif max_seconds is not None and frames / rate > max_seconds:
-                samples = None
             else:  # block by block, each mixed to mono at once (memory: one mono copy)
-                samples = [block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
-                           for block in f.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)]
+                samples, frames = [], 0
+                limit = None if max_seconds is None else int(max_seconds * rate)
+                while limit is None or frames <= limit:
+                    block = f.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                    if block.shape[0] == 0:
+                        break
+                    samples.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy())
+                    frames += block.shape[0]
     except _SOUNDFILE_ERRORS as e:
         log.debug("libsndfile cannot read the recording (%s); trying FFmpeg", e)
         return None
     if samples is None:
         _refuse_layout(rate, channels)
-        _refuse_if_too_long(frames / rate, max_seconds)
+    _refuse_if_too_long(frames / rate, max_seconds, at_least=True)
     return np.ascontiguousarray(np.concatenate(samples) if samples else np.zeros(0), dtype=np.float32), rate
 
 

@@ -10,7 +10,7 @@ JSON (proto field names, default values included). A gRPC status becomes the usu
 | `GET /` , `GET /static/*` | the page (`serving/web/static/`) |
 | `GET /v1/info` | model and index versions, track count, whether a token is needed, query length limits |
 | `POST /v1/identify?top_k=&include_pitch=` | the recording as the body (WebM/Opus, WAV, MP3, M4A, FLAC, Ogg) or as the `audio` field of a multipart form (`top_k`, `include_pitch` may be fields too) |
-| `WS /v1/stream` | live mode, through `StreamIdentify`: a JSON config first (`sample_rate_hz`, `encoding` "s16le"/"f32le", `channels`, `top_k`, `interim_interval_seconds`, `token`), then binary PCM chunks, then `{"end": true}`; answers `{"result": IdentifyResponse, "is_final": bool}` as they firm up, or `{"error": {code, message}}` |
+| `WS /v1/stream` | live mode, through `StreamIdentify`: a JSON config first (`sample_rate_hz`, `encoding` "s16le"/"f32le", `channels`, `top_k`, `interim_interval_seconds`, `include_pitch`, `token`), then binary PCM chunks, then `{"end": true}`; answers `{"result": IdentifyResponse, "is_final": bool}` as they firm up, or `{"error": {code, message}}` |
 | `GET /v1/tracks/{track_id}/audio` | the master recording (needs `--catalogue`), with HTTP ranges |
 | `GET /healthz` | 200 when serving, 503 while loading |
 | `GET /metrics` | the same Prometheus registry as `--metrics-port` |
@@ -203,7 +203,8 @@ def create_app(server: Any):
             return pb.StreamConfig(sample_rate_hz=int(first.get("sample_rate_hz", 0)),
                                    channels=int(first.get("channels", 1)), encoding=PCM_ENCODINGS[encoding],
                                    top_k=int(first.get("top_k", 0)),
-                                   interim_interval_seconds=float(first.get("interim_interval_seconds", 0.0)))
+                                   interim_interval_seconds=float(first.get("interim_interval_seconds", 0.0)),
+                                   include_pitch=bool(first.get("include_pitch", False)))
         except (TypeError, ValueError) as e:
             raise ValueError(f"the stream's config has a value of the wrong type: {e}") from e
 

@@ -375,6 +375,9 @@ class EarwormServer:
                 return False
             try:
                 index = load_index(self.config.index_dir, self.config.index_mmap)
+                if read_index_version(self.config.index_dir) != index.version:
+                    # replaced while it was being read: its files may mix two versions
+                    raise IndexSwapError(f"index {on_disk} was replaced while it was being read; retrying")
                 self.swap_index(index)
             except Exception as e:  # noqa: BLE001 - refused (IndexSwapError) or broken: keep the old one
                 serving = state.index_version if state else "-"

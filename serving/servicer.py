@@ -541,6 +541,7 @@ class _StreamSession:
         self.channels = servicer._pcm_layout(cfg.sample_rate_hz, cfg.channels)
         self.sample_rate = cfg.sample_rate_hz
         self.top_k = servicer._top_k(cfg.top_k)
+        self.include_pitch = cfg.include_pitch
         interval = cfg.interim_interval_seconds
         if interval < 0 or interval != interval:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
@@ -645,18 +646,25 @@ class _StreamSession:
         self.outcome.answers += 1
         response = pb.StreamIdentifyResponse(result=RecognizerServicer._response(result, self.state),
                                              is_final=final)
-        if not final:
-            top = result.matches[0] if result.matches else None
-            if (top is not None and not result.no_match
-                    and top.score >= result.threshold + self.config.confident_margin):
-                if self.confident_streak and self.confident_streak[-1] != top.track_id:
-                    self.confident_streak = []
-                self.confident_streak.append(top.track_id)
-            else:
-                self.confident_streak = []
-            if len(self.confident_streak) >= 2:
-                response.is_final = True  # confident and stable: stop listening
+        if not final and self._confident_twice(result):
+            response.is_final = True  # confident and stable: stop listening
+        if response.is_final and self.include_pitch:
+            t0 = time.perf_counter()
+            self.servicer._add_pitch(response.result, audio, result)
+            self.outcome.pitch_ms += (time.perf_counter() - t0) * 1000.0
         return response
+
+    def _confident_twice(self, result: Any) -> bool:
+        """Whether this interim answer and the one before both name the same track, confidently."""
+        top = result.matches[0] if result.matches else None
+        if (top is not None and not result.no_match
+                and top.score >= result.threshold + self.config.confident_margin):
+            if self.confident_streak and self.confident_streak[-1] != top.track_id:
+                self.confident_streak = []
+            self.confident_streak.append(top.track_id)
+        else:
+            self.confident_streak = []
+        return len(self.confident_streak) >= 2
 
     def answers(self) -> Iterator[pb.StreamIdentifyResponse]:
         """An interim answer when one is due (or none, e.g. while the audio is still silent)."""

@@ -209,7 +209,7 @@ def test_too_long_pcm_is_refused_before_resampling():
 
 def test_too_long_file_is_refused_before_resampling(tone_audio):
     at_4k = _encode(np.tile(tone_audio, 20)[:400_000], 4_000)  # a WAV header claiming 4 kHz: 100 s
-    with pytest.raises(A.TooLongAudioError, match=r"100\.0 s long; at most 30 s"):
+    with pytest.raises(A.TooLongAudioError, match=r"longer than 30 s; at most 30 s"):
         A.decode_audio(at_4k, max_seconds=30)
 
 

@@ -209,12 +209,16 @@ def test_live_mode_streams_to_stream_identify(http_server, good_query):
     pcm = (np.clip(good_query, -1, 1) * 32767).astype("<i2").tobytes()
     half_second = C.SAMPLE_RATE  # bytes in 0.5 s of s16 mono
     answers = _live(http_server, {"sample_rate_hz": C.SAMPLE_RATE, "encoding": "s16le", "top_k": 3,
-                                  "interim_interval_seconds": 2},
+                                  "interim_interval_seconds": 2, "include_pitch": True},
                     [pcm[i : i + half_second] for i in range(0, len(pcm), half_second)])
     assert answers and all("result" in a for a in answers)
     assert answers[-1]["is_final"] is True and sum(a["is_final"] for a in answers) == 1
-    assert answers[-1]["result"]["matches"][0]["track_id"] == TRACK_IDS[1]
+    final = answers[-1]["result"]
+    assert final["matches"][0]["track_id"] == TRACK_IDS[1]
     assert len(answers) >= 2  # interim answers while the audio came in
+    # include_pitch: the final answer (only) carries the pitch tracks the page draws
+    assert final["query_pitch"]["midi"] and final["matches"][0]["master_pitch"]["midi"]
+    assert not any(a["result"].get("query_pitch", {}).get("midi") for a in answers[:-1])
 
 
 @pytest.mark.parametrize("config, code", [

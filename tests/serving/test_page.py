@@ -126,6 +126,91 @@ def test_record_a_hum_and_see_the_song_and_why(page_server, hum_file):
         driver.quit()
 
 
+def test_live_mode_guesses_while_humming(page_server, hum_file):
+    """Live: PCM over WS /v1/stream while recording, a guess on the page before Stop, then the final
+    answer (after Stop, or earlier once the server is sure) with the why-it-matched plot."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def log(d) -> list[str]:
+        return d.execute_script("return window.Earworm.state().liveLog")
+
+    driver = _browser(hum_file)
+    try:
+        _open(driver, page_server)
+        driver.find_element(By.ID, "live").click()
+        driver.find_element(By.ID, "record").click()
+        WebDriverWait(driver, 30).until(lambda d: log(d))
+        assert log(driver)[0] == "interim"
+        if driver.execute_script("return window.Earworm.state().recording"):
+            WebDriverWait(driver, 20).until(lambda d: float((d.find_element(By.ID, "timer").text or "0").split()[0]) >= 8
+                                            or not d.execute_script("return window.Earworm.state().recording"))
+            if driver.execute_script("return window.Earworm.state().recording"):
+                driver.find_element(By.ID, "record").click()  # stop: the final answer comes over the stream
+        WebDriverWait(driver, 60).until(lambda d: log(d)[-1] in ("final", "early"))
+        assert _verdict(driver) == "match"
+        assert driver.execute_script("return document.body.dataset.live") in ("final", "early")
+        matches = driver.find_elements(By.CSS_SELECTOR, "#results li.match")
+        assert matches and matches[0].get_attribute("data-track-id") == TRACK_IDS[1]
+        canvas = driver.find_element(By.ID, "contour")
+        WebDriverWait(driver, 10).until(lambda d: canvas.get_attribute("data-drawn") == "true")
+        answer_ms = float(driver.execute_script("return document.body.dataset.answerMs"))
+        print(f"\npage, live: answers {log(driver)}; {answer_ms:.0f} ms from pressing stop to the final answer "
+              "(0: the server was sure before Stop)")
+        assert not driver.execute_script("return window.Earworm.state().live")
+        assert not _console_errors(driver)
+    finally:
+        driver.quit()
+
+
+def test_live_mode_final_answer_after_stop(server_factory, embedder, index_dir, catalogue_manifest, hum_file):
+    """A server that is never sure early: guesses while humming, then Stop ends the stream and the
+    final answer comes over it (not a second upload)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serving.index import WindowIndex
+
+    server, _ = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), http_port=0,
+                               catalogue=catalogue_manifest, servicer={"confident_margin": float("inf")})
+    driver = _browser(hum_file)
+    try:
+        _open(driver, server)
+        driver.find_element(By.ID, "live").click()
+        driver.find_element(By.ID, "record").click()
+        WebDriverWait(driver, 30).until(lambda d: len(d.execute_script("return window.Earworm.state().liveLog")) >= 3)
+        driver.find_element(By.ID, "record").click()
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.live") == "final")
+        log = driver.execute_script("return window.Earworm.state().liveLog")
+        assert log[-1] == "final" and set(log[:-1]) == {"interim"}
+        assert _verdict(driver) == "match"
+        assert driver.find_elements(By.CSS_SELECTOR, "#results li.match")[0].get_attribute("data-track-id") == \
+            TRACK_IDS[1]
+        assert "(live)" in driver.find_element(By.ID, "answer-time").text
+    finally:
+        driver.quit()
+
+
+def test_live_mode_explains_a_missing_token(server_factory, embedder, index_dir, hum_file):
+    from selenium.webdriver.common.by import By
+
+    from serving.index import WindowIndex
+
+    server, _ = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), http_port=0,
+                               auth_token="s3cret")
+    driver = _browser(hum_file)
+    try:
+        _open(driver, server)
+        driver.find_element(By.ID, "live").click()
+        driver.find_element(By.ID, "record").click()
+        assert _verdict(driver, 30) == "error"
+        assert "token" in driver.find_element(By.ID, "status").text.lower()
+        assert driver.find_element(By.ID, "token").is_displayed()
+        assert not driver.execute_script("return window.Earworm.state().recording")
+    finally:
+        driver.quit()
+
+
 def test_upload_a_file(page_server, hum_file):
     from selenium.webdriver.common.by import By
 

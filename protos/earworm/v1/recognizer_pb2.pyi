@@ -134,18 +134,20 @@ class StreamIdentifyRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio_chunk: _Optional[bytes] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("sample_rate_hz", "channels", "encoding", "top_k", "interim_interval_seconds")
+    __slots__ = ("sample_rate_hz", "channels", "encoding", "top_k", "interim_interval_seconds", "include_pitch")
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     INTERIM_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PITCH_FIELD_NUMBER: _ClassVar[int]
     sample_rate_hz: int
     channels: int
     encoding: PcmEncoding
     top_k: int
     interim_interval_seconds: float
-    def __init__(self, sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[PcmEncoding, str]] = ..., top_k: _Optional[int] = ..., interim_interval_seconds: _Optional[float] = ...) -> None: ...
+    include_pitch: bool
+    def __init__(self, sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[PcmEncoding, str]] = ..., top_k: _Optional[int] = ..., interim_interval_seconds: _Optional[float] = ..., include_pitch: _Optional[bool] = ...) -> None: ...
 
 class StreamIdentifyResponse(_message.Message):
     __slots__ = ("result", "is_final")

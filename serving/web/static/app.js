@@ -4,7 +4,8 @@
  * global it leaves is `window.Earworm`, a small frozen object for tests and debugging.
  *
  * Sections: settings and state · small helpers · messages · server info and token · recording ·
- * upload · the identify request · rendering the results · the "why it matched" plot · playback · start.
+ * live mode · upload · the identify request · rendering the results · the "why it matched" plot ·
+ * playback · start.
  */
 (function () {
   "use strict";
@@ -19,6 +20,15 @@
     transposeRange: 24,
     maxJoinSemitones: 7,
     preferredMimeType: "audio/webm;codecs=opus",
+    liveKey: "earworm.live",
+    liveIntervalSeconds: 1.0,   // seconds of humming between the server's interim guesses
+    liveChunkSeconds: 0.1,      // PCM is sent in pieces this long
+  });
+
+  /** gRPC status names (live mode's errors) as the HTTP statuses the page already explains. */
+  const STATUS_FOR_CODE = Object.freeze({
+    INVALID_ARGUMENT: 400, UNAUTHENTICATED: 401, NOT_FOUND: 404, RESOURCE_EXHAUSTED: 429, CANCELLED: 499,
+    UNAVAILABLE: 503, DEADLINE_EXCEEDED: 504,
   });
 
   const NOTE_NAMES = ["C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B"];
@@ -36,6 +46,8 @@
     infoLoaded: false,
     recording: null,   // the recording in progress: {stream, recorder, chunks, startedAt, ...}
     request: null,     // the identify request in flight: {controller, seq}
+    live: null,        // the live-mode stream in progress (see startLive)
+    liveLog: [],       // what the last live stream answered: "interim", then "final" or "early"
     requestSeq: 0,
     answer: null,      // the rendered answer: {kind, matches, queryPitch, ...}
     selected: -1,      // index of the match the plot explains
@@ -141,6 +153,9 @@
 
   function clearAnswer() {
     stopPlayback();
+    delete el.verdict.dataset.interim;
+    el.results.classList.remove("is-interim");
+    delete document.body.dataset.live;
     state.answer = null;
     state.selected = -1;
     el.results.replaceChildren();
@@ -300,6 +315,7 @@
     state.recording = rec;
     recorder.start();
     rec.startedAt = performance.now();
+    if (el.live && el.live.checked) rec.live = startLive(stream, rec);
     rec.autoStop = window.setTimeout(function () { stopRecording("limit"); }, recordLimit() * 1000);
     setRecordButton(true);
     el.timer.textContent = formatSeconds(0);
@@ -356,7 +372,13 @@
     stopStream(rec.stream);
     stopLevelMeter(rec.meter);
     if (state.recording === rec) state.recording = null;
-    if (rec.discarded) return;
+    const live = rec.live;
+    if (rec.discarded) {
+      if (live) closeLive(live);
+      return;
+    }
+    if (live && (live.phase === "final" || live.phase === "error")) return;  // answered, or explained, live
+    if (live && (rec.failed || (rec.stoppedAt - rec.startedAt) / 1000 < state.info.min_query_seconds)) closeLive(live);
 
     const seconds = (rec.stoppedAt - rec.startedAt) / 1000;
     const minimum = state.info.min_query_seconds;
@@ -373,10 +395,16 @@
     const type = rec.recorder.mimeType || (rec.chunks[0] && rec.chunks[0].type) || "audio/webm";
     const blob = new Blob(rec.chunks, { type: type });
     if (blob.size === 0) {
+      if (live) closeLive(live);
       showError("Nothing was recorded", "The microphone gave no sound. Check that it is connected and not muted, or upload a recording instead.");
       return;
     }
-    identify(blob, { startedAt: rec.stoppedAt, what: "your " + seconds.toFixed(1) + " s recording" });
+    const what = "your " + seconds.toFixed(1) + " s recording";
+    if (live && live.phase !== "broken") {
+      endLive(live, blob, what);  // the final answer comes over the stream; the blob is the fallback
+      return;
+    }
+    identify(blob, { startedAt: rec.stoppedAt, what: what });
   }
 
   function stopStream(stream) {
@@ -448,6 +476,206 @@
     if (meter && meter.context && meter.context.state !== "closed") meter.context.close().catch(function () {});
   }
 
+  // ---- live mode ------------------------------------------------------------------------------------
+  // Beside the recorder, the microphone's samples go to WS /v1/stream as 16-bit PCM while the person
+  // hums; the server answers with interim guesses and one final answer (after Stop, or earlier once it
+  // is sure). If the stream breaks, the whole recording is sent to /v1/identify when it stops.
+
+  function liveUrl() {
+    return (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + "/v1/stream";
+  }
+
+  function startLive(stream, rec) {
+    const live = {
+      rec: rec, socket: null, context: null, rate: 0, queue: [], queued: 0, sentSamples: 0,
+      phase: "connecting", ended: false, closed: false, blob: null, what: "", timer: 0, answers: 0,
+    };
+    state.live = live;
+    state.liveLog = [];
+    openLiveAudio(live, stream).catch(function (err) {
+      liveBroken(live, "the browser could not capture raw audio: " + ((err && err.message) || err));
+    });
+    return live;
+  }
+
+  async function openLiveAudio(live, stream) {
+    const Context = window.AudioContext || window.webkitAudioContext;
+    if (!Context || typeof window.WebSocket !== "function") throw new Error("no Web Audio or WebSocket here");
+    let context = null;
+    let source;
+    try {  // 16 kHz, the rate the server works at: the browser resamples the microphone
+      context = new Context({ sampleRate: 16000 });
+      source = context.createMediaStreamSource(stream);
+    } catch (err) {  // some browsers refuse a microphone into a context at another rate
+      if (context) context.close().catch(function () {});
+      context = new Context();
+      source = context.createMediaStreamSource(stream);
+    }
+    live.context = context;
+    if (live.closed) return closeLive(live);
+    const sink = context.createGain();  // keeps the graph pulling; nothing is heard
+    sink.gain.value = 0;
+    sink.connect(context.destination);
+    let node;
+    if (context.audioWorklet && typeof window.AudioWorkletNode === "function") {
+      await context.audioWorklet.addModule("/static/pcm-worklet.js");
+      if (live.closed) return closeLive(live);
+      node = new AudioWorkletNode(context, "earworm-pcm-tap");
+      node.port.onmessage = function (event) { liveSamples(live, event.data); };
+    } else {
+      node = context.createScriptProcessor(4096, 1, 1);
+      node.onaudioprocess = function (event) {
+        liveSamples(live, new Float32Array(event.inputBuffer.getChannelData(0)));
+      };
+    }
+    source.connect(node);
+    node.connect(sink);
+    if (context.state === "suspended") await context.resume();
+    live.rate = context.sampleRate;
+    openLiveSocket(live);
+  }
+
+  function openLiveSocket(live) {
+    const socket = new WebSocket(liveUrl());
+    socket.binaryType = "arraybuffer";
+    live.socket = socket;
+    socket.addEventListener("open", function () {
+      if (live.closed) return;
+      socket.send(JSON.stringify({
+        sample_rate_hz: live.rate, encoding: "s16le", channels: 1, top_k: SETTINGS.topK,
+        interim_interval_seconds: SETTINGS.liveIntervalSeconds, include_pitch: true, token: token(),
+      }));
+      live.phase = "open";
+      flushLive(live);
+      if (live.ended) sendLiveEnd(live);
+    });
+    socket.addEventListener("message", function (event) { onLiveMessage(live, event.data); });
+    socket.addEventListener("close", function () {
+      if (!live.closed && live.phase !== "final" && live.phase !== "error") {
+        liveBroken(live, "the connection closed before an answer");
+      }
+    });
+  }
+
+  function liveSamples(live, samples) {
+    if (live.closed || live.ended) return;
+    live.queue.push(samples);
+    live.queued += samples.length;
+    if (live.phase === "open" && live.queued >= live.rate * SETTINGS.liveChunkSeconds) flushLive(live);
+  }
+
+  /** What is queued, as little-endian 16-bit PCM, in one binary message. */
+  function flushLive(live) {
+    if (!live.queued || !live.socket || live.socket.readyState !== WebSocket.OPEN) return;
+    const pcm = new Int16Array(live.queued);
+    let at = 0;
+    live.queue.forEach(function (block) {
+      for (let i = 0; i < block.length; i += 1) pcm[at++] = Math.round(clamp(block[i], -1, 1) * 32767);
+    });
+    live.queue = [];
+    live.queued = 0;
+    live.socket.send(pcm.buffer);
+    live.sentSamples += pcm.length;
+  }
+
+  /** The person pressed Stop: the rest of the audio, then {"end": true}; the final answer follows. */
+  function endLive(live, blob, what) {
+    live.ended = true;
+    live.blob = blob;
+    live.what = what;
+    setVerdict("pending", "Listening to your tune…");
+    el.results.classList.add("is-interim");
+    setStatus("Identifying " + what + "…", { busy: true });
+    live.timer = window.setTimeout(function () { liveBroken(live, "no answer in time"); }, SETTINGS.requestTimeoutMs);
+    if (live.phase === "open") sendLiveEnd(live);
+  }
+
+  function sendLiveEnd(live) {
+    flushLive(live);
+    stopLiveAudio(live);
+    try {
+      live.socket.send(JSON.stringify({ end: true }));
+    } catch (err) {
+      liveBroken(live, "the connection failed");
+    }
+  }
+
+  function onLiveMessage(live, data) {
+    if (live.closed || typeof data !== "string") return;
+    let message = null;
+    try {
+      message = JSON.parse(data);
+    } catch (err) {
+      return;
+    }
+    if (!message || typeof message !== "object") return;
+    if (message.error && typeof message.error === "object") {
+      live.phase = "error";
+      closeLive(live);
+      stopLiveRecording(live);
+      showHttpError(STATUS_FOR_CODE[String(message.error.code || "")] || 500, { error: message.error });
+      return;
+    }
+    if (!message.result || typeof message.result !== "object") return;
+    live.answers += 1;
+    state.liveLog.push(message.is_final ? (live.ended ? "final" : "early") : "interim");
+    const heard = (performance.now() - live.rec.startedAt) / 1000;
+    if (message.is_final) {
+      live.phase = "final";
+      const early = !live.ended;  // the server was sure before Stop
+      closeLive(live);
+      if (early) stopLiveRecording(live);
+      renderAnswer(message.result, early ? performance.now() : live.rec.stoppedAt,
+                   { live: early ? "early" : "final", heard: heard });
+    } else if (!live.ended) {
+      renderAnswer(message.result, live.rec.startedAt, { interim: true, heard: heard });
+    }
+  }
+
+  /** The stream failed: after Stop the recording goes as a whole; before it, it will when it stops. */
+  function liveBroken(live, why) {
+    if (live.closed || live.phase === "final" || live.phase === "error") return;
+    live.phase = "broken";
+    closeLive(live);
+    if (live.ended && live.blob) {
+      identify(live.blob, { startedAt: live.rec.stoppedAt, what: live.what });
+    } else if (state.recording === live.rec) {
+      setStatus("Live guesses stopped (" + why + "); the recording is sent as a whole when you press Stop.");
+    }
+  }
+
+  function stopLiveRecording(live) {
+    if (state.recording === live.rec && !live.rec.stopping) stopRecording("answered");
+  }
+
+  function stopLiveAudio(live) {
+    if (live.context && live.context.state !== "closed") live.context.close().catch(function () {});
+  }
+
+  function closeLive(live) {
+    live.closed = true;
+    window.clearTimeout(live.timer);
+    stopLiveAudio(live);
+    if (live.socket && live.socket.readyState <= WebSocket.OPEN) {
+      try {
+        live.socket.close();
+      } catch (err) { /* already closing */ }
+    }
+    if (state.live === live) state.live = null;
+  }
+
+  function initLiveToggle() {
+    if (!el.live) return;
+    try {
+      el.live.checked = sessionStorage.getItem(SETTINGS.liveKey) === "1";
+    } catch (err) { /* storage may be off */ }
+    el.live.addEventListener("change", function () {
+      try {
+        sessionStorage.setItem(SETTINGS.liveKey, el.live.checked ? "1" : "0");
+      } catch (err) { /* see above */ }
+    });
+  }
+
   // ---- upload ---------------------------------------------------------------------------------------
 
   function onFileChosen() {
@@ -491,6 +719,7 @@
   // ---- the identify request ---------------------------------------------------------------------
 
   function cancelRequest() {
+    if (state.live && !state.recording) closeLive(state.live);  // a live answer still awaited
     if (!state.request) return;
     state.request.cancelled = true;
     state.request.controller.abort();
@@ -617,7 +846,10 @@
     return "match";
   }
 
-  function renderAnswer(response, startedAt) {
+  /** options: {interim: true} for a live guess while humming; {live: "early"|"final", heard} for a
+   * live final answer (early: the server was sure before Stop). */
+  function renderAnswer(response, startedAt, options) {
+    const opts = options || {};
     const matches = (Array.isArray(field(response, "matches")) ? field(response, "matches") : [])
       .filter(function (m) { return m && typeof m === "object"; })
       .map(normaliseMatch);
@@ -650,9 +882,33 @@
     else if (answer.kind === "no-melody" && answer.queryPitch) setPlot(buildHeardPlot(answer.queryPitch));
     else setPlot(null);
 
+    if (opts.interim) {
+      renderInterim(answer, opts.heard);
+      return;
+    }
     const ms = performance.now() - startedAt;
-    el.answerTime.textContent = "answered in " + (ms / 1000).toFixed(2) + " s";
+    if (opts.live) document.body.dataset.live = opts.live;
+    if (opts.live === "early") {
+      el.answerTime.textContent = "sure after " + opts.heard.toFixed(1) + " s of humming (live)";
+      document.body.dataset.answerMs = "0";
+      return;
+    }
+    el.answerTime.textContent = "answered in " + (ms / 1000).toFixed(2) + " s" + (opts.live ? " (live)" : "");
     document.body.dataset.answerMs = ms.toFixed(1);
+  }
+
+  /** A live guess while the person still hums: marked as a guess, the song list dimmed. */
+  function renderInterim(answer, heard) {
+    document.body.dataset.live = "interim";
+    el.verdict.dataset.interim = "true";
+    el.results.classList.add("is-interim");
+    if (answer.kind === "match") {
+      const kicker = el.verdict.querySelector(".verdict-kicker");
+      if (kicker) kicker.textContent = "Best guess so far";
+    } else {
+      setVerdict("pending", "Listening… nothing sure yet");
+    }
+    setStatus("Still listening — " + heard.toFixed(1) + " s heard. The guess firms up as you go on; press Stop when you are done.");
   }
 
   function renderMatchVerdict(answer) {
@@ -1261,6 +1517,7 @@
     el.plotBox = byId("plot-box") || el.canvas.parentElement;
     el.capture = el.record.closest(".capture") || document.body;
     el.upload = el.file.closest(".upload") || el.file.parentElement;
+    el.live = byId("live");
   }
 
   function init() {
@@ -1269,6 +1526,7 @@
     el.record.addEventListener("click", toggleRecording);
     el.file.addEventListener("change", onFileChosen);
     initToken();
+    initLiveToggle();
     initDropZone();
     initPlayer();
     if (typeof ResizeObserver === "function") new ResizeObserver(scheduleRedraw).observe(el.plotBox);
@@ -1285,7 +1543,9 @@
     select: selectMatch,
     redraw: drawPlot,
     state: function () {
-      return { recording: Boolean(state.recording), busy: Boolean(state.request), selected: state.selected,
+      return { recording: Boolean(state.recording), busy: Boolean(state.request), live: Boolean(state.live),
+               liveLog: state.liveLog.slice(),
+               selected: state.selected,
                kind: state.answer ? state.answer.kind : null, info: Object.assign({}, state.info) };
     },
   });
