@@ -1,5 +1,5 @@
-"""`earworm serve`, `earworm identify`, `earworm demo`, `earworm bench-load`, `earworm bench-soak` and
-`earworm gate-check`.
+"""`earworm serve`, `earworm identify`, `earworm demo`, `earworm bench-load`, `earworm bench-soak`,
+`earworm bench-page` and `earworm gate-check`.
 
 Heavy imports (TensorFlow, ScaNN) happen inside the run functions so `earworm --help` stays fast.
 Defaults come from the config dataclasses (ServerConfig, ServicerConfig, DemoConfig,
@@ -243,11 +243,12 @@ def run_identify(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     _register_serve(subparsers)
     _register_identify(subparsers)
-    from serving import bench_load, bench_soak, demo, gate_check
+    from serving import bench_load, bench_page, bench_soak, demo, gate_check
 
     demo.register(subparsers)
     bench_load.register(subparsers)
     bench_soak.register(subparsers)
+    bench_page.register(subparsers)
     gate_check.register(subparsers)
     # `earworm bench-scale` lives with the index code when that module exists.
     try:

@@ -9,20 +9,15 @@ these tests skip, saying so. The result page's screenshot is saved as a test art
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from data_gen import constants as C
-from data_gen.audio import write_audio
+from serving.bench_page import browser_paths, chromium, fake_microphone_file, timer_seconds
 from tests.serving.conftest import TRACK_IDS, loader_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM, CHROMEDRIVER = browser_paths()
 ARTEFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "page-test"
 
 pytestmark = pytest.mark.skipif(
@@ -43,34 +38,12 @@ def page_server(server_factory, embedder, index_dir, catalogue_manifest):
 @pytest.fixture(scope="module")
 def hum_file(masters, tmp_path_factory) -> Path:
     """A hum of the second catalogue track (10 s from 4 s) at 48 kHz, as a microphone would give."""
-    import soxr
-
     audio = masters[TRACK_IDS[1]][4 * C.SAMPLE_RATE : 14 * C.SAMPLE_RATE]
-    path = tmp_path_factory.mktemp("mic") / "hum.wav"
-    write_audio(path, soxr.resample(audio, C.SAMPLE_RATE, 48_000).astype(np.float32), 48_000)
-    return path
+    return fake_microphone_file(audio, C.SAMPLE_RATE, tmp_path_factory.mktemp("mic") / "hum.wav")
 
 
-def _browser(fake_audio: Path | None = None, microphone_allowed: bool = True):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager try to download a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,900", "--autoplay-policy=no-user-gesture-required",
-                 "--use-fake-device-for-media-stream"):
-        options.add_argument(flag)
-    if microphone_allowed:
-        options.add_argument("--use-fake-ui-for-media-stream")
-    else:  # the person says no to the microphone prompt
-        options.add_experimental_option("prefs", {"profile.default_content_setting_values.media_stream_mic": 2})
-    if fake_audio is not None:
-        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
+def _browser(fake_audio: Path | None = None, microphone_allowed: bool = True, window: str = "1280,900"):
+    return chromium(fake_audio, microphone_allowed, window)
 
 
 def _open(driver, server):
@@ -106,7 +79,7 @@ def test_record_a_hum_and_see_the_song_and_why(page_server, hum_file):
         _open(driver, page_server)
         driver.find_element(By.ID, "record").click()
         WebDriverWait(driver, 20).until(
-            lambda d: float((d.find_element(By.ID, "timer").text or "0").split()[0].replace("0:", "") or 0) >= 10)
+            lambda d: timer_seconds(d) >= 10)
         driver.find_element(By.ID, "record").click()  # stop: the recording is sent
         assert _verdict(driver) == "match"
         matches = driver.find_elements(By.CSS_SELECTOR, "#results li.match")
@@ -143,7 +116,7 @@ def test_live_mode_guesses_while_humming(page_server, hum_file):
         WebDriverWait(driver, 30).until(lambda d: log(d))
         assert log(driver)[0] == "interim"
         if driver.execute_script("return window.Earworm.state().recording"):
-            WebDriverWait(driver, 20).until(lambda d: float((d.find_element(By.ID, "timer").text or "0").split()[0]) >= 8
+            WebDriverWait(driver, 20).until(lambda d: timer_seconds(d) >= 8
                                             or not d.execute_script("return window.Earworm.state().recording"))
             if driver.execute_script("return window.Earworm.state().recording"):
                 driver.find_element(By.ID, "record").click()  # stop: the final answer comes over the stream
@@ -258,5 +231,39 @@ def test_server_errors_are_shown(server_factory, embedder, index_dir, tmp_path):
         driver.find_element(By.ID, "file").send_keys(str(junk))
         assert _verdict(driver) == "error"
         assert "reach" in driver.find_element(By.ID, "status").text.lower()
+    finally:
+        driver.quit()
+
+
+def test_phone_sized_and_keyboard_only(page_server, hum_file):
+    """On a phone-sized screen nothing scrolls sideways; Tab reaches Record and Space starts and stops it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(hum_file)
+    try:  # a phone's screen (headless Chromium's window cannot be narrower than 500 px)
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+        _open(driver, page_server)
+        assert driver.execute_script("return window.innerWidth") == 390
+        overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        assert driver.execute_script(overflow) <= 0
+        for _ in range(10):
+            driver.switch_to.active_element.send_keys(Keys.TAB)
+            if driver.switch_to.active_element.get_attribute("id") == "record":
+                break
+        assert driver.switch_to.active_element.get_attribute("id") == "record"
+        driver.switch_to.active_element.send_keys(Keys.SPACE)
+        WebDriverWait(driver, 20).until(lambda d: timer_seconds(d) >= 8)
+        assert driver.switch_to.active_element.get_attribute("id") == "record"  # the focus stays
+        driver.switch_to.active_element.send_keys(Keys.SPACE)
+        assert _verdict(driver) == "match"
+        assert 7.5 < float(driver.find_element(By.ID, "timer").text.split()[0]) < 12  # stopped by Space
+        assert driver.find_elements(By.CSS_SELECTOR, "#results li.match")[0].get_attribute("data-track-id") == \
+            TRACK_IDS[1]
+        assert driver.execute_script(overflow) <= 0
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTEFACTS / "phone.png"))
     finally:
         driver.quit()

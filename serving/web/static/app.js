@@ -250,6 +250,7 @@
   // ---- recording ----------------------------------------------------------------------------------
 
   function toggleRecording() {
+    if (state.starting) return;  // the microphone prompt is still open
     if (state.recording) stopRecording("button");
     else startRecording();
   }
@@ -269,16 +270,19 @@
     clearAnswer();
     setVerdict("pending", "Listening…");
     setStatus("Asking for the microphone…");
-    el.record.disabled = true;
+    // Not `disabled` while the browser asks: a disabled button drops the keyboard focus.
+    state.starting = true;
+    el.record.setAttribute("aria-busy", "true");
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     } catch (err) {
-      el.record.disabled = false;
       showMicrophoneError(err);
       return;
+    } finally {
+      state.starting = false;
+      el.record.removeAttribute("aria-busy");
     }
-    el.record.disabled = false;
     beginRecording(stream);
   }
 
