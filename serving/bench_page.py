@@ -117,6 +117,7 @@ def record_once(driver, url: str, seconds: float, live: bool, timeout_s: float =
     def recording(d) -> bool:
         return bool(d.execute_script("return window.Earworm.state().recording"))
 
+    WebDriverWait(driver, 30).until(recording)  # the microphone is open
     WebDriverWait(driver, seconds + 30).until(lambda d: timer_seconds(d) >= seconds or not recording(d))
     if recording(driver):
         driver.find_element(By.ID, "record").click()

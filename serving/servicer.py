@@ -81,7 +81,10 @@ class ServicerConfig:
     min_interim_interval_seconds: float = 0.5
     confident_margin: float = 0.1
     """A streamed answer is final early when its top score is at least threshold + this margin
-    in two consecutive interim answers naming the same track."""
+    in two consecutive interim answers naming the same track, after `early_final_seconds`."""
+    early_final_seconds: float = 6.0
+    """No stream is answered finally before this much audio: on the page's 1 s interims a confident
+    pair of guesses at 3-4 s named the wrong demo song in 3 of 5 live runs (`earworm bench-page --live`)."""
     max_concurrent_streams: int = 2
     """StreamIdentify calls served at once; more are refused with RESOURCE_EXHAUSTED at once, so that
     streams (which hold a worker thread for their whole length) never take every thread."""
@@ -664,7 +667,7 @@ class _StreamSession:
             self.confident_streak.append(top.track_id)
         else:
             self.confident_streak = []
-        return len(self.confident_streak) >= 2
+        return len(self.confident_streak) >= 2 and self.seconds >= self.config.early_final_seconds
 
     def answers(self) -> Iterator[pb.StreamIdentifyResponse]:
         """An interim answer when one is due (or none, e.g. while the audio is still silent)."""

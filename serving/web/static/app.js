@@ -20,6 +20,10 @@
     transposeRange: 24,
     maxJoinSemitones: 7,
     preferredMimeType: "audio/webm;codecs=opus",
+    // A tune, not a call: the browser's voice-call processing (noise suppression, echo cancellation,
+    // automatic gain) smears held notes and gates quiet hums, so it is asked to stay off.
+    microphone: Object.freeze({ echoCancellation: false, noiseSuppression: false, autoGainControl: false,
+                                channelCount: 1 }),
     liveKey: "earworm.live",
     liveIntervalSeconds: 1.0,   // seconds of humming between the server's interim guesses
     liveChunkSeconds: 0.1,      // PCM is sent in pieces this long
@@ -275,7 +279,7 @@
     el.record.setAttribute("aria-busy", "true");
     let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      stream = await navigator.mediaDevices.getUserMedia({ audio: SETTINGS.microphone });
     } catch (err) {
       showMicrophoneError(err);
       return;
