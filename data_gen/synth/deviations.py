@@ -68,6 +68,11 @@ class DeviationConfig:
     vibrato_rate_hz: tuple[float, float] = (4.5, 7.0)
     vibrato_depth_cents: tuple[float, float] = (15.0, 60.0)  # peak deviation
     vibrato_delay_s: tuple[float, float] = (0.1, 0.3)  # vibrato starts this long into a note
+    # Nobody holds a hummed note still: a slow random wander of the pitch (~1-4 Hz) inside every
+    # note. Measured (`earworm hum-stats`): real qbh_demo hums wobble 13.2 cents (median sd inside
+    # held notes) where the synthesizer's fast jitter alone gave 7.5.
+    wander_cents: tuple[float, float] = (10.0, 20.0)  # sd, scaled by strength
+    wander_smooth_s: float = 0.04  # sd of the Gaussian smoothing of the wander (sets its speed)
     drop_note_prob: float = 0.05  # per note
     add_note_prob: float = 0.05  # per note
     # Channel (probabilities scaled by strength).
@@ -86,7 +91,7 @@ class DeviationConfig:
         if not 0 < self.min_seconds <= self.max_seconds:
             raise SynthError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
         for name in ("lead_range_s", "transpose_range", "tempo_range", "gap_range_s", "legato_range",
-                     "glide_range_s", "vibrato_rate_hz", "vibrato_depth_cents", "vibrato_delay_s",
+                     "glide_range_s", "vibrato_rate_hz", "vibrato_depth_cents", "vibrato_delay_s", "wander_cents",
                      "rt60_range_s", "drr_range_db", "snr_range_db", "peak_range_db"):
             lo, hi = getattr(self, name)
             if lo > hi:
@@ -181,6 +186,8 @@ class Deviations:
     peak_db: float
     crop: bool = True
     fit_register: bool = True
+    wander_cents: float = 0.0
+    wander_smooth_s: float = 0.06
 
     def as_info(self) -> dict[str, Any]:
         info = dataclasses.asdict(self)
@@ -298,6 +305,15 @@ def apply_drift(contour: Contour, total_cents: float, rng: np.random.Generator) 
     return contour.with_f0(contour.f0_hz * 2.0 ** ((trend + wander) / 1200.0))
 
 
+def apply_wander(contour: Contour, cents: float, smooth_s: float, rng: np.random.Generator) -> Contour:
+    """A slow random wander of the pitch (sd `cents`, smoothed over `smooth_s`): how a held note
+    moves in a real hum, unlike the synthesizers' fast jitter."""
+    if cents <= 0 or contour.n_frames < 2:
+        return contour
+    wander = cents * dsp.smooth_noise(contour.n_frames, rng, smooth_s * C.PITCH_FRAME_RATE)
+    return contour.with_f0(contour.f0_hz * 2.0 ** (wander / 1200.0))
+
+
 def apply_vibrato(contour: Contour, rate_hz: float, depth_cents: float, delay_s: float, rng: np.random.Generator) -> Contour:
     """Sinusoidal vibrato (peak `depth_cents`) on every note longer than `delay_s` + 0.1 s,
     fading in after `delay_s`; the rate wobbles a little from note to note."""
@@ -330,6 +346,10 @@ def perform(notes: Sequence[Note], kind: str, seed: int, config: DeviationConfig
         raise SynthError("no notes to perform")
     rng = np.random.default_rng(seed)
     d = config.sample(rng)
+    # The pitch wander has its own random stream, so that every other draw of a seed stays as it was.
+    wander_rng = np.random.default_rng([abs(int(seed)), 1])
+    d = dataclasses.replace(d, wander_cents=config.strength * float(wander_rng.uniform(*config.wander_cents)),
+                            wander_smooth_s=config.wander_smooth_s)
 
     # Window in the source.
     if d.crop:
@@ -364,7 +384,7 @@ def perform(notes: Sequence[Note], kind: str, seed: int, config: DeviationConfig
     # Contour and frame-level deviations.
     legato = [bool(rng.random() < d.legato_prob) for _ in range(len(performed) - 1)]
     contour = contour_from_notes(performed, gap_s=d.gap_s, glide_s=d.glide_s, legato=legato, end_s=duration)
-    contour, audio, voice, whistle_shift = _sing(kind, contour, d, rng)
+    contour, audio, voice, whistle_shift = _sing(kind, contour, d, rng, wander_rng)
 
     info = d.as_info()
     info["duration_target_s"] = info.pop("duration_s")
@@ -388,10 +408,13 @@ def perform(notes: Sequence[Note], kind: str, seed: int, config: DeviationConfig
     return Performance(audio=audio, contour=contour, notes_used=performed, info=info)
 
 
-def _sing(kind: str, contour: Contour, d: Deviations, rng: np.random.Generator) -> tuple[Contour, np.ndarray, Any, int]:
+def _sing(kind: str, contour: Contour, d: Deviations, rng: np.random.Generator,
+          wander_rng: np.random.Generator | None = None) -> tuple[Contour, np.ndarray, Any, int]:
     """Frame-level deviations, synthesis and channel: (sung contour, audio, voice, whistle octaves)."""
     contour = apply_drift(contour, d.drift_cents, rng)
     contour = apply_vibrato(contour, d.vibrato_rate_hz, d.vibrato_depth_cents, d.vibrato_delay_s, rng)
+    if wander_rng is not None:
+        contour = apply_wander(contour, d.wander_cents, d.wander_smooth_s, wander_rng)
     whistle_shift = whistle_octaves(contour) if kind == "whistle" else 0
     if whistle_shift:
         contour = contour.transpose(12 * whistle_shift)

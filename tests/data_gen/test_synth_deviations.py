@@ -18,7 +18,7 @@ NOTES = [(1.0 + 0.4 * i, 1.0 + 0.4 * i + 0.36, float(p)) for i, p in enumerate(P
 
 ERRORS_OFF = dict(timing_jitter_s=0.0, duration_jitter=0.0, intonation_cents=0.0, drift_cents=0.0,
                   vibrato_prob=0.0, drop_note_prob=0.0, add_note_prob=0.0, reverb_prob=0.0,
-                  noise_prob=0.0, mic_prob=0.0)
+                  noise_prob=0.0, mic_prob=0.0, wander_cents=(0.0, 0.0))
 
 
 def only(**fields) -> DeviationConfig:
@@ -128,6 +128,23 @@ def test_drift_and_vibrato_bend_the_contour():
     spectrum = np.abs(np.fft.rfft(seg - seg.mean(), 1000))
     peak_hz = np.fft.rfftfreq(1000, 1.0 / C.PITCH_FRAME_RATE)[np.argmax(spectrum)]
     assert peak_hz == pytest.approx(6.0, abs=0.6)
+
+
+def test_pitch_wander_moves_held_notes_and_no_other_draw():
+    long_note = [(0.0, 3.0, 60.0)]
+    still = perform(long_note, "tone", seed=4, config=only())
+    wander = perform(long_note, "tone", seed=4, config=only(wander_cents=(15.0, 15.0)))
+    assert wander.info["wander_cents"] == 15.0 and still.info["wander_cents"] == 0.0
+    dev = 100 * (wander.contour.midi() - still.contour.midi())
+    held = dev[np.flatnonzero(still.contour.voiced)]
+    assert 8.0 < np.std(held) < 25.0  # about its sd, slow: neighbouring frames move together
+    assert np.mean(np.abs(np.diff(held))) < 0.25 * np.std(held)
+    # its own random stream: every other drawn value of the seed is what it was without it
+    a = perform(NOTES, "hum", seed=11)
+    b = perform(NOTES, "hum", seed=11, config=DeviationConfig(wander_cents=(0.0, 0.0)))
+    assert {k: v for k, v in a.info.items() if k != "wander_cents"} == \
+        {k: v for k, v in b.info.items() if k != "wander_cents"}
+    assert a.notes_used == b.notes_used and a.info["wander_cents"] > 0
 
 
 def test_dropped_and_added_notes():
