@@ -22,7 +22,7 @@ COMMAND_MODULES = (
     "beam_pipelines.cli",  # earworm datagen / index
     "training.cli",  # earworm train / export
     "training.evaluation.cli",  # earworm eval / benchset
-    "serving.cli",  # earworm serve / identify / demo / bench-load / bench-scale
+    "serving.cli",  # earworm serve / identify / calibrate / gate-check / demo / bench-*
 )
 
 
@@ -36,10 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue  # that part of the workspace is not built yet
-            raise
+        except ImportError as e:  # a broken import is an error with its cause, never a missing command
+            raise ImportError(f"earworm: the commands of {name} cannot be loaded: {e}") from e
         module.register(subparsers)
     return parser
 

@@ -340,7 +340,7 @@ def format_result(result: LoadResult, query_seconds: float) -> str:
 
 # --- CLI ------------------------------------------------------------------------------------
 def register(subparsers) -> None:
-    from serving.cli import _on_off, _positive_int
+    from serving.arg_types import on_off, positive_int
     from serving.retrieval import parse_tempo_rates
 
     d = LoadBenchConfig()
@@ -351,18 +351,18 @@ def register(subparsers) -> None:
     where.add_argument("--model", type=Path, help="exported model: start a server in this process")
     where.add_argument("--server", help="host:port of a running server")
     p.add_argument("--index", type=Path, help="index directory (with --model)")
-    p.add_argument("--synthetic-tracks", type=_positive_int, default=None,
+    p.add_argument("--synthetic-tracks", type=positive_int, default=None,
                    help="with --model: build (or reuse) a random index of N tracks instead of --index")
     p.add_argument("--synthetic-dir", type=Path, default=None,
                    help="where synthetic indexes are kept (default artifacts/bench)")
     p.add_argument("--server-pid", type=int, default=None, help="with --server: sample this process's RSS")
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the bearer token for --server (default: $EARWORM_AUTH_TOKEN if set)")
-    p.add_argument("--clients", type=_positive_int, default=d.clients, help=f"default {d.clients}")
+    p.add_argument("--clients", type=positive_int, default=d.clients, help=f"default {d.clients}")
     p.add_argument("--seconds", type=float, default=d.seconds, help=f"default {d.seconds:g}")
     p.add_argument("--query-seconds", type=float, default=d.query_seconds, help=f"default {d.query_seconds:g}")
-    p.add_argument("--workers", type=_positive_int, default=None, help="server threads (in-process server)")
-    p.add_argument("--batching", type=_on_off, default=None, help="in-process server: on|off")
+    p.add_argument("--workers", type=positive_int, default=None, help="server threads (in-process server)")
+    p.add_argument("--batching", type=on_off, default=None, help="in-process server: on|off")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="in-process server")
     p.add_argument("--tempo-views", type=parse_tempo_rates, default=None,
                    help="in-process server: the query's tempo views (default: the server's)")
@@ -382,7 +382,7 @@ def run_bench_load(args: argparse.Namespace) -> int:
         logging.getLogger("serving.servicer").setLevel(logging.WARNING)
     config = replace(LoadBenchConfig(), clients=args.clients, seconds=args.seconds,
                      query_seconds=args.query_seconds, seed=args.seed)
-    from serving.cli import read_token
+    from serving.arg_types import read_token
 
     try:
         token = read_token(args.token_file)

@@ -237,7 +237,7 @@ def run_bench_page(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from serving.cli import _positive_int
+    from serving.arg_types import positive_int
 
     p = subparsers.add_parser("bench-page", help="time the page to hum into in headless Chromium (stop -> answer)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,7 +245,7 @@ def register(subparsers) -> None:
     p.add_argument("--hum", type=Path, default=None, help="with --url: the recording the fake microphone plays")
     p.add_argument("--expect", default=None, help="with --url: the track id the hum is of")
     p.add_argument("--workdir", type=Path, default=None, help="the demo's work dir (default artifacts/demo)")
-    p.add_argument("--runs", type=_positive_int, default=5, help="default 5 (each a different demo hum)")
+    p.add_argument("--runs", type=positive_int, default=5, help="default 5 (each a different demo hum)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds to hum before Stop (default 10)")
     p.add_argument("--live", action="store_true", help="live mode: stream while humming (WS /v1/stream)")
     p.add_argument("--screenshot", type=Path, default=None, help="save the last result page here (PNG)")

@@ -10,9 +10,6 @@ Printed per size: generation and build time, memory (RSS now / peak, and RSS min
 memmap pages), index size on disk (total, scann/, embeddings.npy), recall@10 against exact numpy brute
 force on perturbed-window queries, single-query search latency (k=10, p50/p95) and the latency of a
 whole query's retrieval (7 windows of a 10 s query, 100 neighbours each, temporal aggregation).
-
-`register` also adds `earworm bench-aggregation` (serving.bench_aggregation) and `earworm calibrate`
-(serving.calibration), so one registration (serving.cli calls this module's `register`) covers all three.
 """
 
 from __future__ import annotations
@@ -316,8 +313,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.set_defaults(func=run)
-
-    from serving import bench_aggregation, calibration
-
-    bench_aggregation.register(subparsers)
-    calibration.register(subparsers)

@@ -1087,7 +1087,7 @@ def _kinds(text: str) -> list[str]:
 
 
 def register(subparsers) -> None:
-    from serving.cli import _positive_float, _positive_int
+    from serving.arg_types import positive_float, positive_int
 
     d = SoakConfig()
     p = subparsers.add_parser(
@@ -1098,7 +1098,7 @@ def register(subparsers) -> None:
     where.add_argument("--model", type=Path, help="exported model: start `earworm serve` as a child process")
     where.add_argument("--server", help="host:port of a running server")
     p.add_argument("--index", type=Path, help="with --model: the index to serve (copied; the copy is swapped)")
-    p.add_argument("--synthetic-tracks", type=_positive_int, default=None,
+    p.add_argument("--synthetic-tracks", type=positive_int, default=None,
                    help="with --model: a random index of N tracks for the model (built once, reused)")
     p.add_argument("--synthetic-dir", type=Path, default=None, help="where synthetic indexes are kept "
                                                                     "(default artifacts/bench)")
@@ -1109,27 +1109,27 @@ def register(subparsers) -> None:
                         "versions (without it: no swaps)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="with --server: file holding the bearer token (default: $EARWORM_AUTH_TOKEN if set)")
-    p.add_argument("--clients", type=_positive_int, default=d.clients, help=f"default {d.clients}")
-    p.add_argument("--seconds", type=_positive_float, default=d.seconds, help=f"default {d.seconds:g}")
+    p.add_argument("--clients", type=positive_int, default=d.clients, help=f"default {d.clients}")
+    p.add_argument("--seconds", type=positive_float, default=d.seconds, help=f"default {d.seconds:g}")
     p.add_argument("--swap-every", type=float, default=d.swap_every_s,
                    help=f"seconds between index swaps (0: none; default {d.swap_every_s:g})")
-    p.add_argument("--query-seconds", type=_positive_float, default=d.query_seconds,
+    p.add_argument("--query-seconds", type=positive_float, default=d.query_seconds,
                    help=f"length of the good queries (default {d.query_seconds:g})")
     p.add_argument("--mix", type=parse_mix, default=d.mix,
                    help="kind weights, e.g. good=40,oversize=5 (others keep their default: "
                         + ",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()) + ")")
-    p.add_argument("--timeout", type=_positive_float, default=d.timeout_s, help=f"per call (default {d.timeout_s:g} s)")
+    p.add_argument("--timeout", type=positive_float, default=d.timeout_s, help=f"per call (default {d.timeout_s:g} s)")
     p.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("the server (started with --model; for --server, say what it runs with)")
-    g.add_argument("--stream-idle-seconds", type=_positive_float, default=d.stream_idle_s,
+    g.add_argument("--stream-idle-seconds", type=positive_float, default=d.stream_idle_s,
                    help=f"the server's idle-stream limit (default here {d.stream_idle_s:g})")
-    g.add_argument("--max-audio-bytes", type=_positive_int, default=d.max_audio_bytes,
+    g.add_argument("--max-audio-bytes", type=positive_int, default=d.max_audio_bytes,
                    help=f"the server's audio byte limit (default {d.max_audio_bytes})")
-    g.add_argument("--watch-index", type=_positive_float, default=d.watch_index_s,
+    g.add_argument("--watch-index", type=positive_float, default=d.watch_index_s,
                    help=f"the server polls its index this often (default here {d.watch_index_s:g} s)")
-    g.add_argument("--workers", type=_positive_int, default=None, help="server threads (default: the server's)")
-    g.add_argument("--max-streams", type=_positive_int, default=None, help="(default: the server's)")
-    g.add_argument("--max-identify", type=_positive_int, default=None, help="(default: the server's)")
+    g.add_argument("--workers", type=positive_int, default=None, help="server threads (default: the server's)")
+    g.add_argument("--max-streams", type=positive_int, default=None, help="(default: the server's)")
+    g.add_argument("--max-identify", type=positive_int, default=None, help="(default: the server's)")
     g.add_argument("--tempo-views", default=None, help="the server's --tempo-views (default: the server's)")
     w = p.add_argument_group("worst single requests")
     w.add_argument("--worst", action="store_true",
@@ -1149,7 +1149,7 @@ def register(subparsers) -> None:
 
 def run_bench_soak(args: argparse.Namespace) -> int:
     from serving.bench_load import synthetic_index_for_model
-    from serving.cli import read_token
+    from serving.arg_types import read_token
 
     def fail(message: str, status: int = 2) -> int:
         print(f"earworm bench-soak: {message}", file=sys.stderr)

@@ -416,9 +416,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `earworm calibrate` (skipped if another module already registered that name)."""
-    if "calibrate" in getattr(subparsers, "_name_parser_map", {}):
-        return
+    """Adds `earworm calibrate`."""
     d = CalibrateCommandConfig()
     p = subparsers.add_parser("calibrate", help="choose the no-match threshold of an index (calibration.json)",
                               description=__doc__,

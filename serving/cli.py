@@ -9,62 +9,17 @@ LoadBenchConfig); the flags below only name them.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
 
+from serving.arg_types import nonneg_int, on_off, positive_float, positive_int, read_token
+
 log = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _on_off(text: str) -> bool:
-    if text.lower() in ("on", "true", "1", "yes"):
-        return True
-    if text.lower() in ("off", "false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"use on or off, got {text!r}")
-
-
-def read_token(path: Path | None) -> str | None:
-    """The bearer token: from the file at `path`, else $EARWORM_AUTH_TOKEN, else None. Never an
-    argument: the command line of a process is visible to every user of the machine (`ps`)."""
-    from serving.server import AUTH_TOKEN_ENV
-
-    if path is None:
-        return os.environ.get(AUTH_TOKEN_ENV, "").strip() or None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read the token file: {e}") from e
-    if not token:
-        raise ValueError(f"the token file {path} is empty")
-    return token
 
 
 # --- earworm serve ---------------------------------------------------------------------------
@@ -78,19 +33,19 @@ def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) ->
     d, s, b = ServerConfig(), ServicerConfig(), BatchingConfig()
     p.add_argument("--model", type=Path, required=model_required, help="exported model directory")
     p.add_argument("--index", type=Path, required=model_required, help="index directory (earworm index)")
-    p.add_argument("--workers", type=_positive_int, default=d.workers,
+    p.add_argument("--workers", type=positive_int, default=d.workers,
                    help=f"request threads (default {d.workers})")
-    p.add_argument("--max-audio-bytes", type=_positive_int, default=s.max_audio_bytes,
+    p.add_argument("--max-audio-bytes", type=positive_int, default=s.max_audio_bytes,
                    help=f"largest accepted audio payload, and most bytes a stream may hold (default {s.max_audio_bytes})")
-    p.add_argument("--max-streams", type=_positive_int, default=s.max_concurrent_streams,
+    p.add_argument("--max-streams", type=positive_int, default=s.max_concurrent_streams,
                    help=f"StreamIdentify calls served at once; more get RESOURCE_EXHAUSTED "
                         f"(default {s.max_concurrent_streams}; keep it below --workers)")
-    p.add_argument("--max-identify", type=_positive_int, default=s.max_concurrent_identify,
+    p.add_argument("--max-identify", type=positive_int, default=s.max_concurrent_identify,
                    help=f"Identify calls worked on at once; more get RESOURCE_EXHAUSTED at once "
                         f"(default {s.max_concurrent_identify}; with --max-streams, keep it below --workers)")
-    p.add_argument("--stream-idle-seconds", type=_positive_float, default=s.stream_idle_seconds,
+    p.add_argument("--stream-idle-seconds", type=positive_float, default=s.stream_idle_seconds,
                    help=f"end a stream that sends nothing this long (default {s.stream_idle_seconds:g})")
-    p.add_argument("--batching", type=_on_off, default=d.batching,
+    p.add_argument("--batching", type=on_off, default=d.batching,
                    help=f"micro-batch embedding across concurrent requests: on|off "
                         f"(default {'on' if d.batching else 'off'})")
     p.add_argument("--batch-wait-ms", type=float, default=b.max_wait_ms,
@@ -134,19 +89,19 @@ def _register_serve(subparsers) -> None:
     add_server_arguments(p, model_required=True)
     p.add_argument("--host", default=d.host, help=f"listen address (default {d.host}: this machine only; "
                                                   "[::] or 0.0.0.0 to serve a network, with TLS and a token)")
-    p.add_argument("--port", type=_nonneg_int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free")
+    p.add_argument("--port", type=nonneg_int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument("--auth-token-file", type=Path, default=None,
                    help=f"require 'authorization: Bearer TOKEN' with the token read from this file "
                         f"(default: ${AUTH_TOKEN_ENV} if set; never on the command line, where `ps` shows it)")
-    p.add_argument("--http-port", type=_nonneg_int, default=None,
+    p.add_argument("--http-port", type=nonneg_int, default=None,
                    help="also serve the page to hum into and the HTTP API (POST /v1/identify) on http://HOST:PORT/ "
                         "(same --host, token, limits and metrics; default: not served)")
     p.add_argument("--catalogue", type=Path, default=None,
                    help="the index's catalogue manifest.csv: answers can then show each master's melody "
                         "(include_pitch) and the page can play the masters")
-    p.add_argument("--metrics-port", type=_nonneg_int, default=None,
+    p.add_argument("--metrics-port", type=nonneg_int, default=None,
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (same --host; default: not served)")
     p.add_argument("--index-mmap", action="store_true",
                    help="memory-map the index's embeddings instead of reading them into memory (for indexes "
@@ -209,7 +164,7 @@ def _register_identify(subparsers) -> None:
                               description="Send a recording (WAV/FLAC/Ogg/MP3/M4A/WebM) to an Earworm server.")
     p.add_argument("file", type=Path, help="the hum/whistle/singing recording")
     p.add_argument("--server", default=DEFAULT_TARGET, help=f"host:port (default {DEFAULT_TARGET})")
-    p.add_argument("--top-k", type=_nonneg_int, default=5, help="matches to show (default 5)")
+    p.add_argument("--top-k", type=nonneg_int, default=5, help="matches to show (default 5)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON (for scripts)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the bearer token (default: $EARWORM_AUTH_TOKEN if set)")
@@ -243,16 +198,15 @@ def run_identify(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     _register_serve(subparsers)
     _register_identify(subparsers)
-    from serving import bench_load, bench_page, bench_soak, demo, gate_check
+    # Every other command of this package, each registered by its own module, explicitly.
+    from serving import (bench_aggregation, bench_load, bench_page, bench_scale, bench_soak, calibration, demo,
+                         gate_check)
 
+    calibration.register(subparsers)
+    gate_check.register(subparsers)
     demo.register(subparsers)
     bench_load.register(subparsers)
     bench_soak.register(subparsers)
     bench_page.register(subparsers)
-    gate_check.register(subparsers)
-    # `earworm bench-scale` lives with the index code when that module exists.
-    try:
-        importlib.import_module("serving.bench_scale").register(subparsers)
-    except ModuleNotFoundError as e:
-        if e.name != "serving.bench_scale":
-            raise
+    bench_scale.register(subparsers)
+    bench_aggregation.register(subparsers)

@@ -24,3 +24,47 @@ def test_earworm_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "data_gen.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "catalogue" in out
+
+
+def _workspace_commands() -> list[str]:
+    """The `earworm` commands named in the first column of WORKSPACE.md's command table."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "WORKSPACE.md").read_text(encoding="utf-8")
+    table = text.split("## Commands", 1)[1].split("\n\n", 2)[1]
+    names = []
+    for row in table.splitlines()[2:]:
+        first_cell = row.split(" | ")[0]
+        for segment in re.findall(r"`([^`]+)`", first_cell):
+            words = segment.split()
+            if words and words[0] == "earworm":
+                words = words[1:]
+            if words and re.fullmatch(r"[a-z][a-z0-9-]*", words[0]) and words[0] not in names:
+                names.append(words[0])
+    return names
+
+
+def test_every_command_of_workspace_md_is_registered_and_prints_its_help(capsys):
+    import pytest
+
+    from data_gen.cli import build_parser
+
+    names = _workspace_commands()
+    assert {"demo", "serve", "identify", "calibrate", "datagen", "train", "eval", "bench-page"} <= set(names)
+    parser = build_parser()
+    for name in names:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([name, "--help"])
+        assert exit_.value.code == 0, name
+        assert "usage: earworm " + name in capsys.readouterr().out, name
+
+
+def test_a_broken_command_module_is_an_error_not_a_missing_command(monkeypatch):
+    import pytest
+
+    from data_gen import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "serving.no_such_commands"))
+    with pytest.raises(ImportError, match="serving.no_such_commands"):
+        cli.build_parser()
