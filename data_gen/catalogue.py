@@ -98,14 +98,17 @@ def _render_task(task: tuple) -> tuple:
     """
     from data_gen.arrangement import band_name
     from data_gen.audio import encode_audio
-    from data_gen.render import RenderError, render_master
+    from dataclasses import replace
 
-    payload, track_seed, audio_format, min_notes, min_seconds = task
+    from data_gen.render import CONFIG as RENDER_CONFIG, RenderError, render_master
+
+    payload, track_seed, audio_format, min_notes, min_seconds, sung_lead_share = task
     melody_id = payload.melody_id
     try:
         melody = load_melody(payload) if isinstance(payload, MelodyRef) else payload
         check_usable(melody, min_notes=min_notes, min_seconds=min_seconds)
-        master = render_master(melody, track_seed)
+        master = render_master(melody, track_seed,
+                               config=replace(RENDER_CONFIG, sung_lead_share=sung_lead_share))
     except (MelodyError, RenderError, ValueError) as e:
         return ("skip", melody_id, str(e))
     audio = encode_audio(master.audio, master.sample_rate, fmt=AUDIO_FORMATS[audio_format])
@@ -183,11 +186,18 @@ def build_catalogue_report(
     min_notes: int = CONFIG.min_notes,
     min_seconds: float = CONFIG.min_seconds,
     progress: bool = True,
+    sung_lead_share: float = 0.0,
 ) -> CatalogueReport:
     """`build_catalogue`, returning counts and timing as well."""
     from tqdm import tqdm
 
-    from data_gen.render import RENDER_VERSION, find_soundfont
+    from dataclasses import replace
+
+    from data_gen.render import CONFIG as RENDER_CONFIG, RENDER_VERSION, SungLead, find_soundfont
+
+    if not 0.0 <= sung_lead_share <= 1.0:
+        raise ValueError(f"sung_lead_share must be within [0, 1], got {sung_lead_share}")
+    render_config = replace(RENDER_CONFIG, sung_lead_share=sung_lead_share)
 
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"unknown audio format {audio_format!r}; use one of {', '.join(AUDIO_FORMATS)}")
@@ -214,6 +224,9 @@ def build_catalogue_report(
             return None
         if entry.get("render_version") != RENDER_VERSION:
             return None
+        sung = SungLead.draw(track_seed, render_config) is not None
+        if entry.get("lead_voice", "instrument") != ("sung" if sung else "instrument"):
+            return None  # rendered with another sung-lead share
         audio, midi = files_of(entry["track_id"])
         return entry if audio.is_file() and midi.is_file() else None
 
@@ -239,7 +252,7 @@ def build_catalogue_report(
                 if entry is not None:
                     pending.append(("reuse", entry))
                     continue
-                task = (cand, track_seed, audio_format, min_notes, min_seconds)
+                task = (cand, track_seed, audio_format, min_notes, min_seconds, sung_lead_share)
                 if workers == 1:
                     pending.append(("done", _render_task(task)))
                     continue
@@ -308,6 +321,7 @@ def build_catalogue(
     (skipping `exclude_melody_ids`), or from `melodies` (in the given order; `split` is then
     ignored, `size=None` takes them all). Keyword arguments: audio_format ("flac"|"wav"|"ogg"),
     workers (default os.cpu_count(); 1 renders in this process), melodies, exclude_melody_ids,
-    min_notes, min_seconds, progress (tqdm bar).
+    min_notes, min_seconds, progress (tqdm bar), sung_lead_share (share of tracks whose melody a
+    singing voice carries instead of the General MIDI lead; default 0).
     """
     return build_catalogue_report(out_dir, size, split, seed, **kwargs).manifest

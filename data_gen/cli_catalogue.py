@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"audio format (default {CONFIG.audio_format})")
     build.add_argument("--workers", type=int, default=None,
                        help=f"parallel render processes (default: CPU count, here {os.cpu_count()})")
+    build.add_argument("--sung-lead-share", type=float, default=0.0,
+                       help="share of tracks whose melody a singing voice carries (syllables on the melody, "
+                       "sometimes doubled by the instrument) instead of the General MIDI lead (default 0)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=run_build)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -48,8 +51,9 @@ def run_build(args: argparse.Namespace) -> int:
         report = build_catalogue_report(
             args.out, args.size, args.split, args.seed,
             audio_format=args.format, workers=args.workers, progress=not args.no_progress,
+            sung_lead_share=args.sung_lead_share,
         )
-    except (SoundfontNotFoundError, RenderError, CatalogueError, OSError) as e:
+    except (SoundfontNotFoundError, RenderError, CatalogueError, OSError, ValueError) as e:
         print(f"error: {e}")
         return 1
     per_track = report.seconds / report.tracks if report.tracks else 0.0

@@ -65,6 +65,13 @@ class RenderConfig:
     end_fade_seconds: float = 0.3  # always, against a click at the very end
     calibration_seconds: float = 0.5
     arrangement: ArrangementConfig = field(default_factory=lambda: ARRANGEMENT_CONFIG)
+    sung_lead_share: float = 0.0
+    """Share of tracks whose melody a singing voice carries (syllables on the melody,
+    data_gen.synth.sung) instead of the General MIDI lead, as in most real catalogues."""
+    sung_lead_doubled: float = 0.35
+    """Of the sung tracks, the share where the instrument still doubles the voice, quieter."""
+    doubled_lead_db: tuple[float, float] = (-14.0, -6.0)
+    """How far below its usual level a doubling instrument plays."""
 
 
 CONFIG = RenderConfig()
@@ -329,14 +336,24 @@ def synthesize(
     soundfont: Path | None = None,
     sample_rate: int = C.SAMPLE_RATE,
     config: RenderConfig = CONFIG,
+    lead_gain_db: float = 0.0,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Render the arrangement: (mono float32 [time], per-part mix settings). Not normalised."""
+    """Render the arrangement: (mono float32 [time], per-part mix settings). Not normalised.
+    `lead_gain_db` moves the lead instrument's level (-inf: it does not play)."""
     soundfont = soundfont or find_soundfont()
     mix = _mix(arr, soundfont, sample_rate, config)
+    lead_index = next(i for i, p in enumerate(arr.parts) if p.role == "lead")
+    if math.isinf(lead_gain_db) and lead_gain_db < 0:
+        mix[lead_index] = {**mix[lead_index], "volume": 0, "muted": True}
+    elif lead_gain_db:
+        vol = mix[lead_index]["volume"] * 10 ** (lead_gain_db / 40.0)  # FluidSynth: ~40*log10(cc/127) dB
+        mix[lead_index] = {**mix[lead_index], "volume": int(min(127, max(1, round(vol))))}
     tail = config.arrangement.tail_seconds
     total = int(math.ceil((arr.end_beats * arr.seconds_per_beat + tail) * sample_rate))
     events: list[tuple[int, int, tuple]] = []
     for part, m in zip(arr.parts, mix):
+        if m.get("muted"):
+            continue
         ch = m["channel"]
         events += [(0, 0, ("cc", ch, 7, m["volume"])), (0, 0, ("cc", ch, 10, m["pan"])),
                    (0, 0, ("cc", ch, 91, m["reverb"])), (0, 0, ("cc", ch, 93, m["chorus"]))]
@@ -357,6 +374,58 @@ def synthesize(
     return stereo.mean(axis=1).astype(np.float32), mix
 
 
+@dataclass(frozen=True)
+class SungLead:
+    """A master whose melody is sung: `seed` draws the singer, `doubled_db` is the level of the
+    instrument doubling the voice (None: the voice alone)."""
+
+    seed: int
+    doubled_db: float | None = None
+
+    @classmethod
+    def draw(cls, seed: int, config: RenderConfig) -> SungLead | None:
+        """Whether track `seed` is sung (deterministic; None when not)."""
+        rng = np.random.default_rng([abs(int(seed)), 7])
+        if not rng.random() < config.sung_lead_share:
+            return None
+        doubled = rng.random() < config.sung_lead_doubled
+        return cls(int(seed), float(rng.uniform(*config.doubled_lead_db)) if doubled else None)
+
+
+def _sing_lead(arr: Arrangement, lead: SungLead, total: int, sample_rate: int) -> tuple[np.ndarray, int, dict]:
+    """The lead's notes sung on syllables in a singer's register: (audio [total], octave shift in
+    semitones, singer info)."""
+    import dataclasses
+
+    from data_gen.synth.contour import contour_from_notes
+    from data_gen.synth.deviations import REGISTERS_HZ, register_shift
+    from data_gen.synth.sung import SungVoice, render_sung
+
+    rng = np.random.default_rng([lead.seed, 8])
+    notes = [(on, off, float(pitch)) for on, off, pitch, _ in _note_seconds(arr, arr.lead)]
+    register = str(rng.choice(["low", "high"]))
+    shift = register_shift(notes, *REGISTERS_HZ["sung"][register])
+    notes = [(a, b, p + shift) for a, b, p in notes]
+    legato = [bool(rng.random() < 0.5) for _ in range(len(notes) - 1)]
+    contour = contour_from_notes(notes, gap_s=0.03, glide_s=float(rng.uniform(0.03, 0.08)), legato=legato,
+                                 end_s=total / sample_rate)
+    voice = SungVoice.sample(rng)
+    if register == "high":
+        voice = dataclasses.replace(voice, formant_scale=float(rng.uniform(1.06, 1.22)))
+    audio = render_sung(contour, voice, rng).astype(np.float64)
+    if sample_rate != C.SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, C.SAMPLE_RATE, sample_rate)
+    audio = np.pad(audio[:total], (0, max(0, total - audio.shape[0])))
+    return audio, shift, {"register": register, "engine": voice.engine, "syllables": list(voice.syllables)}
+
+
+def _rms(audio: np.ndarray, active: np.ndarray | None = None) -> float:
+    x = audio if active is None else audio[active]
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
 def _fade(audio: np.ndarray, seconds: float, sample_rate: int) -> np.ndarray:
     n = min(audio.shape[0], int(seconds * sample_rate))
     if n > 1:
@@ -371,8 +440,19 @@ def render_arrangement(
     sample_rate: int = C.SAMPLE_RATE,
     config: RenderConfig = CONFIG,
     extra_info: dict | None = None,
+    sung_lead: SungLead | None = None,
 ) -> RenderedMaster:
-    audio, mix = synthesize(arr, soundfont=soundfont, sample_rate=sample_rate, config=config)
+    """Render `arr`; with `sung_lead`, a voice sings the lead `arr.lead_margin_db` above the
+    accompaniment (measured where it sings), alone or doubled by the quieter instrument."""
+    lead_gain = 0.0 if sung_lead is None else (
+        -math.inf if sung_lead.doubled_db is None else sung_lead.doubled_db)
+    audio, mix = synthesize(arr, soundfont=soundfont, sample_rate=sample_rate, config=config, lead_gain_db=lead_gain)
+    shift, singer = 0, None
+    if sung_lead is not None:
+        vocal, shift, singer = _sing_lead(arr, sung_lead, audio.shape[0], sample_rate)
+        sings = np.abs(vocal) > 0.05 * max(float(np.max(np.abs(vocal))), 1e-9)
+        target = _rms(audio, sings) * 10 ** (arr.lead_margin_db / 20.0)
+        audio = (audio + vocal * (target / max(_rms(vocal, sings), 1e-9))).astype(np.float32)
     if arr.cut:
         audio = _fade(audio, config.fade_out_seconds + config.arrangement.tail_seconds, sample_rate)
     audio = _fade(audio, config.end_fade_seconds, sample_rate)
@@ -403,13 +483,22 @@ def render_arrangement(
         ],
         "chords": " ".join(c.name for c in arr.chords[:16]),
         "render_version": RENDER_VERSION,
+        "lead_voice": "instrument" if sung_lead is None else "sung",
         **(extra_info or {}),
     }
+    if sung_lead is not None:
+        info.update(lead_doubled_db=None if sung_lead.doubled_db is None else round(sung_lead.doubled_db, 2),
+                    lead_sung_shift=shift, singer=singer)
+    midi_melody = arrangement_to_midi(arr, roles=("lead",))
+    if shift:  # the melody file follows the voice's octave
+        for inst in midi_melody.instruments:
+            for note in inst.notes:
+                note.pitch += shift
     return RenderedMaster(
         audio=audio,
         sample_rate=sample_rate,
         midi_full=arrangement_to_midi(arr, mix=mix),
-        midi_melody=arrangement_to_midi(arr, roles=("lead",)),
+        midi_melody=midi_melody,
         info=info,
         arrangement=arr,
     )
@@ -424,9 +513,11 @@ def render_master(
     sample_rate: int = C.SAMPLE_RATE,
     config: RenderConfig = CONFIG,
 ) -> RenderedMaster:
-    """Arrange `melody` from `seed` and render it (same inputs -> identical samples)."""
+    """Arrange `melody` from `seed` and render it (same inputs -> identical samples); a share
+    `config.sung_lead_share` of seeds get a sung lead."""
     arr = arrange(melody, seed, style=style, config=config.arrangement)
     return render_arrangement(
         arr, soundfont=soundfont, sample_rate=sample_rate, config=config,
         extra_info={"seed": int(seed), "title": melody.title, "source": melody.source},
+        sung_lead=SungLead.draw(seed, config),
     )

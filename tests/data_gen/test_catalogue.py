@@ -96,3 +96,18 @@ def test_cli_builds_and_reports_time_per_track(tmp_path, capsys):
     assert "s per track" in printed and "1 tracks" in printed
     (track,) = read_catalogue(tmp_path / "c" / "manifest.csv")
     assert track.path.suffix == ".ogg" and split_of(track.track_id) == "validation"
+
+
+def test_sung_lead_share_and_reuse(tmp_path):
+    from data_gen.catalogue import build_catalogue_report
+
+    out = tmp_path / "cat"
+    first = build_catalogue_report(out, 2, "test", seed=0, workers=1, progress=False, sung_lead_share=1.0)
+    info = [json.loads(line) for line in (out / "catalogue_info.jsonl").read_text().splitlines() if line]
+    assert first.rendered == 2 and {i["lead_voice"] for i in info} == {"sung"}
+    again = build_catalogue_report(out, 2, "test", seed=0, workers=1, progress=False, sung_lead_share=1.0)
+    assert again.reused == 2
+    plain = build_catalogue_report(out, 2, "test", seed=0, workers=1, progress=False)  # another share: re-rendered
+    assert plain.rendered == 2
+    with pytest.raises(ValueError, match="sung_lead_share"):
+        build_catalogue_report(out, 2, "test", seed=0, workers=1, progress=False, sung_lead_share=1.5)

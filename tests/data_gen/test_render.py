@@ -196,3 +196,54 @@ def test_missing_soundfont_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv(R.SOUNDFONT_ENV, str(tmp_path / "none.sf2"))
     with pytest.raises(R.SoundfontNotFoundError, match="EARWORM_SOUNDFONT"):
         R.find_soundfont()
+
+
+# --- masters whose melody a voice sings (RenderConfig.sung_lead_share) --------------------------------
+
+def test_sung_lead_share_draws_deterministically():
+    never, always = dataclasses.replace(R.CONFIG, sung_lead_share=0.0), dataclasses.replace(R.CONFIG, sung_lead_share=1.0)
+    half = dataclasses.replace(R.CONFIG, sung_lead_share=0.5)
+    assert all(R.SungLead.draw(s, never) is None for s in range(200))
+    sung = [R.SungLead.draw(s, always) for s in range(200)]
+    assert all(x is not None for x in sung)
+    doubled = sum(x.doubled_db is not None for x in sung)
+    assert 0.2 * 200 < doubled < 0.5 * 200  # sung_lead_doubled 0.35
+    assert all(-14.0 <= x.doubled_db <= -6.0 for x in sung if x.doubled_db is not None)
+    share = sum(R.SungLead.draw(s, half) is not None for s in range(200)) / 200
+    assert 0.38 < share < 0.62
+    assert R.SungLead.draw(17, half) == R.SungLead.draw(17, half)
+
+
+def test_a_sung_lead_carries_the_melody_in_a_singers_register(master):
+    from data_gen.pitch.yin import YinExtractor
+    from data_gen.synth.contour import hz_to_midi
+
+    arr = master.arrangement
+    total = master.audio.shape[0]
+    vocal, shift, singer = R._sing_lead(arr, R.SungLead(seed=5), total, C.SAMPLE_RATE)
+    assert vocal.shape == (total,) and shift % 12 == 0 and singer["register"] in ("low", "high")
+    track = YinExtractor().extract(vocal.astype(np.float32))
+    hits = total_notes = 0
+    for on, off, pitch, _ in R._note_seconds(arr, arr.lead):
+        if off - on < 0.25:
+            continue
+        frames = np.arange(int((on + 0.08) * 100), int((off - 0.05) * 100))
+        frames = frames[frames < track.voiced.shape[0]]
+        sung = hz_to_midi(track.f0_hz[frames][track.voiced[frames]])
+        total_notes += 1
+        hits += sung.size > 0 and abs(float(np.median(sung)) - (pitch + shift)) < 0.6
+    assert total_notes >= 5 and hits >= 0.8 * total_notes
+
+
+def test_render_master_with_a_sung_lead():
+    _soundfont_or_skip()
+    sung_cfg = dataclasses.replace(R.CONFIG, sung_lead_share=1.0, sung_lead_doubled=0.0)
+    plain = R.render_master(_tune(), seed=3, style="pop_band")
+    sung = R.render_master(_tune(), seed=3, style="pop_band", config=sung_cfg)
+    assert plain.info["lead_voice"] == "instrument" and "singer" not in plain.info
+    assert sung.info["lead_voice"] == "sung" and sung.info["lead_doubled_db"] is None
+    assert sung.audio.shape == plain.audio.shape and np.max(np.abs(sung.audio)) == pytest.approx(0.891, abs=0.01)
+    assert not np.allclose(sung.audio, plain.audio)
+    shift = sung.info["lead_sung_shift"]
+    plain_pitches = [n.pitch for n in plain.midi_melody.instruments[0].notes]
+    assert [n.pitch for n in sung.midi_melody.instruments[0].notes] == [p + shift for p in plain_pitches]
