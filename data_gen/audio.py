@@ -214,7 +214,7 @@ def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.n
                     block = f.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
                     if block.shape[0] == 0:
                         break
-                    samples.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy())
+                    samples.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0])
                     frames += block.shape[0]
     except _SOUNDFILE_ERRORS as e:
         log.debug("libsndfile cannot read the recording (%s); trying FFmpeg", e)

@@ -98,17 +98,14 @@ def _render_task(task: tuple) -> tuple:
     """
     from data_gen.arrangement import band_name
     from data_gen.audio import encode_audio
-    from dataclasses import replace
+    from data_gen.render import RenderError, render_master
 
-    from data_gen.render import CONFIG as RENDER_CONFIG, RenderError, render_master
-
-    payload, track_seed, audio_format, min_notes, min_seconds, sung_lead_share = task
+    payload, track_seed, audio_format, min_notes, min_seconds, render_config = task
     melody_id = payload.melody_id
     try:
         melody = load_melody(payload) if isinstance(payload, MelodyRef) else payload
         check_usable(melody, min_notes=min_notes, min_seconds=min_seconds)
-        master = render_master(melody, track_seed,
-                               config=replace(RENDER_CONFIG, sung_lead_share=sung_lead_share))
+        master = render_master(melody, track_seed, config=render_config)
     except (MelodyError, RenderError, ValueError) as e:
         return ("skip", melody_id, str(e))
     audio = encode_audio(master.audio, master.sample_rate, fmt=AUDIO_FORMATS[audio_format])
@@ -252,7 +249,7 @@ def build_catalogue_report(
                 if entry is not None:
                     pending.append(("reuse", entry))
                     continue
-                task = (cand, track_seed, audio_format, min_notes, min_seconds, sung_lead_share)
+                task = (cand, track_seed, audio_format, min_notes, min_seconds, render_config)
                 if workers == 1:
                     pending.append(("done", _render_task(task)))
                     continue

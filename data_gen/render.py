@@ -421,11 +421,6 @@ def _sing_lead(arr: Arrangement, lead: SungLead, total: int, sample_rate: int) -
     return audio, shift, {"register": register, "engine": voice.engine, "syllables": list(voice.syllables)}
 
 
-def _rms(audio: np.ndarray, active: np.ndarray | None = None) -> float:
-    x = audio if active is None else audio[active]
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-
-
 def _fade(audio: np.ndarray, seconds: float, sample_rate: int) -> np.ndarray:
     n = min(audio.shape[0], int(seconds * sample_rate))
     if n > 1:
@@ -449,10 +444,12 @@ def render_arrangement(
     audio, mix = synthesize(arr, soundfont=soundfont, sample_rate=sample_rate, config=config, lead_gain_db=lead_gain)
     shift, singer = 0, None
     if sung_lead is not None:
+        from data_gen.synth import dsp
+
         vocal, shift, singer = _sing_lead(arr, sung_lead, audio.shape[0], sample_rate)
         sings = np.abs(vocal) > 0.05 * max(float(np.max(np.abs(vocal))), 1e-9)
-        target = _rms(audio, sings) * 10 ** (arr.lead_margin_db / 20.0)
-        audio = (audio + vocal * (target / max(_rms(vocal, sings), 1e-9))).astype(np.float32)
+        target = dsp.rms(audio[sings]) * 10 ** (arr.lead_margin_db / 20.0)
+        audio = (audio + vocal * (target / max(dsp.rms(vocal[sings]), 1e-9))).astype(np.float32)
     if arr.cut:
         audio = _fade(audio, config.fade_out_seconds + config.arrangement.tail_seconds, sample_rate)
     audio = _fade(audio, config.end_fade_seconds, sample_rate)

@@ -409,12 +409,11 @@ def perform(notes: Sequence[Note], kind: str, seed: int, config: DeviationConfig
 
 
 def _sing(kind: str, contour: Contour, d: Deviations, rng: np.random.Generator,
-          wander_rng: np.random.Generator | None = None) -> tuple[Contour, np.ndarray, Any, int]:
+          wander_rng: np.random.Generator) -> tuple[Contour, np.ndarray, Any, int]:
     """Frame-level deviations, synthesis and channel: (sung contour, audio, voice, whistle octaves)."""
     contour = apply_drift(contour, d.drift_cents, rng)
     contour = apply_vibrato(contour, d.vibrato_rate_hz, d.vibrato_depth_cents, d.vibrato_delay_s, rng)
-    if wander_rng is not None:
-        contour = apply_wander(contour, d.wander_cents, d.wander_smooth_s, wander_rng)
+    contour = apply_wander(contour, d.wander_cents, d.wander_smooth_s, wander_rng)
     whistle_shift = whistle_octaves(contour) if kind == "whistle" else 0
     if whistle_shift:
         contour = contour.transpose(12 * whistle_shift)
@@ -491,7 +490,8 @@ def perform_contour(contour: Contour, kind: str, seed: int, config: DeviationCon
         median_midi = float(np.median(c.midi()[c.voiced]))
         octave_fit = register_shift([(0.0, 1.0, median_midi)], *REGISTERS_HZ[kind][register])
         c = c.transpose(octave_fit)
-    c, audio, voice, whistle_shift = _sing(kind, c, d, rng)
+    # a real pitch contour keeps its own wobble: d.wander_cents is 0, apply_wander draws nothing
+    c, audio, voice, whistle_shift = _sing(kind, c, d, rng, rng)
     info = d.as_info()
     info["duration_target_s"] = info.pop("duration_s")
     info.update(
