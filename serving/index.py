@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.window_store import TrackInfo, TrackWindows, WindowHits
+
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "earworm-index/1"
@@ -82,13 +84,6 @@ class DuplicateTrackError(IndexBuildError):
 
 class IndexSaveError(RuntimeError):
     """The index cannot be written to the requested directory."""
-
-
-@dataclass(frozen=True)
-class TrackInfo:
-    track_id: str
-    title: str = ""
-    artist: str = ""
 
 
 @dataclass(frozen=True)
@@ -473,6 +468,20 @@ class WindowIndex:
         if self.kind == "tree_ah":
             leaves = int(leaves_to_search or self._leaves_to_search)
         return _search_shards(self._searchers, self._shards, queries, k, leaves, self._searcher_config)
+
+    def search_windows(self, queries: np.ndarray, k: int) -> WindowHits:
+        """The `WindowStore` first stage: `search` with each hit's track row and offset."""
+        rows, sims = self.search(queries, k)
+        return WindowHits.from_rows(rows, sims, self.track_rows, self.offsets_s)
+
+    def fetch_tracks(self, track_rows: Sequence[int]) -> list[TrackWindows]:
+        """The `WindowStore` re-ranking input: every window of each track, in time order."""
+        out = []
+        for t in track_rows:
+            rows = self.windows_of(int(t))
+            out.append(TrackWindows(np.asarray(self._embeddings[rows], np.float32),
+                                    np.asarray(self.offsets_s[rows], np.float64)))
+        return out
 
     def search_brute_force(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact numpy search over the stored embeddings (for recall measurement); same shapes."""

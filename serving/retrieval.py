@@ -50,15 +50,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from data_gen import constants as C
 from serving.melody_gate import MelodyCheck, MelodyGate, MelodyGateConfig
-
-if TYPE_CHECKING:
-    from serving.index import WindowIndex
+from serving.window_store import TrackWindows, WindowHits, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -224,17 +222,16 @@ class TrackScores:
 
 # --- aggregation (pure numpy; no index, no model) ----------------------------------------------
 
-def _hits(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
-          query_offsets: np.ndarray):
+def _hits(hits: WindowHits, query_offsets: np.ndarray):
     """Flatten search results [q, k] into valid hits: (qwin, track, master_off, query_off, sim>=0)."""
-    q, k = rows.shape
+    q, k = hits.track_rows.shape
     qwin = np.repeat(np.arange(q, dtype=np.int64), k)
-    rows = rows.ravel()
-    sims = sims.ravel()
-    valid = (rows >= 0) & np.isfinite(sims)
-    qwin, rows, sims = qwin[valid], rows[valid], sims[valid]
-    return (qwin, track_rows[rows].astype(np.int64), window_offsets[rows].astype(np.float64),
-            query_offsets[qwin].astype(np.float64), np.maximum(sims.astype(np.float64), 0.0))
+    tracks = hits.track_rows.ravel()
+    sims = hits.sims.ravel()
+    valid = (tracks >= 0) & np.isfinite(sims)
+    qwin, sims = qwin[valid], sims[valid]
+    return (qwin, tracks[valid].astype(np.int64), hits.offsets_s.ravel()[valid].astype(np.float64),
+            np.asarray(query_offsets)[qwin].astype(np.float64), np.maximum(sims.astype(np.float64), 0.0))
 
 
 def _first_of_groups(sorted_keys: np.ndarray) -> np.ndarray:
@@ -255,13 +252,11 @@ def _order_by_key_best_first(key: np.ndarray, sim: np.ndarray) -> np.ndarray:
     return np.argsort((key << _SIM_BITS) - quant)
 
 
-def aggregate_vote(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
-                   query_offsets: np.ndarray) -> TrackScores:
-    """Order-free aggregation. rows/sims [q, k] search results (row -1 = none), track_rows/window_offsets
-    [n] per index window, query_offsets [q]. Score = mean over query windows of the track's best
-    similarity; offset = implied start of the track's single best hit."""
-    q = rows.shape[0]
-    qwin, track, moff, qoff, sim = _hits(rows, sims, track_rows, window_offsets, query_offsets)
+def aggregate_vote(hits: WindowHits, query_offsets: np.ndarray) -> TrackScores:
+    """Order-free aggregation. hits [q, k] first-stage results, query_offsets [q]. Score = mean over
+    query windows of the track's best similarity; offset = implied start of the track's single best hit."""
+    q = hits.track_rows.shape[0]
+    qwin, track, moff, qoff, sim = _hits(hits, query_offsets)
     if sim.size == 0 or q == 0:
         return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     key = track * q + qwin
@@ -275,14 +270,13 @@ def aggregate_vote(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, w
     return TrackScores(track[best][starts], scores, np.maximum(moff[top] - qoff[top], 0.0))
 
 
-def aggregate_temporal(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray,
-                       window_offsets: np.ndarray, query_offsets: np.ndarray,
+def aggregate_temporal(hits: WindowHits, query_offsets: np.ndarray,
                        tempo_ratios: Sequence[float] = DEFAULT_TEMPO_RATIOS,
                        bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2,
                        tolerance_bins: int = 1) -> TrackScores:
     """Time-consistent aggregation (see the module docstring). Same inputs as `aggregate_vote`."""
-    q = rows.shape[0]
-    qwin, track, moff, qoff, sim = _hits(rows, sims, track_rows, window_offsets, query_offsets)
+    q = hits.track_rows.shape[0]
+    qwin, track, moff, qoff, sim = _hits(hits, query_offsets)
     h = sim.size
     if h == 0 or q == 0:
         return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
@@ -348,8 +342,7 @@ def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: floa
 
 
 def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates: np.ndarray,
-                    embeddings: np.ndarray, window_offsets: np.ndarray,
-                    windows_of: Callable[[int], np.ndarray],
+                    windows: Sequence[TrackWindows],
                     tempo_ratios: Sequence[float] = DEFAULT_TEMPO_RATIOS,
                     step_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2,
                     tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2) -> TrackScores:
@@ -365,20 +358,25 @@ def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates
     score the best alignment's (same scale as `aggregate_temporal`). Ties prefer ratio 1 and then the
     earliest start.
 
-    query_emb [q, d], query_offsets [q]; candidates [c] track rows; embeddings [n, d] and
-    window_offsets [n] of the index; windows_of(t) = index rows of track t in time order
-    (`WindowIndex.windows_of`).
+    query_emb [q, d], query_offsets [q]; candidates [c] track rows; windows[i] every window of track
+    candidates[i] in time order (`WindowStore.fetch_tracks`).
     """
     candidates = np.asarray(candidates, np.int64)
     q = query_emb.shape[0]
     c = candidates.size
+    if len(windows) != c:
+        raise ValueError(f"{len(windows)} tracks' windows for {c} candidates")
+    keep = np.array([w.offsets_s.size > 0 for w in windows], bool)
+    if not keep.all():  # a track without windows cannot align with anything
+        windows = [w for w, k in zip(windows, keep) if k]
+        candidates = candidates[keep]
+        c = candidates.size
     if c == 0 or q == 0:
         return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
-    rows_per = [np.asarray(windows_of(int(t))) for t in candidates]
-    rows = np.concatenate(rows_per)
-    seg = np.repeat(np.arange(c), [r.size for r in rows_per])
-    m_off = np.asarray(window_offsets, np.float64)[rows]
-    sims = np.maximum(np.asarray(embeddings[rows], np.float32) @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
+    seg = np.repeat(np.arange(c), [w.offsets_s.size for w in windows])
+    m_off = np.concatenate([np.asarray(w.offsets_s, np.float64) for w in windows])
+    emb = np.concatenate([np.asarray(w.emb, np.float32) for w in windows])
+    sims = np.maximum(emb @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
     ratios = np.asarray(sorted(tempo_ratios, key=lambda r: (abs(np.log(r)), r)), np.float64)
     q_off = np.asarray(query_offsets, np.float64)
     q_off = q_off - q_off.min()
@@ -416,13 +414,12 @@ def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates
     return TrackScores(candidates, best_score, np.maximum(offset, 0.0))
 
 
-def aggregate(rows: np.ndarray, sims: np.ndarray, track_rows: np.ndarray, window_offsets: np.ndarray,
-              query_offsets: np.ndarray, config: RetrievalConfig,
+def aggregate(hits: WindowHits, query_offsets: np.ndarray, config: RetrievalConfig,
               tempo_ratios: Sequence[float] | None = None) -> TrackScores:
     """`config`'s aggregation of one query (view); tempo_ratios None: `config.tempo_ratios`."""
     if config.aggregation == "vote":
-        return aggregate_vote(rows, sims, track_rows, window_offsets, query_offsets)
-    return aggregate_temporal(rows, sims, track_rows, window_offsets, query_offsets,
+        return aggregate_vote(hits, query_offsets)
+    return aggregate_temporal(hits, query_offsets,
                               config.tempo_ratios if tempo_ratios is None else tempo_ratios,
                               config.offset_bin_seconds, config.offset_tolerance_bins)
 
@@ -440,7 +437,7 @@ def top_tracks(scores: TrackScores, top_k: int) -> np.ndarray:
 class Retriever:
     """Identifies queries against one index with one model. Thread-safe (read-only state)."""
 
-    def __init__(self, embedder: EmbedderLike | None, index: "WindowIndex",
+    def __init__(self, embedder: EmbedderLike | None, index: WindowStore,
                  config: RetrievalConfig = RetrievalConfig()):
         """`embedder` may be None for callers that only use `identify_embeddings` (benchmarks on
         simulated embeddings). Raises ModelMismatchError when the embedder's model version differs
@@ -469,8 +466,8 @@ class Retriever:
         if not head:
             return ranked
         cfg = self.config
-        exact = rerank_temporal(emb, offsets, np.array([t for t, _, _ in head]), self.index.embeddings,
-                                self.index.offsets_s, self.index.windows_of, tempo_ratios,
+        candidates = np.array([t for t, _, _ in head], np.int64)
+        exact = rerank_temporal(emb, offsets, candidates, self.index.fetch_tracks(candidates), tempo_ratios,
                                 cfg.rerank_step_seconds, cfg.rerank_tolerance_seconds)
         order = np.lexsort((exact.track_rows, -exact.scores))
         order = order[exact.scores[order] > 0]
@@ -506,7 +503,7 @@ class Retriever:
                     self.index.path or self.index.version, DEFAULT_NO_MATCH_THRESHOLD)
         return DEFAULT_NO_MATCH_THRESHOLD, "default"
 
-    def with_index(self, index: "WindowIndex") -> "Retriever":
+    def with_index(self, index: WindowStore) -> "Retriever":
         """Same embedder and config over another index (hot swap); the threshold is re-resolved."""
         return Retriever(self.embedder, index, self.config)
 
@@ -569,11 +566,11 @@ class Retriever:
         explaining a miss whose true track did not make the list. KeyError for a track that is not
         in the index."""
         row = self.index.track_row(track_id)
+        windows = self.index.fetch_tracks([row])
         groups, ratios = self._view_groups(q.views)
         best = (0.0, 0.0)
         for m, penalty, _rate in groups:
-            s = rerank_temporal(q.emb[m], q.offsets_s[m], np.array([row]), self.index.embeddings,
-                                self.index.offsets_s, self.index.windows_of, ratios,
+            s = rerank_temporal(q.emb[m], q.offsets_s[m], np.array([row]), windows, ratios,
                                 self.config.rerank_step_seconds, self.config.rerank_tolerance_seconds)
             if s.scores.size and s.scores[0] - penalty > best[0]:
                 best = (float(s.scores[0] - penalty), float(s.offsets_s[0]))
@@ -600,11 +597,10 @@ class Retriever:
                   [(views == v, self._view_penalty(int(v)), float(rates[int(v)])) for v in np.unique(views)])
         return groups, self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
 
-    def _rank_view(self, rows: np.ndarray, sims: np.ndarray, emb: np.ndarray, offsets: np.ndarray,
+    def _rank_view(self, hits: WindowHits, emb: np.ndarray, offsets: np.ndarray,
                    depth: int, tempo_ratios: Sequence[float]) -> list[tuple[int, float, float]]:
         """One tempo view's windows: aggregate their hits, keep the best `depth`, re-rank them."""
-        scores = aggregate(rows, sims, self.index.track_rows, self.index.offsets_s, offsets, self.config,
-                           tempo_ratios)
+        scores = aggregate(hits, offsets, self.config, tempo_ratios)
         ranked = [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
                   for j in top_tracks(scores, depth)]
         return self._rerank(emb, offsets, ranked, tempo_ratios) if self._rerank_count else ranked
@@ -633,21 +629,20 @@ class Retriever:
             views_of.append(views)
         sizes = [e.shape[0] for e in embs]
         if embs and sum(sizes):
-            rows, sims = self.index.search(np.concatenate(embs), self.config.neighbors_per_window)
+            hits = self.index.search_windows(np.concatenate(embs), self.config.neighbors_per_window)
         else:
-            rows = np.zeros((0, 1), np.int64)
-            sims = np.zeros((0, 1), np.float32)
+            hits = WindowHits.empty()
         search_ms = (time.perf_counter() - t0) * 1e3
         results = []
         bounds = np.cumsum([0] + sizes)
         depth = max(top_k, self._rerank_count)
         for i, item in enumerate(queries):
             t1 = time.perf_counter()
-            r, s = rows[bounds[i] : bounds[i + 1]], sims[bounds[i] : bounds[i + 1]]
+            h = hits[bounds[i] : bounds[i + 1]]
             groups, ratios = self._view_groups(views_of[i])
             best: dict[int, tuple[float, float, float]] = {}
             for m, penalty, rate in groups:
-                for t, score, offset in self._rank_view(r[m], s[m], embs[i][m], offs[i][m], depth, ratios):
+                for t, score, offset in self._rank_view(h[m], embs[i][m], offs[i][m], depth, ratios):
                     if t not in best or score - penalty > best[t][0]:
                         best[t] = (score - penalty, offset, rate)
             ranked = [kv for kv in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])) if kv[1][0] > 0][:top_k]

@@ -13,6 +13,7 @@ pytest.importorskip("scann")
 from data_gen import constants as C
 from serving.calibration import calibrate_scores, save_calibration
 from serving.index import TrackInfo, WindowIndex
+from serving.window_store import WindowHits
 from tests.conftest import sung_tone
 from serving.retrieval import (
     DEFAULT_NO_MATCH_THRESHOLD,
@@ -278,17 +279,15 @@ def test_rerank_recovers_the_windows_the_first_stage_crowded_out(embedder):
 def test_rerank_temporal_scores_alignments_with_tempo_and_reports_where(index):
     query = np.stack([e(i) for i in range(Q)])
     q_off = np.arange(Q, dtype=np.float64)
-    s = rerank_temporal(query, q_off, np.array([2, 0, 1, 3]), index.embeddings, index.offsets_s, index.windows_of)
+    s = rerank_temporal(query, q_off, np.array([2, 0, 1, 3]), index.fetch_tracks([2, 0, 1, 3]))
     got = {int(t): (float(sc), float(o)) for t, sc, o in zip(s.track_rows, s.scores, s.offsets_s)}
     assert got[0][0] == pytest.approx(0.8, abs=1e-5) and got[0][1] == pytest.approx(10.0, abs=1e-3)
     assert got[2][0] == pytest.approx(0.7, abs=1e-5) and got[2][1] == pytest.approx(5.0, abs=0.05)  # ratio 1.33
     assert got[1][0] == pytest.approx(0.9 / Q, abs=1e-5)  # reversed in time: one window per alignment
     assert got[3][0] == 0.0
-    only_same_tempo = rerank_temporal(query, q_off, np.array([2]), index.embeddings, index.offsets_s,
-                                      index.windows_of, tempo_ratios=(1.0,))
+    only_same_tempo = rerank_temporal(query, q_off, np.array([2]), index.fetch_tracks([2]), tempo_ratios=(1.0,))
     assert only_same_tempo.scores[0] < 0.7 * 0.75
-    empty = rerank_temporal(query, q_off, np.array([], np.int64), index.embeddings, index.offsets_s,
-                            index.windows_of)
+    empty = rerank_temporal(query, q_off, np.array([], np.int64), [])
     assert empty.track_rows.size == 0
 
 
@@ -305,7 +304,7 @@ def test_aggregation_ignores_padding_and_negative_hits():
     rows = np.array([[0, -1], [1, 2]])
     sims = np.array([[0.9, -np.inf], [0.8, -0.5]], np.float32)
     for agg in (aggregate_vote, aggregate_temporal):
-        s = agg(rows, sims, track_rows, offsets, np.array([0.0, 1.0]))
+        s = agg(WindowHits.from_rows(rows, sims, track_rows, offsets), np.array([0.0, 1.0]))
         got = dict(zip(s.track_rows.tolist(), s.scores.tolist()))
         assert got[0] == pytest.approx((0.9 + 0.8) / 2)
         assert got.get(1, 0.0) == 0.0
