@@ -478,9 +478,11 @@ class Retriever:
             return float(self.config.no_match_threshold), "config"
         from serving.calibration import CalibrationError, load_calibration
 
-        if self.index.path is not None:
+        store_cal = getattr(self.index, "load_calibration", None)  # a store that carries its own (Milvus)
+        if store_cal is not None or self.index.path is not None:
             try:
-                cal = load_calibration(self.index.path, self.config.aggregation)
+                cal = (store_cal(self.config.aggregation) if store_cal is not None
+                       else load_calibration(self.index.path, self.config.aggregation))
             except CalibrationError as e:
                 log.warning("ignoring the calibration: %s", e)
                 cal = None
