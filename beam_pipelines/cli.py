@@ -89,9 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ix.add_argument("--catalogue", required=True, help="catalogue manifest.csv")
     ix.add_argument("--model", default=None,
                     help="exported model dir (default: serving/default_model)")
-    ix.add_argument("--out", required=True, help="index directory to write")
-    ix.add_argument("--add-to", default=None, metavar="OLD_INDEX_DIR",
-                    help="existing index: add these tracks to it (written to --out)")
+    ix.add_argument("--out", default=None, help="index directory to write (--backend scann)")
+    ix.add_argument("--add-to", default=None, metavar="OLD_INDEX_DIR|COLLECTION",
+                    help="existing index: add these tracks to it (written to --out); with --backend milvus "
+                    "the collection at --uri that the release is added to, in place")
+    ix.add_argument("--replace", action="store_true",
+                    help="--backend milvus: replace an existing collection of that name (default: refuse)")
     ix.add_argument("--limit", type=int, default=_IX["limit"], help="first N tracks only")
     ix.add_argument("--batch-tracks", type=int, default=_IX["batch_tracks"])
     ix.add_argument("--embed-batch", type=int, default=_IX["embed_batch"])
@@ -101,7 +104,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ix.add_argument("--searcher", default="auto", choices=("auto", "brute_force", "tree_ah"),
                     help="ScaNN searcher kind (auto: sized to the data)")
     ix.add_argument("--log-every", type=int, default=_IX["log_every"])
+    from serving.milvus_index import add_backend_arguments
+
+    add_backend_arguments(ix, index_type=True)
     ix.set_defaults(func=run_index_cli, beam_args=[])
+
+    rm = subparsers.add_parser(
+        "index-remove", help="remove tracks from a window index (Milvus collection or index directory)",
+        description="Remove tracks (their windows and rows) from a window index and record a new index "
+        "version. --backend milvus deletes them from the collection in place (a running server swaps to "
+        "the new version); --backend scann rebuilds the searcher over the remaining windows in --index.")
+    rm.add_argument("--track-id", action="append", required=True, help="a track id to remove (repeatable)")
+    rm.add_argument("--index", default=None, help="index directory (--backend scann)")
+    add_backend_arguments(rm, search_params=False)
+    rm.set_defaults(func=run_index_remove_cli)
 
     # Beam flags are unknown to argparse: collect them instead of failing.
     for p in (dg, ix):
@@ -167,10 +183,18 @@ def run_index_cli(args: argparse.Namespace) -> int:
         from data_gen.paths import REPO_ROOT
 
         model = str(REPO_ROOT / "serving" / "default_model")
+    from serving.milvus_index import backend_error, index_config_from_args
+
+    problem = backend_error(args) or (None if args.backend == "milvus" or args.out else
+                                      "--out is required (the index directory to write)")
+    if problem:
+        print(f"earworm index: {problem}", file=sys.stderr)
+        return 2
     config = IndexConfig(
-        catalogue=args.catalogue, model_dir=model, out_dir=args.out, add_to=args.add_to,
+        catalogue=args.catalogue, model_dir=model, out_dir=args.out or "", add_to=args.add_to,
         batch_tracks=args.batch_tracks, embed_batch=args.embed_batch,
         tracks_per_shard=args.tracks_per_shard, limit=args.limit, log_every=args.log_every,
+        backend=args.backend, milvus_uri=args.uri, milvus_collection=args.collection, replace=args.replace,
     )
     searcher = None
     if args.searcher != "auto":
@@ -179,7 +203,8 @@ def run_index_cli(args: argparse.Namespace) -> int:
         searcher = SearcherConfig(mode=args.searcher)
     try:
         summary = run_index(config, args.beam_args, work_dir=args.work_dir, keep_work=args.keep_work,
-                            searcher_config=searcher)
+                            searcher_config=searcher,
+                            milvus_config=index_config_from_args(args) if args.backend == "milvus" else None)
     except (ManifestError, IndexPipelineError) as e:
         print(f"earworm index: {e}", file=sys.stderr)
         return 2
@@ -192,4 +217,61 @@ def run_index_cli(args: argparse.Namespace) -> int:
             return 2
         raise
     print(summary.format())
+    return 0
+
+
+def _remove_from_index_dir(index_dir: str, track_ids: list[str]):
+    """A ScaNN index without some tracks: the remaining windows (stored embeddings, no re-embedding),
+    searcher rebuilt, new version, saved in place. KeyError for an id that is not indexed."""
+    import numpy as np
+
+    from serving.index import IndexBuildError, WindowIndex
+
+    index = WindowIndex.load(index_dir, mmap=False)
+    rows = {index.track_row(t) for t in track_ids}  # KeyError: not indexed
+    keep_tracks = [i for i in range(index.num_tracks) if i not in rows]
+    if not keep_tracks:
+        raise IndexBuildError("removing every track would leave an empty index")
+    new_row = np.full(index.num_tracks, -1, np.int64)
+    new_row[keep_tracks] = np.arange(len(keep_tracks))
+    keep = new_row[index.track_rows] >= 0
+    releases = list(index.metadata.extra.get("releases") or [])
+    built = WindowIndex.build(np.asarray(index.embeddings)[keep], new_row[index.track_rows[keep]],
+                              index.offsets_s[keep], [index.tracks[i] for i in keep_tracks],
+                              index.metadata.model_version,
+                              extra={k: v for k, v in index.metadata.extra.items()
+                                     if k not in ("releases", "tuning", "build_seconds")})
+    releases.append({"version": built.version, "created": built.metadata.created,
+                     "tracks_removed": len(rows), "parent": index.version})
+    built.metadata.extra["releases"] = releases
+    built.save(index_dir)
+    return built
+
+
+def run_index_remove_cli(args: argparse.Namespace) -> int:
+    from serving.index import IndexBuildError, IndexLoadError
+    from serving.milvus_index import backend_error
+
+    problem = backend_error(args) or (None if args.backend == "milvus" or args.index else
+                                      "--index is required (the index directory)")
+    if problem:
+        print(f"earworm index-remove: {problem}", file=sys.stderr)
+        return 2
+    try:
+        if args.backend == "milvus":
+            from serving.milvus_index import remove_tracks
+
+            md = remove_tracks(args.uri, args.collection, args.track_id)
+            where = f"{args.uri} collection {args.collection}"
+        else:
+            new = _remove_from_index_dir(args.index, args.track_id)
+            md, where = new.metadata, args.index
+    except KeyError as e:
+        print(f"earworm index-remove: {e.args[0]}", file=sys.stderr)
+        return 2
+    except (IndexLoadError, IndexBuildError) as e:
+        print(f"earworm index-remove: {e}", file=sys.stderr)
+        return 2
+    print(f"removed {len(set(args.track_id))} track(s) from {where}: index {md.version}, "
+          f"{md.num_tracks} tracks / {md.num_windows} windows")
     return 0

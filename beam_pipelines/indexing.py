@@ -337,9 +337,169 @@ def _counters(result) -> dict[str, int]:
     return out
 
 
+class WriteMilvusWindowsFn(beam.DoFn):
+    """TrackEmbeddings -> its windows upserted into a Milvus collection from the worker (batched
+    across tracks up to `batch` windows; ids are deterministic, so a retried bundle rewrites the same
+    rows) -> {"row", "track_id", "windows"} for the driver's track table. Collection row of a track =
+    first_row + its manifest row."""
+
+    def __init__(self, uri: str, collection: str, first_row: int, batch: int = 8192):
+        self.uri, self.collection, self.first_row, self.batch = uri, collection, first_row, batch
+        self.written = Metrics.counter(NAMESPACE, "windows_written")
+
+    def setup(self) -> None:
+        from serving.milvus_index import _client
+
+        self.client = _client(self.uri)
+        self._buf: list[dict] = []
+
+    def start_bundle(self) -> None:
+        self._buf = []
+
+    def process(self, e: TrackEmbeddings) -> Iterator[dict]:
+        from serving.milvus_index import _window_rows
+
+        n = int(e.offsets_s.shape[0])
+        row = self.first_row + int(e.row)
+        self._buf.extend(_window_rows(np.full(n, row, np.int64), e.offsets_s, e.embeddings, {}))
+        if len(self._buf) >= self.batch:
+            self._flush()
+        yield {"row": row, "track_id": e.track_id, "windows": n}
+
+    def _flush(self) -> None:
+        if self._buf:
+            self.client.upsert(self.collection, self._buf)
+            self.written.inc(len(self._buf))
+            self._buf = []
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def teardown(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+
+def _iter_shards(work: str) -> Iterator[dict]:
+    """The embedding shards one at a time (memory: one shard), in manifest-row order."""
+    from beam_pipelines.outputs import _list, join, read_bytes
+
+    paths = _list(join(work, "embeddings", f"{SHARD_PREFIX}-*{SHARD_SUFFIX}"))
+    for p in sorted(paths):
+        with np.load(io.BytesIO(read_bytes(p))) as z:
+            yield {k: z[k] for k in z.files}
+
+
+def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir: str | None, keep_work: bool,
+                      milvus_config) -> IndexSummary:
+    """Pipeline 2 into a Milvus collection. A server URI: the workers write the windows
+    (WriteMilvusWindowsFn). A Milvus Lite file (one process at a time): the workers write embedding
+    shards and the driver inserts them shard by shard. The driver then writes the track table and the
+    metadata (a new version) last."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines import outputs
+    from data_gen.manifest import read_catalogue
+    from serving.embedder import ModelMetadata
+    from serving.milvus_index import MilvusIndexConfig, MilvusWriter, is_lite_uri, open_release_writer
+    from serving.window_store import TrackInfo
+
+    t0 = time.monotonic()
+    uri = str(config.milvus_uri or "")
+    if not uri:
+        raise IndexPipelineError("--backend milvus needs --uri")
+    collection = config.add_to or config.milvus_collection
+    tracks = read_catalogue(config.catalogue)
+    if config.limit is not None:
+        tracks = tracks[: config.limit]
+    model = ModelMetadata.read(config.model_dir)
+    if config.add_to:
+        writer, first_row = open_release_writer(uri, collection, model_version=model.version,
+                                                track_ids=[t.track_id for t in tracks])
+    else:
+        writer = MilvusWriter(uri, collection, dim=model.embedding_dim, model_version=model.version,
+                              config=milvus_config or MilvusIndexConfig(), overwrite=config.replace)
+        first_row = 0
+    lite = is_lite_uri(uri)
+    work = work_dir or _default_work_dir(f"{Path(uri).name if lite else 'milvus'}-{collection}")
+    outputs.delete_tree(work)
+    FileSystems.mkdirs(work)
+    count = config.num_shards(len(tracks))
+    refs = [TrackRef(i, t.track_id, str(t.path)) for i, t in enumerate(tracks)]
+    runner = with_default_runner_args(runner_args)
+    log.info("index: %d tracks from %s into Milvus %s collection %s (%s), model %s", len(refs), config.catalogue,
+             uri, collection, "driver inserts shards" if lite else "workers write", model.version)
+    pipeline = beam.Pipeline(options=PipelineOptions(list(runner.argv)))
+    embedded = (
+        pipeline
+        | "Tracks" >> beam.Create(refs)
+        | "Distribute" >> beam.Reshuffle()
+        | "EmbedTracks" >> EmbedTracks(config.model_dir, config.batch_tracks, config.embed_batch, config.log_every)
+    )
+    tracks_file = outputs.join(work, "milvus_tracks.jsonl")
+    if lite:
+        embedded[MAIN] | "WriteShards" >> WriteEmbeddingShards(work, count, config.tracks_per_shard)
+    else:
+        batch = writer.config.insert_batch
+        (embedded[MAIN]
+         | "WriteMilvus" >> beam.ParDo(WriteMilvusWindowsFn(uri, collection, first_row, batch))
+         | "KeyTracks" >> beam.Map(lambda r: (None, r)) | "GroupTracks" >> beam.GroupByKey()
+         | "WriteTracks" >> beam.Map(lambda kv: outputs.write_jsonl(tracks_file, sorted(kv[1], key=lambda r: r["row"]))))
+    embedded[ERRORS] | "WriteErrors" >> WriteTrackErrors(work)
+    result = pipeline.run()
+    result.wait_until_finish()
+    t_embed = time.monotonic() - t0
+    counters = _counters(result)
+    by_id = {t.track_id: t for t in tracks}
+    done: list[tuple[int, str]] = []
+    counts: dict[int, int] = {}
+    t1 = time.monotonic()
+    if lite:
+        for z in _iter_shards(work):
+            rows = first_row + z["row"].astype(np.int64)
+            writer.write(rows[z["track_row"]], z["offset_s"], z["embedding"])
+            done.extend((int(r), str(tid)) for r, tid in zip(rows.tolist(), z["track_id"].tolist()))
+    elif FileSystems.exists(tracks_file):
+        for line in outputs.read_bytes(tracks_file).decode().splitlines():
+            r = json.loads(line)
+            done.append((int(r["row"]), str(r["track_id"])))
+            counts[int(r["row"])] = int(r["windows"])
+        writer.windows_written = sum(counts.values())
+    errors_path = outputs.join(work, outputs.shard_name(ERRORS_NAME, 0, 1, ".jsonl"))
+    errors = ([json.loads(x) for x in outputs.read_bytes(errors_path).decode().splitlines() if x.strip()]
+              if FileSystems.exists(errors_path) else [])
+    if not done:
+        raise IndexPipelineError(
+            f"no track of {config.catalogue} could be embedded ({len(errors)} errors, first: "
+            f"{errors[0]['reason'] if errors else 'none'})")
+    writer.add_tracks((row, TrackInfo(tid, by_id[tid].title, by_id[tid].artist)) for row, tid in sorted(done))
+    extra = {"pipeline": {"catalogue": str(Path(config.catalogue).resolve()), "tracks_in": len(tracks),
+                          "tracks_indexed": len(done), "errors": len(errors), "embed_seconds": round(t_embed, 3)}}
+    md = writer.finish(extra, windows_per_track=counts or None)
+    t_build = time.monotonic() - t1
+    writer.client.close()
+    if not keep_work:
+        outputs.delete_tree(work)
+    return IndexSummary(
+        out_dir=f"{uri} collection {collection}", index_version=md.version, model_version=md.model_version,
+        tracks_in=len(tracks), tracks_indexed=len(done), tracks_total=md.num_tracks,
+        windows_added=int(writer.windows_written), windows_total=md.num_windows, errors=len(errors),
+        kind=str(md.config.get("kind")), recall_at_10=md.recall_at_10,
+        audio_seconds=counters.get("audio_ms", 0) / 1000.0, embed_wall_seconds=t_embed,
+        build_seconds=t_build, wall_seconds=time.monotonic() - t0, counters=counters,
+        added_to=collection if config.add_to else None,
+    )
+
+
 def run_index(config: IndexConfig, runner_args: Sequence[str] = (), *, work_dir: str | None = None,
-              keep_work: bool = False, searcher_config=None) -> IndexSummary:
-    """Run pipeline 2 and save the index into `config.out_dir`. Returns the summary."""
+              keep_work: bool = False, searcher_config=None, milvus_config=None) -> IndexSummary:
+    """Run pipeline 2 and save the index into `config.out_dir` (or, with `config.backend ==
+    "milvus"`, write it to the Milvus collection; `milvus_config`: serving.milvus_index
+    MilvusIndexConfig). Returns the summary."""
+    if config.backend == "milvus":
+        return _run_index_milvus(config, runner_args, work_dir, keep_work, milvus_config)
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_pipelines import outputs

@@ -143,6 +143,13 @@ class IndexConfig:
     tracks_per_shard: int = 100
     limit: int | None = None
     log_every: int = 25
+    backend: str = "scann"
+    """"scann" (an index directory, out_dir) or "milvus" (a collection at milvus_uri; add_to then names
+    the collection a release is added to, in place)."""
+    milvus_uri: str | None = None
+    milvus_collection: str = "earworm_windows"
+    replace: bool = False
+    """milvus: replace an existing collection of that name (default: refuse)."""
 
     def num_shards(self, num_tracks: int) -> int:
         return max(1, math.ceil(num_tracks / max(1, self.tracks_per_shard)))

@@ -368,6 +368,9 @@ def register(subparsers) -> None:
                    help="in-process server: the query's tempo views (default: the server's)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
+    from serving.milvus_index import add_backend_arguments
+
+    add_backend_arguments(p)  # --backend milvus: the index's windows copied into --uri's collection, served from it
     p.set_defaults(func=run_bench_load)
 
 
@@ -401,6 +404,12 @@ def run_bench_load(args: argparse.Namespace) -> int:
                 print("earworm bench-load: --model needs --index DIR or --synthetic-tracks N", file=os.sys.stderr)
                 return 2
             sc = ServerConfig()
+            if args.backend == "milvus":
+                from serving.milvus_index import ensure_copy
+
+                sc = replace(sc, index_backend="milvus", milvus_uri=args.uri, milvus_collection=args.collection,
+                             milvus_search_params=args.milvus_search_params)
+                ensure_copy(index_dir, args.uri, args.collection)
             sc = replace(sc, model_dir=args.model, index_dir=index_dir, host="127.0.0.1", port=0,
                          workers=args.workers or sc.workers,
                          batching=sc.batching if args.batching is None else args.batching,

@@ -336,8 +336,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     from data_gen.synth.no_melody import no_melody_inputs
 
+    from serving.milvus_index import MilvusWindowStore, backend_error
+
+    problem = backend_error(args) or (None if args.backend == "milvus" or args.index else
+                                      "--index is required (or --backend milvus --uri URI)")
+    if problem:
+        print(f"earworm calibrate: {problem}")
+        return 2
     embedder = Embedder(args.model)
-    index = WindowIndex.load(args.index)
+    index = (MilvusWindowStore.open(args.uri, args.collection, search_params=args.milvus_search_params)
+             if args.backend == "milvus" else WindowIndex.load(args.index))
     inside: list[tuple[Path, str]] = []
     outside: list[tuple[Path | np.ndarray, str]] = []  # (file or audio, group)
     if args.queries:
@@ -400,7 +408,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
                      "no_melody_inputs": not args.no_degenerate, "skipped": skipped,
                      "stopped_by_melody_gate": gated},
             out_groups=sc["group"])
-        save_calibration(index.path, cal)
+        written = (index.save_calibration(cal) if hasattr(index, "save_calibration")
+                   else save_calibration(index.path, cal))
         tar = "-" if cal.true_accept_rate is None else f"{cal.true_accept_rate:.3f}"
         print(f"{agg:<9} threshold {cal.threshold:.4f}  false-accept {cal.false_accept_rate:.3f} "
               f"(target {cal.target_false_accept_rate:.2f}, {len(sc['out'])} out-of-catalogue)  "
@@ -411,7 +420,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                   f"{'' if g['sets_threshold'] else '; too few to set the threshold'})")
         if gated.get("in"):
             print(f"{'':<9} in-catalogue: {gated['in']} of {len(sc['in'])} stopped by the melody gate")
-    print(f"wrote {Path(index.path) / CALIBRATION_FILE}")
+    print(f"wrote {written}")
     return 0
 
 
@@ -421,7 +430,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("calibrate", help="choose the no-match threshold of an index (calibration.json)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", required=True, help="index directory (calibration.json is written there)")
+    p.add_argument("--index", default=None,
+                   help="index directory (calibration.json is written there); or --backend milvus --uri URI "
+                        "[--collection C]: the calibration is stored on the collection (a property)")
+    from serving.milvus_index import add_backend_arguments
+
+    add_backend_arguments(p)
     p.add_argument("--model", required=True, help="the exported model the index was built with")
     p.add_argument("--queries", help="query set CSV: rows with a track_id are in-catalogue, empty = out")
     p.add_argument("--no-qbh-demo", action="store_true",

@@ -32,7 +32,11 @@ def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) ->
 
     d, s, b = ServerConfig(), ServicerConfig(), BatchingConfig()
     p.add_argument("--model", type=Path, required=model_required, help="exported model directory")
-    p.add_argument("--index", type=Path, required=model_required, help="index directory (earworm index)")
+    p.add_argument("--index", type=Path, default=None,
+                   help="index directory (earworm index)" + ("; required unless --backend milvus" if model_required else ""))
+    from serving.milvus_index import add_backend_arguments
+
+    add_backend_arguments(p)
     p.add_argument("--workers", type=positive_int, default=d.workers,
                    help=f"request threads (default {d.workers})")
     p.add_argument("--max-audio-bytes", type=positive_int, default=s.max_audio_bytes,
@@ -76,6 +80,9 @@ def server_config_from_args(args: argparse.Namespace, **overrides):
         batch=replace(BatchingConfig(), max_wait_ms=args.batch_wait_ms),
         no_match_threshold=args.threshold,
         query_tempo_rates=args.tempo_views,
+        index_backend=getattr(args, "backend", "scann"), milvus_uri=getattr(args, "uri", None),
+        milvus_collection=getattr(args, "collection", d.milvus_collection),
+        milvus_search_params=getattr(args, "milvus_search_params", None),
         **overrides,
     )
 
@@ -113,8 +120,14 @@ def _register_serve(subparsers) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from serving.milvus_index import backend_error
     from serving.server import ServerError, create_server
 
+    problem = backend_error(args) or (None if args.backend == "milvus" or args.index else
+                                      "--index is required (or --backend milvus --uri URI)")
+    if problem:
+        print(f"earworm serve: {problem}", file=sys.stderr)
+        return 2
     try:
         token = read_token(args.auth_token_file)
     except ValueError as e:

@@ -40,6 +40,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -63,7 +64,11 @@ TOKEN_ENV = "EARWORM_MILVUS_TOKEN"
 WINDOW_ID_STRIDE = 1 << 20
 """Window id = track_row * WINDOW_ID_STRIDE + window number within the track."""
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "SCANN", "DISKANN", "AUTOINDEX")
-LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT")
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
+"""What Milvus Lite 3.2 builds (faiss inside); a cluster builds every type of INDEX_TYPES."""
+FETCH_CACHE_WINDOWS = 65_536
+"""Windows of recently fetched tracks a store keeps (about 34 MB at dim 128): the tempo views of one
+query re-rank mostly the same tracks, and a store is immutable (a new version is a new store)."""
 MAX_QUERY_ROWS = 16_000
 """Milvus answers at most 16,384 rows per query (maxQueryResultWindow): fetches are chunked below it."""
 SEARCH_BATCH = 512
@@ -104,9 +109,9 @@ class MilvusIndexConfig:
     """The server-side vector index of the windows collection, and how it is searched."""
 
     index_type: str = "FLAT"
-    """FLAT (exact, the default: the same answers as ScaNN's brute force), IVF_FLAT (Lite and
-    clusters), IVF_SQ8, IVF_PQ, HNSW, SCANN, DISKANN (clusters: Milvus Lite builds only FLAT and
-    IVF_FLAT); AUTOINDEX lets Zilliz Cloud choose."""
+    """FLAT (exact, the default: the same answers as ScaNN's brute force), IVF_FLAT, IVF_SQ8, HNSW
+    (Milvus Lite and clusters), IVF_PQ, SCANN, DISKANN (clusters only); AUTOINDEX lets Zilliz Cloud
+    choose."""
     index_params: dict[str, Any] = field(default_factory=dict)
     """Build parameters; missing ones are sized to the data (`resolved`): nlist = 4 * sqrt(windows)
     for the IVF family and SCANN, m = dim / 4 for IVF_PQ, M = 16 / efConstruction = 200 for HNSW."""
@@ -235,6 +240,8 @@ class MilvusWindowStore:
         cfg = metadata.config or {}
         self.index_config = MilvusIndexConfig.from_dict(cfg.get("milvus") or {})
         self._lock = threading.Lock()
+        self._cache: OrderedDict[int, TrackWindows] = OrderedDict()
+        self._cached_windows = 0
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -350,7 +357,11 @@ class MilvusWindowStore:
         """Every window of each track (emb float32 [w, d], offsets float64 [w]) in time order, with
         filter queries on the track field (chunked under Milvus's rows-per-query cap)."""
         rows = [int(t) for t in track_rows]
-        got: dict[int, list[tuple[float, list[float]]]] = {t: [] for t in rows}
+        with self._lock:
+            cached = {t: self._cache[t] for t in rows if t in self._cache}
+            for t in cached:
+                self._cache.move_to_end(t)
+        got: dict[int, list[tuple[float, list[float]]]] = {t: [] for t in rows if t not in cached}
         chunk: list[int] = []
         size = 0
 
@@ -362,7 +373,7 @@ class MilvusWindowStore:
                 got[int(r["track_row"])].append((float(r["offset_s"]), r["embedding"]))
             chunk.clear()
 
-        for t in dict.fromkeys(rows):
+        for t in got:
             n = int(self._track_windows[t]) if 0 <= t < len(self._track_windows) else 0
             if chunk and size + n > MAX_QUERY_ROWS:
                 flush()
@@ -370,12 +381,20 @@ class MilvusWindowStore:
             chunk.append(t)
             size += n
         flush()
-        out = []
-        for t in rows:
-            items = sorted(got[t], key=lambda x: x[0])
+        fetched = {}
+        for t, items in got.items():
+            items.sort(key=lambda x: x[0])
             emb = np.asarray([e for _, e in items], np.float32).reshape(len(items), self.dim)
-            out.append(TrackWindows(emb, np.asarray([o for o, _ in items], np.float64)))
-        return out
+            fetched[t] = TrackWindows(emb, np.asarray([o for o, _ in items], np.float64))
+        with self._lock:
+            for t, w in fetched.items():
+                if t not in self._cache:
+                    self._cache[t] = w
+                    self._cached_windows += w.emb.shape[0]
+            while self._cached_windows > FETCH_CACHE_WINDOWS and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cached_windows -= old.emb.shape[0]
+        return [cached[t] if t in cached else fetched[t] for t in rows]
 
     # -- calibration ----------------------------------------------------------------------------
     def load_calibration(self, aggregation: str):
@@ -533,8 +552,10 @@ class MilvusWriter:
             ip = c.prepare_index_params()
             total = self.windows_written
             cfg = self.config.resolved(total, self.dim)
+            # the classic `params` JSON key: Milvus servers and Milvus Lite both read it (Lite ignores
+            # the flattened keys pymilvus 3 sends otherwise)
             ip.add_index(field_name="embedding", index_type=cfg.index_type, metric_type="IP",
-                         params=cfg.index_params)
+                         params={"params": json.dumps(cfg.index_params)} if cfg.index_params else None)
             ip.add_index(field_name="track_row", index_type="INVERTED")
             c.create_index(name, ip, sync=not is_lite_uri(self.uri))
         else:
@@ -744,3 +765,66 @@ __all__ = [
     "copy_index", "drop_collection", "is_lite_uri", "open_release_writer", "read_collection_version",
     "remove_tracks",
 ]
+
+
+# --- command-line flags shared by index, serve, eval, calibrate -----------------------------------
+
+BACKENDS = ("scann", "milvus")
+
+
+def add_backend_arguments(p: Any, *, index_type: bool = False, search_params: bool = True) -> None:
+    """--backend, --uri, --collection [, --milvus-index-type] [, --milvus-search-params]."""
+    p.add_argument("--backend", choices=BACKENDS, default="scann",
+                   help="where the window index lives: scann (in-process, a directory; the default) or milvus "
+                        "(a Milvus collection: --uri, --collection)")
+    p.add_argument("--uri", default=None,
+                   help="Milvus URI (--backend milvus): a local file for the embedded Milvus Lite "
+                        "(e.g. artifacts/milvus/earworm.db) or a server, http://host:19530 "
+                        f"(token from ${TOKEN_ENV})")
+    p.add_argument("--collection", default=DEFAULT_COLLECTION,
+                   help=f"Milvus collection of the windows (default {DEFAULT_COLLECTION}; the track table is "
+                        f"COLLECTION{TRACKS_SUFFIX})")
+    if index_type:
+        p.add_argument("--milvus-index-type", default=MilvusIndexConfig().index_type, type=str.upper,
+                       choices=INDEX_TYPES,
+                       help="server-side vector index (default FLAT: exact; Milvus Lite: FLAT or IVF_FLAT; "
+                            "a cluster also IVF_SQ8, IVF_PQ, HNSW, SCANN, DISKANN)")
+        p.add_argument("--milvus-index-params", type=json.loads, default=None, metavar="JSON",
+                       help='build parameters, e.g. \'{"nlist": 1024}\' (default: sized to the data)')
+    if search_params:
+        p.add_argument("--milvus-search-params", type=json.loads, default=None, metavar="JSON",
+                       help='search parameters, e.g. \'{"nprobe": 64}\' or \'{"ef": 200}\' (default: recorded '
+                            "with the collection)")
+
+
+def backend_error(args: Any) -> str | None:
+    """Why the backend flags do not fit together (None when they do)."""
+    if getattr(args, "backend", "scann") == "milvus" and not getattr(args, "uri", None):
+        return "--backend milvus needs --uri (a Milvus Lite file such as artifacts/milvus/earworm.db, or http://host:19530)"
+    return None
+
+
+def index_config_from_args(args: Any) -> MilvusIndexConfig:
+    return MilvusIndexConfig(index_type=getattr(args, "milvus_index_type", None) or "FLAT",
+                             index_params=dict(getattr(args, "milvus_index_params", None) or {}),
+                             search_params=dict(getattr(args, "milvus_search_params", None) or {}))
+
+
+def ensure_copy(index_dir: str | os.PathLike[str], uri: str, collection: str = DEFAULT_COLLECTION,
+                config: MilvusIndexConfig | None = None) -> MilvusWindowStore:
+    """The collection holding the windows of the index in `index_dir` (copied once; reused while the
+    collection records that index version): benchmarks of the Milvus backend on an existing index."""
+    from serving.index import WindowIndex
+
+    index = WindowIndex.load(index_dir)
+    try:
+        store = MilvusWindowStore.open(uri, collection)
+        if (store.metadata.extra.get("copied_from") or {}).get("version") == index.version:
+            store.close()
+            return store
+        store.close()
+    except IndexLoadError:
+        pass
+    store = copy_index(index, uri, collection, config, overwrite=True)
+    store.close()
+    return store

@@ -4,8 +4,8 @@
 the exported model and the index; the health service answers NOT_SERVING until both are loaded and
 their versions agree, SERVING afterwards. `earworm serve` (serving/cli.py) wraps it.
 
-Hot index swap: `EarwormServer.reload_index()` re-reads the index directory and swaps it in when
-its version changed (refused when it was built with another model); the server polls the index's
+Hot index swap: `EarwormServer.reload_index()` re-reads the index directory (or the Milvus
+collection, `index_backend="milvus"`: its version property) and swaps it in when its version changed (refused when it was built with another model); the server polls the index's
 metadata.json every `watch_index_seconds`, and `earworm serve` also reloads on SIGHUP.
 """
 
@@ -91,6 +91,23 @@ class ServerConfig:
     """Override the calibrated no-match threshold (None: the index's calibration.json)."""
     query_tempo_rates: tuple[float, ...] = DEFAULT_QUERY_TEMPO_RATES
     """Tempo views of each query (`serving.retrieval.RetrievalConfig.query_tempo_rates`)."""
+    index_backend: str = "scann"
+    """"scann": the index directory `index_dir`; "milvus": the collection `milvus_collection` at
+    `milvus_uri` (serving.milvus_index), swapped when its version property changes."""
+    milvus_uri: str | None = None
+    milvus_collection: str = "earworm_windows"
+    milvus_search_params: dict[str, Any] | None = None
+
+    @property
+    def has_index_source(self) -> bool:
+        return self.milvus_uri is not None if self.index_backend == "milvus" else self.index_dir is not None
+
+    @property
+    def index_source(self) -> str:
+        """Where the index comes from, for messages."""
+        if self.index_backend == "milvus":
+            return f"Milvus {self.milvus_uri} collection {self.milvus_collection}"
+        return str(self.index_dir)
 
     @property
     def max_receive_bytes(self) -> int:
@@ -133,6 +150,25 @@ def load_index(index_dir: Path | str, mmap: bool = False) -> Any:
     return WindowIndex.load(index_dir, mmap=mmap)
 
 
+def load_store(config: ServerConfig) -> Any:
+    """The configured index: a directory (load_index) or a Milvus collection."""
+    if config.index_backend == "milvus":
+        from serving.milvus_index import MilvusWindowStore
+
+        return MilvusWindowStore.open(str(config.milvus_uri), config.milvus_collection,
+                                      search_params=config.milvus_search_params)
+    return load_index(config.index_dir, config.index_mmap)
+
+
+def read_source_version(config: ServerConfig) -> str | None:
+    """The version of the configured index at its source (None when unreadable)."""
+    if config.index_backend == "milvus":
+        from serving.milvus_index import read_collection_version
+
+        return read_collection_version(str(config.milvus_uri), config.milvus_collection)
+    return read_index_version(config.index_dir)
+
+
 def load_masters(manifest: Path) -> Any:
     """The catalogue's master melodies and audio (serving.pitch_tracks.MasterMelodies)."""
     from data_gen.manifest import ManifestError
@@ -149,14 +185,14 @@ def load_components(config: ServerConfig) -> Components:
     from serving.embedder import Embedder
     from serving.retrieval import RetrievalConfig, Retriever
 
-    if config.model_dir is None or config.index_dir is None:
-        raise ServerError("both a model directory and an index directory are needed")
+    if config.model_dir is None or not config.has_index_source:
+        raise ServerError("both a model directory and an index (directory, or --backend milvus --uri) are needed")
     try:
         embedder = Embedder(config.model_dir)
-        index = load_index(config.index_dir, config.index_mmap)
+        index = load_store(config)
     except Exception as e:  # ModelError, IndexLoadError, OSError: all mean "cannot start"
         raise ServerError(str(e)) from e
-    check_versions(embedder.version, index, config.index_dir)
+    check_versions(embedder.version, index, config.index_source)
     retriever = Retriever(embedder, index, RetrievalConfig(no_match_threshold=config.no_match_threshold,
                                                            query_tempo_rates=config.query_tempo_rates))
     return Components(embedder, index, retriever)
@@ -314,7 +350,7 @@ class EarwormServer:
             components = loader(self.config)
             if self.config.catalogue is not None:
                 self.servicer.masters = load_masters(self.config.catalogue)
-            check_versions(components.embedder.version, components.index, self.config.index_dir)
+            check_versions(components.embedder.version, components.index, self.config.index_source)
             warm_up(components)
             embed = components.embedder.embed_windows
             self._embedding = MicroBatcher(embed, self.config.batch) if self.config.batching else \
@@ -333,7 +369,7 @@ class EarwormServer:
         log.info("serving model %s with index %s (%d tracks) on port %d%s", components.embedder.version,
                  components.index.metadata.version, components.index.metadata.num_tracks, self.port,
                  " (micro-batching on)" if self.config.batching else "")
-        if self.config.index_dir is not None and self.config.watch_index_seconds > 0:
+        if self.config.has_index_source and self.config.watch_index_seconds > 0:
             self._watcher = threading.Thread(target=self._watch_index, name="index-watcher", daemon=True)
             self._watcher.start()
 
@@ -366,16 +402,16 @@ class EarwormServer:
 
         Never raises: a broken or mismatched new index is logged and the old one keeps serving.
         """
-        if self.config.index_dir is None or not self.ready:
+        if not self.config.has_index_source or not self.ready:
             return False
         with self._reload_lock:
             state = self.servicer.state
-            on_disk = read_index_version(self.config.index_dir)
+            on_disk = read_source_version(self.config)
             if on_disk is None or (state is not None and on_disk == state.index_version and not force):
                 return False
             try:
-                index = load_index(self.config.index_dir, self.config.index_mmap)
-                if read_index_version(self.config.index_dir) != index.version:
+                index = load_store(self.config)
+                if read_source_version(self.config) != index.version:
                     # replaced while it was being read: its files may mix two versions
                     raise IndexSwapError(f"index {on_disk} was replaced while it was being read; retrying")
                 self.swap_index(index)
@@ -397,7 +433,7 @@ class EarwormServer:
         cap = max(interval, 300.0)
         delay, failed_version = interval, None
         while not self._stopped.wait(delay):
-            current = read_index_version(self.config.index_dir)
+            current = read_source_version(self.config)
             state = self.servicer.state
             if current is None or state is None or current == state.index_version:
                 delay, failed_version = interval, None

@@ -66,6 +66,8 @@ def run_eval(args: argparse.Namespace) -> int:
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
             rerank_candidates=args.rerank_candidates, query_tempo_rates=args.tempo_views,
             tempo_view_penalty=args.tempo_view_penalty, explain=args.explain,
+            backend=args.backend, milvus_uri=args.uri, milvus_collection=args.collection,
+            milvus_index_type=args.milvus_index_type, milvus_search_params=args.milvus_search_params,
         )
         report = evaluate(config)
     except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
@@ -124,6 +126,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="the failure table: for each query the model misses, the true track's rank and "
                         "score against the winner's and its likely cause from the pitch tracks (tempo, "
                         "section, voicing, intonation), with a plot each (OUT/failures.md, failures/*.png)")
+    from serving.milvus_index import add_backend_arguments
+
+    add_backend_arguments(p, index_type=True)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_eval)
 

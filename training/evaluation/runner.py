@@ -95,6 +95,14 @@ class EvalConfig:
     """How a missing index is built: "beam" (beam_pipelines.indexing, the production pipeline),
     "inprocess" (embed here, then WindowIndex.build: no pipeline start-up, for small catalogues),
     "auto" (beam when available)."""
+    backend: str = "scann"
+    """Where the model's window index lives: "scann" (in-process, cached in out_dir/index) or "milvus"
+    (a collection at `milvus_uri`: reused when it was built for this catalogue + model, else written
+    from --index / the cached out_dir/index when there is one, without re-embedding, else embedded)."""
+    milvus_uri: str | None = None
+    milvus_collection: str = "earworm_windows"
+    milvus_index_type: str = "FLAT"
+    milvus_search_params: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -115,6 +123,10 @@ class EvalConfig:
                         tempo_view_penalty=self.tempo_view_penalty)
         if self.indexer not in INDEXERS:
             raise ValueError(f"indexer must be one of {', '.join(INDEXERS)}, got {self.indexer!r}")
+        if self.backend not in ("scann", "milvus"):
+            raise ValueError(f"backend must be scann or milvus, got {self.backend!r}")
+        if self.backend == "milvus" and not self.milvus_uri:
+            raise ValueError("the milvus backend needs a Milvus URI (--uri)")
 
 
 @dataclass
@@ -187,7 +199,9 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
     """The window index for this catalogue + model: --index, the cached one in OUT/index, or new."""
     from serving.index import WindowIndex
 
-    if config.index_dir is not None:
+    if config.backend == "milvus":
+        index, info = _milvus_store(config, inputs, embedder)
+    elif config.index_dir is not None:
         index = WindowIndex.load(config.index_dir)
         info = {"source": "given", "path": str(config.index_dir)}
     else:
@@ -227,7 +241,7 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
             f"the index was built with model {index.metadata.model_version!r} but the model is "
             f"{embedder.version!r}; rebuild it (omit --index) or pass the matching model"
         )
-    index_ids = {t.track_id for t in index.tracks}
+    index_ids = {t.track_id for t in index.tracks if t.track_id}
     missing = [t.track_id for t in inputs.tracks if t.track_id not in index_ids]
     if len(missing) == len(inputs.tracks):
         raise EvalError(f"the index {index.path} holds none of the catalogue's tracks; was it built from "
@@ -243,6 +257,56 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
                 num_windows=index.metadata.num_windows, kind=index.metadata.config.get("kind"),
                 recall_at_10=getattr(index.metadata, "recall_at_10", None))
     return index, info
+
+
+def _index_key(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> dict[str, Any]:
+    return {"catalogue": catalogue_fingerprint(config.catalogue, inputs.tracks), "model_version": embedder.version,
+            "master_window_hop_s": C.MASTER_WINDOW_HOP_SECONDS, "window_s": C.WINDOW_SECONDS}
+
+
+def _milvus_store(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> tuple[Any, dict[str, Any]]:
+    """The Milvus collection for this catalogue + model (see EvalConfig.backend)."""
+    from serving.index import IndexLoadError, WindowIndex
+    from serving.milvus_index import MilvusIndexConfig, MilvusWindowStore, build_collection, copy_index
+
+    uri, name = str(config.milvus_uri), config.milvus_collection
+    key = {**_index_key(config, inputs, embedder), "milvus_index_type": config.milvus_index_type}
+    where = {"backend": "milvus", "uri": uri, "collection": name}
+    try:
+        store = MilvusWindowStore.open(uri, name, search_params=config.milvus_search_params)
+        if store.metadata.extra.get("eval_key") == key:
+            return store, {"source": "cached", **where}
+        log.info("Milvus collection %s at %s was built for another catalogue/model: rebuilding it", name, uri)
+        store.close()
+    except IndexLoadError:
+        pass
+    mcfg = MilvusIndexConfig(index_type=config.milvus_index_type,
+                             search_params=dict(config.milvus_search_params or {}))
+    start = time.perf_counter()
+    source = None
+    if config.index_dir is not None:
+        source = WindowIndex.load(config.index_dir)
+    else:
+        cached_dir, key_file = config.out_dir / INDEX_SUBDIR, config.out_dir / INDEX_KEY_FILE
+        try:
+            if key_file.is_file() and json.loads(key_file.read_text()) == _index_key(config, inputs, embedder):
+                source = WindowIndex.load(cached_dir)
+        except (OSError, ValueError, RuntimeError) as e:
+            log.warning("cached index in %s unusable (%s)", cached_dir, e)
+    if source is not None:
+        log.info("writing the windows of index %s to Milvus (no re-embedding)", source.version)
+        store = copy_index(source, uri, name, mcfg, overwrite=True, extra={"eval_key": key})
+        info = {"source": f"copied from {source.path}", **where}
+    else:
+        log.info("embedding the catalogue into Milvus collection %s at %s", name, uri)
+        emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks)
+        store = build_collection(uri, name, emb, rows, offs, infos, embedder.version, mcfg, overwrite=True,
+                                 extra={"eval_key": key})
+        info = {"source": "built", **where}
+    if config.milvus_search_params:
+        store = MilvusWindowStore.open(uri, name, search_params=config.milvus_search_params, client=store._client)
+    info["build_seconds"] = round(time.perf_counter() - start, 1)
+    return store, info
 
 
 def _stale_searcher(index: Any) -> bool:
