@@ -370,7 +370,7 @@ def register(subparsers) -> None:
     p.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
     from serving.milvus_index import add_backend_arguments
 
-    add_backend_arguments(p)  # --backend milvus: the index's windows copied into --uri's collection, served from it
+    add_backend_arguments(p, index_type=True)  # --backend milvus: the index's windows copied into --uri's collection
     p.set_defaults(func=run_bench_load)
 
 
@@ -405,11 +405,11 @@ def run_bench_load(args: argparse.Namespace) -> int:
                 return 2
             sc = ServerConfig()
             if args.backend == "milvus":
-                from serving.milvus_index import ensure_copy
+                from serving.milvus_index import ensure_copy, index_config_from_args
 
                 sc = replace(sc, index_backend="milvus", milvus_uri=args.uri, milvus_collection=args.collection,
                              milvus_search_params=args.milvus_search_params)
-                ensure_copy(index_dir, args.uri, args.collection)
+                ensure_copy(index_dir, args.uri, args.collection, index_config_from_args(args))
             sc = replace(sc, model_dir=args.model, index_dir=index_dir, host="127.0.0.1", port=0,
                          workers=args.workers or sc.workers,
                          batching=sc.batching if args.batching is None else args.batching,

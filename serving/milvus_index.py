@@ -354,33 +354,24 @@ class MilvusWindowStore:
         return out
 
     def fetch_tracks(self, track_rows: Sequence[int]) -> list[TrackWindows]:
-        """Every window of each track (emb float32 [w, d], offsets float64 [w]) in time order, with
-        filter queries on the track field (chunked under Milvus's rows-per-query cap)."""
+        """Every window of each track (emb float32 [w, d], offsets float64 [w]) in time order: primary-key
+        lookups (chunked under Milvus's rows-per-query cap), sorted by offset; recently fetched tracks
+        come from a small cache."""
         rows = [int(t) for t in track_rows]
         with self._lock:
             cached = {t: self._cache[t] for t in rows if t in self._cache}
             for t in cached:
                 self._cache.move_to_end(t)
         got: dict[int, list[tuple[float, list[float]]]] = {t: [] for t in rows if t not in cached}
-        chunk: list[int] = []
-        size = 0
-
-        def flush() -> None:
-            if not chunk:
-                return
-            for r in self._client.query(self.collection, filter=_in_filter("track_row", chunk),
-                                        output_fields=["track_row", "offset_s", "embedding"]):
+        # by primary key (window ids are track_row * WINDOW_ID_STRIDE + 0..n-1, n from the track table):
+        # a point lookup, where a `track_row in [...]` filter scans (Milvus Lite, 300k windows: 85 ms
+        # against 1.2 s for 50 tracks)
+        ids = [t * WINDOW_ID_STRIDE + w for t in got
+               if 0 <= t < len(self._track_windows) for w in range(int(self._track_windows[t]))]
+        for a in range(0, len(ids), MAX_QUERY_ROWS):
+            for r in self._client.get(self.collection, ids=ids[a : a + MAX_QUERY_ROWS],
+                                      output_fields=["track_row", "offset_s", "embedding"]):
                 got[int(r["track_row"])].append((float(r["offset_s"]), r["embedding"]))
-            chunk.clear()
-
-        for t in got:
-            n = int(self._track_windows[t]) if 0 <= t < len(self._track_windows) else 0
-            if chunk and size + n > MAX_QUERY_ROWS:
-                flush()
-                size = 0
-            chunk.append(t)
-            size += n
-        flush()
         fetched = {}
         for t, items in got.items():
             items.sort(key=lambda x: x[0])
@@ -610,9 +601,10 @@ class MilvusWriter:
         hits = store.search_windows(exact.queries, k)
         recalls = {}
         for kk in (10, k):
-            kth = exact.scores[:, min(kk, exact.scores.shape[1]) - 1 : min(kk, exact.scores.shape[1])]
-            found = np.sum(hits.sims[:, :kk] >= kth - 1e-5, axis=1)
-            recalls[kk] = float(np.mean(np.minimum(found, kk) / kk))
+            n = min(kk, exact.scores.shape[1])  # fewer windows than k: all of them
+            kth = exact.scores[:, n - 1 : n]
+            found = np.sum(hits.sims[:, :n] >= kth - 1e-5, axis=1)
+            recalls[kk] = float(np.mean(np.minimum(found, n) / n))
         metadata.extra["recall"] = {f"recall_at_{kk}": round(v, 4) for kk, v in recalls.items()}
         metadata.extra["recall"]["queries"] = int(exact.queries.shape[0])
         metadata.extra["recall"]["search_params"] = dict(cfg.search_params)
@@ -812,6 +804,7 @@ def index_config_from_args(args: Any) -> MilvusIndexConfig:
 
 def ensure_copy(index_dir: str | os.PathLike[str], uri: str, collection: str = DEFAULT_COLLECTION,
                 config: MilvusIndexConfig | None = None) -> MilvusWindowStore:
+    config = config or MilvusIndexConfig()
     """The collection holding the windows of the index in `index_dir` (copied once; reused while the
     collection records that index version): benchmarks of the Milvus backend on an existing index."""
     from serving.index import WindowIndex
@@ -819,7 +812,8 @@ def ensure_copy(index_dir: str | os.PathLike[str], uri: str, collection: str = D
     index = WindowIndex.load(index_dir)
     try:
         store = MilvusWindowStore.open(uri, collection)
-        if (store.metadata.extra.get("copied_from") or {}).get("version") == index.version:
+        if ((store.metadata.extra.get("copied_from") or {}).get("version") == index.version
+                and store.index_config.index_type == config.index_type):
             store.close()
             return store
         store.close()

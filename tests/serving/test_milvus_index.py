@@ -199,3 +199,23 @@ def test_index_command_writes_a_milvus_collection(tmp_path, untrained_model_dir)
                  "--track-id", "t1"]) == 0
     assert MilvusWindowStore.open(uri, "cat").num_tracks == 2
     assert main(["serve", "--model", str(untrained_model_dir), "--backend", "milvus"]) == 2  # no --uri
+
+
+def test_the_server_serves_a_collection_and_swaps_to_a_new_release(server_factory, make_index, master_embeddings,
+                                                                    embedder, good_query, tmp_path):
+    from serving.client import RecognizerClient
+
+    uri = str(tmp_path / "served.db")
+    copy_index(make_index(track_ids=TRACK_IDS[:2]), uri, "served")
+    server, target = server_factory(index_dir=None, index_backend="milvus", milvus_uri=uri,
+                                    milvus_collection="served")
+    with RecognizerClient(target, timeout=30) as client:
+        assert client.identify_audio(good_query, top_k=2).matches[0].track_id == TRACK_IDS[1]
+    before = server.components.index.version
+    assert server.reload_index() is False  # same version
+    e, o = master_embeddings[TRACK_IDS[2]]
+    add_release(uri, "served", e, np.zeros(len(e), np.int64), o, [TrackInfo(TRACK_IDS[2])],
+                model_version=embedder.version)
+    assert server.reload_index() is True
+    assert server.components.index.version != before and server.components.index.num_tracks == 3
+    server.stop(grace=0)
