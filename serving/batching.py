@@ -24,7 +24,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
-"""[n, WINDOW_SAMPLES] float32 -> [n, dim] float32."""
+"""[n, ...] float32 window features (raw windows, or their log power) -> [n, dim] float32."""
 
 
 class EmbeddingTimeout(TimeoutError):

@@ -212,13 +212,14 @@ def register(subparsers) -> None:
     _register_serve(subparsers)
     _register_identify(subparsers)
     # Every other command of this package, each registered by its own module, explicitly.
-    from serving import (bench_aggregation, bench_load, bench_page, bench_scale, bench_soak, calibration, demo,
+    from serving import (bench_aggregation, bench_load, bench_page, bench_query, bench_scale, bench_soak, calibration, demo,
                          gate_check)
 
     calibration.register(subparsers)
     gate_check.register(subparsers)
     demo.register(subparsers)
     bench_load.register(subparsers)
+    bench_query.register(subparsers)
     bench_soak.register(subparsers)
     bench_page.register(subparsers)
     bench_scale.register(subparsers)

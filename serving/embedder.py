@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.windows import cut_master_windows, cut_query_views
+from data_gen.windows import cut_master_windows, cut_query_views, tempo_view, window_starts
 from serving.retrieval import QueryEmbedding
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "metadata.json"
 MODEL_FORMAT = "earworm-encoder/1"
 SIGNATURE = "embed"
+LOG_POWER_SIGNATURE = "log_power"
+EMBED_LOG_POWER_SIGNATURE = "embed_log_power"
 
 
 class ModelError(RuntimeError):
@@ -61,7 +63,15 @@ class ModelMetadata:
 
 
 class Embedder:
-    """Embeds windows with an exported model; thread-safe, loads the SavedModel once."""
+    """Embeds windows with an exported model; thread-safe, loads the SavedModel once.
+
+    A model exported with the `log_power` and `embed_log_power` signatures (every export since
+    2026-12-04; `training.export.refresh_signatures` adds them to an older one) is run in two halves:
+    the front-end once over each whole recording (a query's tempo view, a master), its windows sliced
+    from that spectrogram, then the body over all windows in one batch. Overlapping windows then share
+    their spectrogram frames instead of computing each frame up to four times. Windows that do not start
+    on a frame boundary (the end-aligned last one) or that are shorter than a window get their own
+    front-end pass. Older exports use `embed` on raw windows."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64):
         import tensorflow as tf
@@ -73,9 +83,16 @@ class Embedder:
             self._fn = self._loaded.signatures[SIGNATURE]
         except (OSError, KeyError, ValueError) as e:
             raise ModelError(f"cannot load the SavedModel in {self.model_dir}: {e}") from e
+        sigs = self._loaded.signatures
+        self._log_power_fn = sigs.get(LOG_POWER_SIGNATURE) if LOG_POWER_SIGNATURE in sigs else None
+        self._body_fn = sigs.get(EMBED_LOG_POWER_SIGNATURE) if EMBED_LOG_POWER_SIGNATURE in sigs else None
+        frontend = self.metadata.raw.get("config", {}).get("frontend", {})
+        self._frame_hop = int(frontend.get("hop", 0))
+        self._n_fft = int(frontend.get("n_fft", 0))
         self.batch_size = batch_size
         self._lock = threading.Lock()
-        log.info("loaded model %s from %s", self.version, self.model_dir)
+        log.info("loaded model %s from %s%s", self.version, self.model_dir,
+                 "" if self.splits_frontend else " (no front-end signature: windows embedded one by one)")
 
     @property
     def version(self) -> str:
@@ -85,27 +102,98 @@ class Embedder:
     def dim(self) -> int:
         return self.metadata.embedding_dim
 
+    @property
+    def splits_frontend(self) -> bool:
+        """Whether windows' spectrograms are sliced from one front-end pass per recording."""
+        return self._log_power_fn is not None and self._body_fn is not None and self._frame_hop > 0
+
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
         """[n, WINDOW_SAMPLES] float32 -> [n, dim] float32 unit-norm embeddings."""
-        import tensorflow as tf
-
         if windows.ndim != 2 or windows.shape[1] != C.WINDOW_SAMPLES:
             raise ValueError(f"windows must be [n, {C.WINDOW_SAMPLES}], got {windows.shape}")
-        out = []
-        for i in range(0, windows.shape[0], self.batch_size):
-            batch = tf.constant(windows[i : i + self.batch_size], dtype=tf.float32)
-            out.append(self._fn(audio=batch)["embedding"].numpy())
+        return self._batched(self._fn, "audio", windows)
+
+    def _batched(self, fn, name: str, x: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        out = [fn(**{name: tf.constant(x[i : i + self.batch_size], dtype=tf.float32)})["embedding"].numpy()
+               for i in range(0, x.shape[0], self.batch_size)]
         if not out:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(out).astype(np.float32)
 
+    # -- the two halves ----------------------------------------------------------------------------
+    def log_power(self, audio: np.ndarray) -> np.ndarray:
+        """[time] or [batch, time] float32 -> the front-end's log filterbank power [(batch,) frames, bins]."""
+        import tensorflow as tf
+
+        if self._log_power_fn is None:
+            raise ModelError(f"{self.model_dir} has no {LOG_POWER_SIGNATURE!r} signature")
+        x = np.asarray(audio, np.float32)
+        out = self._log_power_fn(audio=tf.constant(x if x.ndim == 2 else x[None]))["log_power"].numpy()
+        return out if x.ndim == 2 else out[0]
+
+    def embed_log_power(self, logp: np.ndarray) -> np.ndarray:
+        """[n, window_frames, bins] log power (from `window_log_power`) -> [n, dim] unit-norm embeddings."""
+        if self._body_fn is None:
+            raise ModelError(f"{self.model_dir} has no {EMBED_LOG_POWER_SIGNATURE!r} signature")
+        if logp.ndim != 3:
+            raise ValueError(f"log power must be [n, frames, bins], got {logp.shape}")
+        return self._batched(self._body_fn, "log_power", logp)
+
+    def window_log_power(self, recordings: Sequence[np.ndarray], hop: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The log power of every window (`window_starts(len, hop)`) of each recording, from one front-end
+        pass per recording: (log power [n, window_frames, bins] in recording order, start samples per
+        recording)."""
+        starts_of = [window_starts(r.shape[0], hop) for r in recordings]
+        frames_per_window = 1 + (C.WINDOW_SAMPLES - self._n_fft) // self._frame_hop
+        parts: list[np.ndarray] = []
+        own: list[np.ndarray] = []  # windows off the frame grid or shorter than a window
+        slots: list[tuple[int, int]] = []  # (position in parts, index in own)
+        for rec, starts in zip(recordings, starts_of):
+            on_grid = (starts % self._frame_hop == 0) & (starts + C.WINDOW_SAMPLES <= rec.shape[0])
+            whole = self.log_power(rec) if on_grid.any() else None
+            for st, ok in zip(starts.tolist(), on_grid.tolist()):
+                if ok:
+                    f = st // self._frame_hop
+                    parts.append(whole[f : f + frames_per_window])
+                else:
+                    seg = rec[st : st + C.WINDOW_SAMPLES]
+                    own.append(np.pad(seg, (0, C.WINDOW_SAMPLES - seg.shape[0])))
+                    slots.append((len(parts), len(own) - 1))
+                    parts.append(None)  # type: ignore[arg-type]
+        if own:
+            own_logp = self.log_power(np.stack(own))
+            for pos, j in slots:
+                parts[pos] = own_logp[j]
+        if not parts:
+            return np.zeros((0, frames_per_window, 0), np.float32), starts_of
+        return np.stack(parts).astype(np.float32, copy=False), starts_of
+
+    def query_log_power(self, audio: np.ndarray, tempo_rates: Sequence[float] = (1.0,)
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A query's windows in each tempo view, as log power (the order of `cut_query_views`):
+        (log power [n, frames, bins], offsets_s [n] float32 in their view's time, views [n] int64)."""
+        views = [tempo_view(audio, float(r)) for r in tempo_rates]
+        logp, starts_of = self.window_log_power(views, C.QUERY_WINDOW_HOP)
+        offsets = np.concatenate([s / C.SAMPLE_RATE for s in starts_of]).astype(np.float32)
+        view_ids = np.concatenate([np.full(s.shape[0], v, np.int64) for v, s in enumerate(starts_of)])
+        return logp, offsets, view_ids
+
+    # -- recordings ------------------------------------------------------------------------------
     def embed_master(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole master [time] -> (embeddings [n, dim], window offsets in seconds [n])."""
+        if self.splits_frontend:
+            logp, (starts,) = self.window_log_power([audio], C.MASTER_WINDOW_HOP)
+            return self.embed_log_power(logp), (starts / C.SAMPLE_RATE).astype(np.float32)
         windows, offsets = cut_master_windows(audio)
         return self.embed_windows(windows), offsets
 
     def embed_query(self, audio: np.ndarray, tempo_rates: Sequence[float] = (1.0,)) -> QueryEmbedding:
         """Whole query [time] -> its windows in each tempo view (`cut_query_views`), embedded in one
         batch: QueryEmbedding(emb [n, dim], offsets_s [n], views [n])."""
+        if self.splits_frontend:
+            logp, offsets, views = self.query_log_power(audio, tempo_rates)
+            return QueryEmbedding(self.embed_log_power(logp), offsets, views)
         windows, offsets, views = cut_query_views(audio, tuple(tempo_rates))
         return QueryEmbedding(self.embed_windows(windows), offsets, views)

@@ -600,12 +600,17 @@ class Retriever:
         return groups, self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
 
     def _rank_view(self, hits: WindowHits, emb: np.ndarray, offsets: np.ndarray,
-                   depth: int, tempo_ratios: Sequence[float]) -> list[tuple[int, float, float]]:
-        """One tempo view's windows: aggregate their hits, keep the best `depth`, re-rank them."""
+                   depth: int, tempo_ratios: Sequence[float]) -> tuple[list[tuple[int, float, float]], float]:
+        """One tempo view's windows: aggregate their hits, keep the best `depth`, re-rank them.
+        Returns the ranked (track row, score, offset) and the milliseconds spent re-ranking."""
         scores = aggregate(hits, offsets, self.config, tempo_ratios)
         ranked = [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
                   for j in top_tracks(scores, depth)]
-        return self._rerank(emb, offsets, ranked, tempo_ratios) if self._rerank_count else ranked
+        if not self._rerank_count:
+            return ranked, 0.0
+        t0 = time.perf_counter()
+        ranked = self._rerank(emb, offsets, ranked, tempo_ratios)
+        return ranked, (time.perf_counter() - t0) * 1e3
 
     def identify_embeddings_batch(self, queries: Sequence[tuple], top_k: int | None = None
                                   ) -> list[RetrievalResult]:
@@ -643,8 +648,11 @@ class Retriever:
             h = hits[bounds[i] : bounds[i + 1]]
             groups, ratios = self._view_groups(views_of[i])
             best: dict[int, tuple[float, float, float]] = {}
+            rerank_ms = 0.0
             for m, penalty, rate in groups:
-                for t, score, offset in self._rank_view(h[m], embs[i][m], offs[i][m], depth, ratios):
+                ranked_view, ms = self._rank_view(h[m], embs[i][m], offs[i][m], depth, ratios)
+                rerank_ms += ms
+                for t, score, offset in ranked_view:
                     if t not in best or score - penalty > best[t][0]:
                         best[t] = (score - penalty, offset, rate)
             ranked = [kv for kv in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])) if kv[1][0] > 0][:top_k]
@@ -656,8 +664,8 @@ class Retriever:
             no_match = not matches or matches[0].score < self.threshold
             agg_ms = (time.perf_counter() - t1) * 1e3
             results.append(RetrievalResult(matches, no_match, self.threshold, float(item[2]),
-                                           {"search": search_ms, "aggregate": agg_ms,
-                                            "total": search_ms + agg_ms},
+                                           {"search": search_ms, "aggregate": agg_ms - rerank_ms,
+                                            "rerank": rerank_ms, "total": search_ms + agg_ms},
                                            NO_MATCH_BELOW_THRESHOLD if no_match else ""))
         return results
 

@@ -120,7 +120,7 @@ class ServerConfig:
 class Components:
     """A loaded model + index and the retriever over them."""
 
-    embedder: Any  # serving.embedder.Embedder (anything with .version and .embed_windows)
+    embedder: Any  # serving.embedder.Embedder (anything with .version and .embed_windows; see splits_frontend)
     index: Any  # serving.index.WindowIndex
     retriever: Any  # serving.retrieval.Retriever
 
@@ -206,7 +206,13 @@ def warm_up(components: Components) -> None:
     from data_gen import constants as C
 
     started = time.perf_counter()
-    emb = components.embedder.embed_windows(np.zeros((1, C.WINDOW_SAMPLES), np.float32))
+    embedder = components.embedder
+    silence = np.zeros((1, C.WINDOW_SAMPLES), np.float32)
+    if getattr(embedder, "splits_frontend", False):
+        emb = embedder.embed_log_power(embedder.log_power(silence))
+        embedder.log_power(np.zeros(2 * C.WINDOW_SAMPLES, np.float32))  # a whole view, as queries send
+    else:
+        emb = embedder.embed_windows(silence)
     components.retriever.identify_embeddings(emb, np.zeros(1, np.float32), C.WINDOW_SECONDS, top_k=1)
     log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
 
@@ -352,11 +358,14 @@ class EarwormServer:
                 self.servicer.masters = load_masters(self.config.catalogue)
             check_versions(components.embedder.version, components.index, self.config.index_source)
             warm_up(components)
-            embed = components.embedder.embed_windows
+            # the batcher embeds what `servicer.query_features` makes: log-power windows when the model
+            # splits its front-end (one spectrogram per tempo view), else raw windows
+            embedder = components.embedder
+            embed = embedder.embed_log_power if getattr(embedder, "splits_frontend", False) else embedder.embed_windows
             self._embedding = MicroBatcher(embed, self.config.batch) if self.config.batching else \
                 DirectEmbedding(embed)
             self.servicer.attach(ServingState(components.retriever, components.index,
-                                              components.embedder.version), self._embedding)
+                                              components.embedder.version, components.embedder), self._embedding)
             self.components = components
             self._index_served(components.index)
         except BaseException as e:

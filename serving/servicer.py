@@ -109,6 +109,13 @@ class ServingState:
     retriever: Any  # serving.retrieval.Retriever
     index: Any  # serving.index.WindowIndex
     model_version: str
+    embedder: Any = None
+    """The model whose embedding function the embedding backend runs: it says what the backend takes
+    (`query_features`). None: the retriever's embedder."""
+
+    @property
+    def features_of(self) -> Any:
+        return self.embedder if self.embedder is not None else self.retriever.embedder
 
     @property
     def index_version(self) -> str:
@@ -147,10 +154,25 @@ class _Outcome:
         t = result.timings_ms
         self.melody_ms += t.get("melody", 0.0)
         self.embed_ms += t.get("embed", 0.0)
-        self.search_ms += t.get("search", 0.0) + t.get("aggregate", 0.0)
+        self.search_ms += t.get("search", 0.0) + t.get("aggregate", 0.0) + t.get("rerank", 0.0)
         self.reason = result.reason
         self.top_score = result.matches[0].score if result.matches else None
         self.no_match = bool(result.no_match)
+
+
+def query_features(embedder: Any, audio: np.ndarray, rates: tuple[float, ...]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the embedding backend takes for a query's windows in each tempo view, with their offsets and
+    views: the windows' log power sliced from one front-end pass per view when the model splits its
+    front-end (`Embedder.splits_frontend`), else the raw windows (`cut_query_views`)."""
+    if getattr(embedder, "splits_frontend", False):
+        return embedder.query_log_power(audio, rates)
+    return cut_query_views(audio, rates)
+
+
+def window_features(embedder: Any, windows: np.ndarray) -> np.ndarray:
+    """The embedding backend's input for raw windows [n, WINDOW_SAMPLES] (see `query_features`)."""
+    return embedder.log_power(windows) if getattr(embedder, "splits_frontend", False) else windows
 
 
 def _deadline_check(context: grpc.ServicerContext, when: str) -> float | None:
@@ -212,7 +234,7 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
                 raise IndexSwapError("the server has no model loaded yet; nothing to swap")
             self._check_versions(new_index, current.model_version)
             new_state = ServingState(current.retriever.with_index(new_index), new_index,
-                                     current.model_version)
+                                     current.model_version, current.embedder)
             self._state = new_state
         self.metrics.increment("index_swaps")
         log.info("now serving index %s (%d tracks, %d windows), was %s", new_state.index_version,
@@ -374,8 +396,9 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
         audio = self._decode(audio_msg)
         outcome.audio_seconds = audio.shape[0] / C.SAMPLE_RATE
         def embed(a: np.ndarray) -> QueryEmbedding:
-            windows, offsets, views = cut_query_views(a, state.retriever.config.query_tempo_rates)
-            return QueryEmbedding(self._embed(embedding, windows, context), offsets, views)
+            features, offsets, views = query_features(state.features_of, a,
+                                                      state.retriever.config.query_tempo_rates)
+            return QueryEmbedding(self._embed(embedding, features, context), offsets, views)
 
         result = state.retriever.identify(audio, top_k=top_k, embed=embed)
         outcome.record(result)
@@ -630,7 +653,8 @@ class _StreamSession:
             views.append(np.full(starts.shape[0], v, np.int64))
         fresh: dict[tuple[int, int], np.ndarray] = {}
         if todo:
-            emb = self.servicer._embed(self.embedding, np.stack(list(todo.values())).astype(np.float32),
+            windows = np.stack(list(todo.values())).astype(np.float32)
+            emb = self.servicer._embed(self.embedding, window_features(self.state.features_of, windows),
                                        self.context)
             fresh = dict(zip(todo, emb))
         out = np.stack([fresh[k] if k in fresh else self.cache[k] for k in wanted])

@@ -24,8 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from data_gen import constants as C
-from serving.embedder import METADATA_FILE, MODEL_FORMAT, SIGNATURE
+from serving.embedder import EMBED_LOG_POWER_SIGNATURE, LOG_POWER_SIGNATURE, METADATA_FILE, MODEL_FORMAT, SIGNATURE
 from training.encoder import EncoderConfig, build_encoder
+from training.frontend import log_power, normalize
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,44 @@ class ExportError(RuntimeError):
 
 
 class _Exportable(tf.Module):
+    """The exported signatures: `embed` (raw windows -> embeddings) and its two halves,
+    `log_power` (audio of any length -> log filterbank power, the front-end's un-normalised output) and
+    `embed_log_power` (log power of windows -> embeddings), so a server can compute one spectrogram
+    per query view and slice its windows from it (frames have no end padding: a crop that starts on a
+    hop boundary is exactly the window's own spectrogram)."""
+
     def __init__(self, model: keras.Model):
         super().__init__()
         self.model = model
+        self.frontend = model.get_layer("frontend")
+        self.body = model.get_layer("body")
+        fcfg = self.frontend.cfg
         self.embed = tf.function(
             self._embed,
             input_signature=[tf.TensorSpec([None, C.WINDOW_SAMPLES], tf.float32, name="audio")],
         )
+        self.log_power = tf.function(
+            self._log_power, input_signature=[tf.TensorSpec([None, None], tf.float32, name="audio")])
+        self.embed_log_power = tf.function(
+            self._embed_log_power,
+            input_signature=[tf.TensorSpec([None, fcfg.window_frames, fcfg.bins], tf.float32, name="log_power")])
 
     def _embed(self, audio):
         return {"embedding": self.model(audio, training=False)}
+
+    def _log_power(self, audio):
+        return {"log_power": log_power(audio, self.frontend.cfg, self.frontend._fb)}
+
+    def _embed_log_power(self, logp):
+        spec = normalize(logp, self.frontend.cfg.floor_db)[..., tf.newaxis]
+        return {"embedding": self.body(spec, training=False)}
+
+
+def _save_signatures(model: keras.Model, out: Path) -> None:
+    module = _Exportable(model)
+    tf.saved_model.save(module, str(out), signatures={SIGNATURE: module.embed, "serving_default": module.embed,
+                                                      LOG_POWER_SIGNATURE: module.log_power,
+                                                      EMBED_LOG_POWER_SIGNATURE: module.embed_log_power})
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -73,9 +102,7 @@ def export_model(
     tmp = out_dir.with_name(out_dir.name + ".tmp-export")
     if tmp.exists():
         shutil.rmtree(tmp)
-    module = _Exportable(model)
-    tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.embed,
-                                                      "serving_default": module.embed})
+    _save_signatures(model, tmp)
     (tmp / KERAS_DIR).mkdir()
     model.save_weights(str(tmp / KERAS_DIR / WEIGHTS_FILE))
     (tmp / KERAS_DIR / ENCODER_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -98,6 +125,29 @@ def export_model(
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def refresh_signatures(model_dir: str | Path) -> Path:
+    """Re-save an export's SavedModel from its keras/ weights with this code's signatures, keeping
+    metadata.json and keras/ as they are (same weights, same version): for models exported before a
+    signature was added. Refuses when the rebuilt weights do not hash to the export's version."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    model, _cfg = load_keras_encoder(model_dir)
+    digest = weights_digest(model)
+    if not str(meta["version"]).endswith("-" + digest):
+        raise ExportError(f"{model_dir}: keras/ weights hash to {digest}, the export is {meta['version']}")
+    tmp = model_dir.with_name(model_dir.name + ".tmp-refresh")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    _save_signatures(model, tmp)
+    shutil.copy2(model_dir / METADATA_FILE, tmp / METADATA_FILE)
+    shutil.copytree(model_dir / KERAS_DIR, tmp / KERAS_DIR)
+    old = model_dir.with_name(model_dir.name + ".old-refresh")
+    model_dir.rename(old)
+    tmp.rename(model_dir)
+    shutil.rmtree(old)
+    return model_dir
 
 
 def export_untrained(out_dir: str | Path, seed: int = 0, config: EncoderConfig = EncoderConfig()) -> Path:
