@@ -98,16 +98,24 @@ def empty_gzip() -> bytes:
     return gzip.compress(b"", mtime=0)
 
 
-def write_tfrecords(path: str, records: Iterable[bytes]) -> int:
-    """Write GZIP-compressed TFRecords (TensorFlow's writer: local paths and gs:// alike).
-    Returns the number of records."""
+TFRECORD_GZIP_LEVEL = 0
+"""GZIP level of the example shards. 16-bit audio hardly deflates (level 6 saved 10 % of the bytes
+at 13 ms of CPU per 384 KB example, ~15 % of datagen's CPU once pitch extraction is skipped);
+level 0 stores the records in a GZIP container (0.6 ms per example, and faster to read), so
+readers keep `compression_type="GZIP"`."""
+
+
+def write_tfrecords(path: str, records: Iterable[bytes], compression_level: int = TFRECORD_GZIP_LEVEL) -> int:
+    """Write GZIP-container TFRecords (TensorFlow's writer: local paths and gs:// alike) at
+    `compression_level` (0-9). Returns the number of records."""
     import tensorflow as tf
 
     parent = posixpath.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     n = 0
-    with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+    options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=compression_level)
+    with tf.io.TFRecordWriter(path, options=options) as w:
         for r in records:
             w.write(r)
             n += 1

@@ -114,18 +114,27 @@ def harmonic_signal(
     hf = f0_frames[:, None] * harmonics[None, :]
     amps = amps * np.clip((0.92 * NYQUIST - hf) / (0.07 * NYQUIST), 0.0, 1.0)
     f0 = upsample_frames(f0_frames, n)
-    phase = 2.0 * np.pi * np.cumsum(f0) / C.SAMPLE_RATE
-    phase -= phase[0]
+    cycles = np.cumsum(f0) / C.SAMPLE_RATE  # the fundamental's phase, in cycles
+    cycles -= cycles[0]
     phases = np.zeros(k) if phases is None else np.asarray(phases, dtype=np.float64)
     out = np.empty(n)
     active = np.flatnonzero(amps.max(axis=0) > 0)
     if active.size == 0:
         return np.zeros(n)
-    hk, ph = harmonics[active], phases[active]
+    hk, ph = harmonics[active], phases[active] / (2.0 * np.pi)
+    amps32 = amps[:, active].astype(np.float32)
+    two_pi = np.float32(2.0 * np.pi)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        a = _interp_chunk(amps[:, active], s, e)
-        out[s:e] = np.sum(a * np.sin(phase[s:e, None] * hk[None, :] + ph[None, :]), axis=1)
+        # Each harmonic's phase in float64, whole cycles dropped; the sine itself in float32
+        # (SIMD, ~2x faster): errors ~1e-7 of full scale, far below the 16-bit output's step.
+        x = cycles[s:e, None] * hk[None, :] + ph[None, :]
+        x -= np.floor(x)
+        x32 = x.astype(np.float32)
+        x32 *= two_pi
+        np.sin(x32, out=x32)
+        x32 *= _interp_chunk(amps32, s, e)
+        out[s:e] = x32.sum(axis=1, dtype=np.float64)
     return out
 
 
@@ -134,7 +143,7 @@ def _interp_chunk(frames: np.ndarray, start: int, end: int) -> np.ndarray:
     pos = np.arange(start, end, dtype=np.float64) / C.PITCH_HOP
     i0 = np.minimum(pos.astype(np.int64), frames.shape[0] - 1)
     i1 = np.minimum(i0 + 1, frames.shape[0] - 1)
-    frac = (pos - i0)[:, None]
+    frac = (pos - i0)[:, None].astype(frames.dtype)
     return frames[i0] * (1.0 - frac) + frames[i1] * frac
 
 
