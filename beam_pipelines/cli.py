@@ -39,9 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode sung snippets and their masters, extract pitch, synthesize hum/whistle/"
         "tone queries with human-like deviations, cut aligned 6 s windows and write sharded "
         "TFRecords per split (OUT/<split>/pairs-*.tfrecord.gz) plus OUT/errors-*.jsonl. "
+        "Resumable: a rerun with the same arguments skips the shards already done. "
         "Unknown flags go to Beam (e.g. --runner, --direct_num_workers).",
     )
-    dg.add_argument("--out", required=True, help="output folder (replaced on rerun)")
+    dg.add_argument("--out", default=None,
+                    help="output folder; a rerun with the same arguments continues there, skipping "
+                    "the shards done (default: $EARWORM_ARTIFACTS/training_data/<source name>, "
+                    "e.g. EARWORM_ARTIFACTS=~/.cache/earworm keeps it outside the work tree)")
+    dg.add_argument("--restart", action="store_true",
+                    help="OUT holds shards of a run with other arguments or inputs: discard them "
+                    "(without this flag such a run is refused)")
     dg.add_argument("--mir1k", nargs="?", const="default", default=None, metavar="DIR",
                     help="use MIR-1K (DIR, or ../shared/data/mir1k when given without a value)")
     dg.add_argument("--mir1k-leads", default=None, metavar="DIR",
@@ -60,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dg.add_argument("--performances", type=_csv, default=_DG["catalogue_performances"],
                     help="catalogue performance kinds rendered per track (sung,hum)")
     dg.add_argument("--extractor", default=_DG["extractor"], help="pitch backend: crepe, pyin, spice")
+    dg.add_argument("--rendered-pitch", choices=("known", "extract"), default=_DG["rendered_pitch"],
+                    help="contour of a rendered catalogue performance: the f0 its synthesizer sang "
+                    "(known) or the pitch extractor on its audio (extract); recordings always use "
+                    "the extractor")
     dg.add_argument("--pitch-stride", type=int, default=_DG["pitch_stride"],
                     help="run CREPE every N-th 10 ms frame (re-gridded to 10 ms)")
     dg.add_argument("--no-deviations", action="store_true", help="no human-like deviations")
@@ -146,6 +157,23 @@ def _quiet_beam() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def default_datagen_out(catalogue: str | None, mir1k: str | None, snippets: str | None) -> str:
+    """`artifacts_dir()/training_data/<name>`: the names of the sources joined by "+" (a
+    catalogue folder's name, "mir1k", a snippet CSV's stem). $EARWORM_ARTIFACTS moves it."""
+    from pathlib import Path
+
+    from data_gen.paths import artifacts_dir
+
+    names = []
+    if mir1k:
+        names.append("mir1k")
+    if catalogue:
+        names.append(Path(catalogue.rstrip("/")).name or "catalogue")
+    if snippets:
+        names.append(Path(snippets).stem)
+    return str(artifacts_dir() / "training_data" / ("+".join(names) or "datagen"))
+
+
 def run_datagen_cli(args: argparse.Namespace) -> int:
     from beam_pipelines.sources import SourceError
     from beam_pipelines.training_pairs import run_datagen
@@ -153,20 +181,23 @@ def run_datagen_cli(args: argparse.Namespace) -> int:
 
     _quiet_beam()
     mir1k = str(shared_data_dir() / "mir1k") if args.mir1k == "default" else args.mir1k
+    out = args.out or default_datagen_out(args.catalogue, mir1k, args.snippets)
     config = DatagenConfig(
-        out_dir=args.out, mir1k_dir=mir1k, mir1k_leads_dir=args.mir1k_leads, catalogue_dir=args.catalogue,
+        out_dir=out, mir1k_dir=mir1k, mir1k_leads_dir=args.mir1k_leads, catalogue_dir=args.catalogue,
         snippets_csv=args.snippets,
         limit=args.limit, splits=args.splits or None, kinds=args.kinds, keep_real=not args.no_real,
         catalogue_performances=args.performances, extractor=args.extractor,
-        pitch_stride=args.pitch_stride,
+        pitch_stride=args.pitch_stride, rendered_pitch=args.rendered_pitch,
         deviations=not args.no_deviations, deviation_strength=args.deviation_strength,
         tempo_range=args.tempo_range, performance_seconds=args.performance_seconds, seed=args.seed, example_hop_s=args.example_hop,
         max_windows=args.max_windows, snippets_per_shard=args.snippets_per_shard,
         log_every=args.log_every,
     )
+    from beam_pipelines.resume import DatagenStateError
+
     try:
-        summary = run_datagen(config, args.beam_args)
-    except SourceError as e:
+        summary = run_datagen(config, args.beam_args, restart=args.restart)
+    except (SourceError, DatagenStateError) as e:
         print(f"earworm datagen: {e}", file=sys.stderr)
         return 2
     print(summary.format())

@@ -52,6 +52,9 @@ class DatagenConfig:
                           catalogue "sung"/"hum").
     catalogue_performances: performance kinds rendered per catalogue track (data_gen.synth.perform).
     extractor:            pitch backend for `data_gen.pitch.make_extractor` ("crepe", "pyin", ...).
+    rendered_pitch:       the contour of a rendered (catalogue) performance: "known" = the f0 its
+                          synthesizer performed (no pitch tracker), "extract" = `extractor` run on
+                          its audio. Recorded performances (MIR-1K) always go through `extractor`.
     pitch_stride:         run CREPE every n-th 10 ms frame and re-grid (2: half the cost of the
                           costliest stage; raw pitch accuracy on MIR-1K 0.976 vs 0.978 at 1).
     deviations:           apply human-like deviations (data_gen.synth.DeviationConfig: transpose,
@@ -82,6 +85,7 @@ class DatagenConfig:
     keep_real: bool = True
     catalogue_performances: tuple[str, ...] = ("sung",)
     extractor: str = "crepe"
+    rendered_pitch: str = "known"
     pitch_stride: int = 2
     deviations: bool = True
     deviation_strength: float = 1.0

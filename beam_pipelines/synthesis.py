@@ -47,6 +47,29 @@ class RenderedPerformance:
     time_map: TimeMap  # performance time -> master time
     transpose: float  # performance pitch - master pitch (semitones)
     info: dict
+    contour: object = None  # data_gen.synth Contour: the pitch the synthesizer performed
+
+    def known_pitch(self):
+        """The performance's own pitch as a PitchTrack on its 10 ms grid (`known_pitch_track`)."""
+        return known_pitch_track(self.contour, self.audio.shape[0])
+
+
+def known_pitch_track(contour, n_samples: int):
+    """A synthesized performance's pitch as a data_gen.pitch.PitchTrack [1 + n_samples // PITCH_HOP]:
+    the contour the synthesizer was given (every human-like deviation included: intonation, drift,
+    vibrato, wander; not its few cents of per-voice jitter), confidence 1 where voiced. What a
+    perfect pitch tracker would report, without running one (`earworm datagen --rendered-pitch
+    known`); frames past the contour's end are unvoiced."""
+    from data_gen.pitch import PitchTrack, num_pitch_frames
+
+    n = num_pitch_frames(n_samples)
+    f0 = np.asarray(contour.filled_f0(), np.float64)[:n]
+    voiced = np.asarray(contour.voiced, bool)[:n]
+    if f0.shape[0] < n:
+        pad = n - f0.shape[0]
+        f0 = np.concatenate([f0, np.full(pad, f0[-1] if f0.size else 100.0)])
+        voiced = np.concatenate([voiced, np.zeros(pad, bool)])
+    return PitchTrack(f0.astype(np.float32), voiced.astype(np.float32), voiced)
 
 
 MIN_RUN_FRAMES = 5
@@ -186,4 +209,5 @@ def render_performance(midi: str, kind: str, seed: int, deviations) -> RenderedP
     info = perf.info
     tf = float(info["tempo_factor"])
     tmap = TimeMap(float(info["start_s"]) - float(info["lead_s"]) * tf, tf)
-    return RenderedPerformance(perf.audio, kind, tmap, float(info["total_transpose_semitones"]), info)
+    return RenderedPerformance(perf.audio, kind, tmap, float(info["total_transpose_semitones"]), info,
+                               perf.contour)

@@ -1,13 +1,16 @@
 """Beam transforms of the training-pair pipeline (`beam_pipelines.training_pairs`).
 
     Snippet --DecodeAndExtract--> DecodedSnippet --SynthesizeQueries--> Rendition
-            --CutPairs--> PairExample --WriteExampleShards--> OUT/.staging/<split>/pairs-*.tfrecord.gz
+            --CutPairs--> PairExample
 
+`MakeShardFn` runs these three DoFns on every snippet of one shard (`resume.ShardTask`) and writes
+the shard whole (OUT/<split>/pairs-*.tfrecord.gz, temp name then rename, then its marker): that
+is the datagen pipeline. The composites stay usable on their own (tests, other pipelines).
 Each composite returns a `beam.pvalue.DoOutputsTuple` with a main output and an `errors` output
 of `ErrorRecord` dicts ({"snippet_id", "stage", "reason", "error"}); a bad snippet is routed
 there and the rest of the run goes on. Every stage counts what it does in Beam Metrics
 (namespace `datagen`) and logs a progress line every `log_every` elements per worker.
-Models (the pitch extractor) are loaded once per worker process, in `DoFn.setup`.
+Models (the pitch extractor) are loaded once per worker process, when first needed.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from apache_beam.metrics import Metrics
 from beam_pipelines.pairs import TimeMap, aligned_windows, make_example
 from beam_pipelines.sources import Snippet, stable_hash
 from data_gen import constants as C
-from data_gen.examples import PairExample
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,13 @@ STAGE_DECODE = "decode"
 STAGE_PITCH = "pitch"
 STAGE_SYNTH = "synthesize"
 STAGE_CUT = "cut"
+
+RENDERED_PITCH_KNOWN = "known"
+RENDERED_PITCH_EXTRACT = "extract"
+RENDERED_PITCH = (RENDERED_PITCH_KNOWN, RENDERED_PITCH_EXTRACT)
+"""Where the contour of a rendered (catalogue) performance comes from: the f0 its synthesizer
+performed (`known`), or the pitch extractor run on its audio (`extract`, the round trip every
+recorded performance takes)."""
 
 MIN_VOICED_SECONDS = 0.5
 """A performance with less voiced pitch than this has no melody to learn from."""
@@ -168,9 +177,13 @@ class DecodeAndExtractFn(beam.DoFn):
     the master, then extracts the performance's pitch with the configured backend."""
 
     def __init__(self, extractor: str, seed: int, min_snippet_s: float, log_every: int = 10,
-                 performance_deviations=None, pitch_stride: int = 1):
+                 performance_deviations=None, pitch_stride: int = 1,
+                 rendered_pitch: str = RENDERED_PITCH_EXTRACT):
+        if rendered_pitch not in RENDERED_PITCH:
+            raise ValueError(f"rendered_pitch must be one of {RENDERED_PITCH}, got {rendered_pitch!r}")
         self.extractor_name = extractor
         self.pitch_stride = pitch_stride
+        self.rendered_pitch = rendered_pitch
         self.seed = seed
         self.performance_deviations = performance_deviations
         self.min_snippet_s = min_snippet_s
@@ -179,15 +192,23 @@ class DecodeAndExtractFn(beam.DoFn):
         self.audio_ms = Metrics.counter(NAMESPACE, "performance_audio_ms")
         self.master_ms = Metrics.counter(NAMESPACE, "master_audio_ms")
         self.pitched = Metrics.counter(NAMESPACE, "pitch_extracted")
+        self.known = Metrics.counter(NAMESPACE, "pitch_known")
         self.no_voiced = Metrics.counter(NAMESPACE, "no_voiced_frames")
         self.err_decode = Metrics.counter(NAMESPACE, f"errors_{STAGE_DECODE}")
         self.err_pitch = Metrics.counter(NAMESPACE, f"errors_{STAGE_PITCH}")
 
     def setup(self) -> None:
-        self.extractor = shared_extractor(self.extractor_name, self.pitch_stride)
+        self._extractor = None  # loaded on first use: a run of rendered snippets with known pitch never needs it
         self.progress = _Progress("decode+pitch", self.log_every)
 
-    def _performance(self, s: Snippet) -> tuple[np.ndarray, str, TimeMap, float]:
+    @property
+    def extractor(self):
+        if getattr(self, "_extractor", None) is None:
+            self._extractor = shared_extractor(self.extractor_name, self.pitch_stride)
+        return self._extractor
+
+    def _performance(self, s: Snippet) -> tuple[np.ndarray, str, TimeMap, float, object]:
+        """(audio, real kind, time map, transpose, known PitchTrack or None)."""
         from data_gen.audio import AudioError, decode_audio
 
         if s.performance:
@@ -196,7 +217,7 @@ class DecodeAndExtractFn(beam.DoFn):
                                      max_seconds=C.MAX_MASTER_SECONDS)
             except AudioError as e:
                 raise type(e)(f"{s.performance}: {e}") from e
-            return audio, ("voice" if s.source == "mir1k" else "sung"), TimeMap(), 0.0
+            return audio, ("voice" if s.source == "mir1k" else "sung"), TimeMap(), 0.0, None
         from beam_pipelines.synthesis import render_performance
 
         spec = s.generator_spec
@@ -206,13 +227,14 @@ class DecodeAndExtractFn(beam.DoFn):
         from data_gen.audio import validate_audio
 
         validate_audio(perf.audio, min_seconds=self.min_snippet_s)
-        return perf.audio, perf.kind, perf.time_map, perf.transpose
+        known = perf.known_pitch() if self.rendered_pitch == RENDERED_PITCH_KNOWN else None
+        return perf.audio, perf.kind, perf.time_map, perf.transpose, known
 
     def process(self, s: Snippet) -> Iterator:
         from data_gen.audio import AudioError
 
         try:
-            audio, kind, tmap, transpose = self._performance(s)
+            audio, kind, tmap, transpose, known = self._performance(s)
             master = decode_master(s.master)
         except Exception as e:  # noqa: BLE001 - any bad input is reported, never fails the run
             _log_unexpected(e, (AudioError, FileNotFoundError, OSError, ValueError), s.snippet_id)
@@ -222,14 +244,18 @@ class DecodeAndExtractFn(beam.DoFn):
         self.decoded.inc()
         self.audio_ms.inc(int(round(1000 * audio.shape[0] / C.SAMPLE_RATE)))
         self.master_ms.inc(int(round(1000 * master.shape[0] / C.SAMPLE_RATE)))
-        try:
-            track = self.extractor.extract(audio)
-        except Exception as e:  # noqa: BLE001
-            _log_unexpected(e, (ValueError, RuntimeError), s.snippet_id)
-            self.err_pitch.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_record(s.snippet_id, STAGE_PITCH, str(e), e))
-            return
-        self.pitched.inc()
+        if known is not None:
+            track = known  # the synthesizer's own f0: no pitch tracker round trip
+            self.known.inc()
+        else:
+            try:
+                track = self.extractor.extract(audio)
+            except Exception as e:  # noqa: BLE001
+                _log_unexpected(e, (ValueError, RuntimeError), s.snippet_id)
+                self.err_pitch.inc()
+                yield beam.pvalue.TaggedOutput(ERRORS, error_record(s.snippet_id, STAGE_PITCH, str(e), e))
+                return
+            self.pitched.inc()
         voiced_s = float(np.count_nonzero(track.voiced)) / C.PITCH_FRAME_RATE
         if voiced_s < MIN_VOICED_SECONDS:
             self.no_voiced.inc()
@@ -248,10 +274,11 @@ class DecodeAndExtract(beam.PTransform):
 
     def __init__(self, extractor: str = "crepe", seed: int = 0,
                  min_snippet_s: float = C.WINDOW_SECONDS, log_every: int = 10,
-                 performance_deviations=None, pitch_stride: int = 1):
+                 performance_deviations=None, pitch_stride: int = 1,
+                 rendered_pitch: str = "extract"):
         super().__init__()
         self.fn = DecodeAndExtractFn(extractor, seed, min_snippet_s, log_every,
-                                     performance_deviations, pitch_stride)
+                                     performance_deviations, pitch_stride, rendered_pitch)
 
     def expand(self, snippets):
         return snippets | beam.ParDo(self.fn).with_outputs(ERRORS, main=MAIN)
@@ -385,138 +412,72 @@ class CutPairs(beam.PTransform):
         return renditions | beam.ParDo(self.fn).with_outputs(ERRORS, main=MAIN)
 
 
-# --- sharded, sorted TFRecord output -------------------------------------------------------------
-SPILL_DIR = ".spill"
-"""Folder under the staging folder for per-bundle spill files (deleted when their shard is written)."""
+# --- one whole shard per element (resumable datagen) --------------------------------------------
+class MakeShardFn(beam.DoFn):
+    """resume.ShardTask -> its shard file and marker (yields the marker dict).
 
+    Runs the pipeline's stages (DecodeAndExtractFn -> SynthesizeQueriesFn -> CutPairsFn) on every
+    snippet of the shard in turn, then writes the shard's records sorted by example id to a temp
+    name, renames it into place and writes the marker (`beam_pipelines.resume`). The marker holds
+    the examples per kind, the audio seconds and the shard's error records, so a later run that
+    skips the shard still reports them. Nothing of a shard reaches a shuffle: memory is one shard."""
 
-def _frame(*fields: bytes) -> bytes:
-    return b"".join(len(f).to_bytes(8, "little") + f for f in fields)
+    def __init__(self, out_dir: str, prefix: str, suffix: str, decode: DecodeAndExtractFn,
+                 synth: SynthesizeQueriesFn, cut: CutPairsFn):
+        self.out_dir, self.prefix, self.suffix = out_dir, prefix, suffix
+        self.decode, self.synth, self.cut = decode, synth, cut
+        self.written = Metrics.counter(NAMESPACE, "examples_written")
+        self.shards = Metrics.counter(NAMESPACE, "shards_written")
 
+    def setup(self) -> None:
+        for fn in (self.decode, self.synth, self.cut):
+            fn.setup()
+        self.t0, self.n = time.monotonic(), 0
 
-def _unframe(data: bytes, fields: int) -> Iterator[tuple[bytes, ...]]:
-    pos = 0
-    while pos < len(data):
-        out = []
-        for _ in range(fields):
-            n = int.from_bytes(data[pos:pos + 8], "little")
-            out.append(data[pos + 8:pos + 8 + n])
-            pos += 8 + n
-        yield tuple(out)
+    @staticmethod
+    def _split(outputs, errors: list) -> Iterator:
+        for item in outputs:
+            if isinstance(item, beam.pvalue.TaggedOutput):
+                errors.append(item.value)
+            else:
+                yield item
 
+    def process(self, task) -> Iterator[dict]:
+        import json
 
-class _SpillFn(beam.DoFn):
-    """Serialized examples -> one spill file per (bundle, shard) under <staging>/.spill/, written by
-    the worker; only ((split, index, count), spill path) goes on to the shuffle. The examples' bytes
-    therefore never pass through a GroupByKey, whose values a local runner keeps in memory (a
-    2,000-snippet run of ~16,000 examples needed over 20 GB that way)."""
-
-    def __init__(self, staging: str, shards: dict[str, int]):
-        self.staging, self.shards = staging, dict(shards)
-        self._files: dict[tuple, tuple[str, object]] = {}
-
-    def start_bundle(self) -> None:
-        self._files = {}
-
-    def process(self, ex: PairExample) -> Iterator:
-        import uuid
-
-        from apache_beam.io.filesystems import FileSystems
-
-        from beam_pipelines.outputs import join
+        from beam_pipelines.outputs import write_tfrecords
+        from beam_pipelines.resume import atomic_write, commit_file, marker_path, shard_path, temp_path
         from data_gen.examples import to_tf_example
 
-        n = self.shards[ex.split]
-        key = (ex.split, stable_hash("shard", ex.example_id) % n, n)
-        if key not in self._files:
-            path = join(self.staging, SPILL_DIR, f"{uuid.uuid4().hex}.bin")
-            self._files[key] = (path, FileSystems.create(path))
-        self._files[key][1].write(_frame(ex.example_id.encode(), ex.query_kind.encode(), to_tf_example(ex)))
-        return iter(())
-
-    def finish_bundle(self) -> Iterator:
-        from apache_beam.transforms.window import GlobalWindows
-
-        for key, (path, handle) in self._files.items():
-            handle.close()
-            yield GlobalWindows.windowed_value((key, path))
-        self._files = {}
-
-
-class _WriteShardFn(beam.DoFn):
-    """(shard key, [spill paths]) -> the shard, its records sorted by example id (one shard's
-    records are in memory at a time); the spill files are deleted once the shard is written."""
-
-    def __init__(self, staging: str, prefix: str, suffix: str):
-        self.staging, self.prefix, self.suffix = staging, prefix, suffix
-        self.written = Metrics.counter(NAMESPACE, "examples_written")
-
-    def process(self, item) -> Iterator[dict]:
-        from apache_beam.io.filesystems import FileSystems
-
-        from beam_pipelines.outputs import join, read_bytes, shard_name, write_tfrecords
-
-        (split, index, count), spills = item
-        spills = sorted(spills)
-        records = [r for p in spills for r in _unframe(read_bytes(p), 3)]
+        errors: list[dict] = []
+        records: list[tuple[str, str, bytes]] = []
+        perf_ms = master_ms = 0
+        for s in task.snippets:
+            for d in self._split(self.decode.process(s), errors):
+                perf_ms += int(round(1000 * d.performance.shape[0] / C.SAMPLE_RATE))
+                master_ms += int(round(1000 * d.master.shape[0] / C.SAMPLE_RATE))
+                for r in self._split(self.synth.process(d), errors):
+                    for ex in self._split(self.cut.process(r), errors):
+                        records.append((ex.example_id, ex.query_kind, to_tf_example(ex)))
         records.sort(key=lambda r: r[0])
-        path = join(self.staging, split, shard_name(self.prefix, index, count, self.suffix))
-        n = write_tfrecords(path, (data for _, _, data in records))
-        self.written.inc(n)
+        final = shard_path(self.out_dir, task.split, task.index, task.count, self.prefix, self.suffix)
+        tmp = temp_path(final)
+        n = write_tfrecords(tmp, (data for _, _, data in records))
+        commit_file(tmp, final)
+        kinds: dict[str, int] = {}
         for _, kind, _ in records:
-            Metrics.counter(NAMESPACE, f"examples_{split}_{kind.decode()}").inc()
-        FileSystems.delete(spills)
-        log.info("wrote %s (%d examples)", path, n)
-        yield {"split": split, "shard": index, "examples": n}
-
-
-class WriteExampleShards(beam.PTransform):
-    """PCollection[PairExample] -> shards `<staging>/<split>/pairs-IIIII-of-NNNNN.tfrecord.gz`.
-
-    The shard of an example is a stable hash of its id modulo the split's shard count (given
-    up front, from the input size); each shard's records are sorted by example id, so the bytes
-    depend only on the input and the seed. Workers spill serialized examples to per-bundle files
-    (`_SpillFn`); only file names are shuffled, so memory stays bounded by one shard whatever the
-    run's size. Shards no example reached are created empty by the driver (`outputs.ensure_shards`),
-    which also removes spill files of retried bundles (`<staging>/.spill/`)."""
-
-    def __init__(self, staging: str, shards_per_split: dict[str, int], prefix: str = "pairs",
-                 suffix: str = ".tfrecord.gz"):
-        super().__init__()
-        self.staging, self.shards, self.prefix, self.suffix = staging, dict(shards_per_split), prefix, suffix
-
-    def expand(self, examples):
-        return (
-            examples
-            | "Spill" >> beam.ParDo(_SpillFn(self.staging, self.shards))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShardFn(self.staging, self.prefix, self.suffix))
-        )
-
-
-class WriteErrors(beam.PTransform):
-    """PCollection[error record] -> `<staging>/errors-00000-of-00001.jsonl`, sorted by
-    (snippet_id, stage, reason). Empty runs get an empty file from the driver."""
-
-    def __init__(self, staging: str, name: str = "errors"):
-        super().__init__()
-        self.staging, self.name = staging, name
-
-    def expand(self, errors):
-        staging, name = self.staging, self.name
-
-        def write(item) -> int:
-            from beam_pipelines.outputs import join, shard_name, write_jsonl
-
-            _, rows = item
-            rows = sorted(rows, key=lambda r: (r["snippet_id"], r["stage"], r["reason"]))
-            for r in rows:
-                log.warning("error: %s [%s] %s", r["snippet_id"], r["stage"], r["reason"])
-            return write_jsonl(join(staging, shard_name(name, 0, 1, ".jsonl")), rows)
-
-        return (
-            errors
-            | "KeyErrors" >> beam.Map(lambda e: (None, e))
-            | "GroupErrors" >> beam.GroupByKey()
-            | "WriteErrors" >> beam.Map(write)
-        )
+            kinds[kind] = kinds.get(kind, 0) + 1
+            Metrics.counter(NAMESPACE, f"examples_{task.split}_{kind}").inc()
+        self.written.inc(n)
+        self.shards.inc()
+        marker = {"fingerprint": task.fingerprint, "split": task.split, "index": task.index,
+                  "count": task.count, "snippets": len(task.snippets), "examples": kinds,
+                  "performance_ms": perf_ms, "master_ms": master_ms,
+                  "errors": sorted(errors, key=lambda r: (r["snippet_id"], r["stage"], r["reason"]))}
+        atomic_write(marker_path(self.out_dir, task.key),
+                     (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
+        self.n += 1
+        dt = time.monotonic() - self.t0
+        log.info("[shards pid %d] wrote %s (%d snippets, %d examples, %d errors); %d shards in %.0f s here",
+                 os.getpid(), final, len(task.snippets), n, len(errors), self.n, dt)
+        yield marker

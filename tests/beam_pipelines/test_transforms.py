@@ -16,10 +16,8 @@ from beam_pipelines.transforms import (
     DecodedSnippet,
     Rendition,
     SynthesizeQueries,
-    WriteExampleShards,
 )
 from data_gen import constants as C
-from data_gen.examples import PairExample, from_tf_example
 from data_gen.pitch import PitchTrack
 from tests.beam_pipelines.conftest import IN_PROCESS
 from tests.conftest import sung_tone
@@ -118,24 +116,3 @@ def test_cut_pairs_cuts_aligned_windows_and_reports_unvoiced_renditions():
         ]), label="ids")
         assert_that(out.errors | "err" >> beam.Map(stage_of), equal_to([("mir1k:b_1_01", "cut")]),
                     label="errors")
-
-
-def test_write_example_shards_sorts_records_within_a_shard(tmp_path):
-    import tensorflow as tf
-
-    def ex(i: int, split: str) -> PairExample:
-        q = np.full(C.EXAMPLE_SAMPLES, i / 100, np.float32)
-        return PairExample(f"m/hum/s/synth-{i:03d}", "m", split, "mir1k", "hum", q, q)
-
-    specs = [(i, "train") for i in (5, 1, 3, 2, 4)] + [(9, "test")]
-    with pipeline() as p:
-        _ = built(p, "in", [(i, s) for i, s in specs], ex) | WriteExampleShards(str(tmp_path), {"train": 1, "test": 1,
-                                                                            "validation": 1})
-    train = tmp_path / "train" / "pairs-00000-of-00001.tfrecord.gz"
-    got = [from_tf_example(r.numpy()) for r in tf.data.TFRecordDataset(str(train), compression_type="GZIP")]
-    assert [g.example_id for g in got] == [f"m/hum/s/synth-{i:03d}" for i in range(1, 6)]
-    assert got[2].query_audio[0] == np.float32(np.round(0.03 * 32767) / 32767)
-    assert (tmp_path / "test" / "pairs-00000-of-00001.tfrecord.gz").is_file()
-    assert not (tmp_path / "validation").exists()  # empty shards are the driver's job
-    # the workers' spill files are gone once their shard is written
-    assert not list((tmp_path / ".spill").glob("*"))
