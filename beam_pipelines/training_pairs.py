@@ -1,18 +1,25 @@
 """Pipeline 1 (`earworm datagen`): synthetic (query, master) training pairs as sharded TFRecords.
 
     sources (MIR-1K, synthetic catalogue, snippet CSV) -> Snippet records (in memory)
-      | DecodeAndExtract     decode performance + master, CREPE/pYIN pitch (model once per worker)
-      | SynthesizeQueries    hum / whistle / tone from the extracted contour (+ the real voice),
+      -> shard plan (resume.plan_shards: whole snippets per shard)      skip the shards done before
+      | MakeShards, per snippet of a shard, one worker per shard:
+          DecodeAndExtract   decode the performance (or render it from the melody MIDI) + master;
+                             its pitch: CREPE/pYIN for recordings, for rendered performances the
+                             f0 the synthesizer sang (--rendered-pitch known) or the extractor
+          SynthesizeQueries  hum / whistle / tone from that contour (+ the real performance),
                              with human-like deviations (data_gen.synth)
-      | CutPairs             aligned EXAMPLE_SECONDS (query, master) windows
-      | WriteExampleShards   OUT/<split>/pairs-IIIII-of-NNNNN.tfrecord.gz (data_gen.examples schema)
+          CutPairs           aligned EXAMPLE_SECONDS (query, master) windows
+        -> OUT/<split>/pairs-IIIII-of-NNNNN.tfrecord.gz (data_gen.examples schema; temp name, then
+           renamed) and its marker OUT/.datagen/done/<split>-IIIII.json
     errors of every stage   OUT/errors-00000-of-00001.jsonl  ({"snippet_id","stage","reason","error"})
 
 Output layout (OUT): `train/`, `validation/`, `test/` (one folder per split, splits by melody/song
 id via data_gen.melodies.split_of — a MIR-1K test song never leaves test/), `errors-*.jsonl`,
 `snippets.csv` (the input, normalised), `summary.json` (counters, examples per split/kind, audio
-seconds, wall time, throughput). A rerun replaces these (staged under OUT/.staging, published when
-the run succeeds); the TFRecord bytes depend only on the input, the config and the seed.
+seconds, wall time, throughput), `.datagen/` (the run's fingerprint and the done shards' markers).
+A rerun with the same arguments and inputs skips the done shards (a killed run loses only the
+shards in flight); a rerun with other arguments or inputs is refused unless restarted
+(`beam_pipelines.resume`). The TFRecord bytes depend only on the input, the config and the seed.
 """
 
 from __future__ import annotations
@@ -58,27 +65,42 @@ class DatagenSummary:
     wall_seconds: float
     cpu_seconds: float = 0.0  # user + system time of the driver and its (finished) worker processes
     runner_args: list[str] = field(default_factory=list)
+    shards_skipped: int = 0  # done by an earlier run with the same arguments and inputs
+    shards_written: int = 0  # made by this run
+
+    @property
+    def made_performance_seconds(self) -> float:
+        """Seconds of performance audio this run processed (skipped shards not included)."""
+        return self.counters.get("performance_audio_ms", 0) / 1000.0
+
+    @property
+    def snippets_per_second(self) -> float:
+        """Snippets this run processed (decoded or failed) per wall-clock second."""
+        made = self.counters.get("decoded", 0) + self.counters.get("errors_decode", 0)
+        return made / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
     def audio_seconds_per_second(self) -> float:
-        return self.performance_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return self.made_performance_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
     def audio_seconds_per_cpu_second(self) -> float:
         """Throughput per core actually used: independent of what else runs on the machine
         (x the number of cores = the wall-clock throughput those cores would give)."""
-        return self.performance_seconds / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
+        return self.made_performance_seconds / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["audio_seconds_per_second"] = round(self.audio_seconds_per_second, 3)
         d["audio_seconds_per_cpu_second"] = round(self.audio_seconds_per_cpu_second, 3)
+        d["snippets_per_second"] = round(self.snippets_per_second, 3)
         d["examples_total"] = sum(sum(k.values()) for k in self.examples.values())
         return d
 
     def format(self) -> str:
         lines = [f"datagen summary ({self.out_dir})"]
-        lines.append(f"  snippets in: {self.snippets}   errors: {self.errors}")
+        lines.append(f"  snippets in: {self.snippets}   errors: {self.errors}   shards: "
+                     f"{self.shards_written} made now, {self.shards_skipped} done before (skipped)")
         for split in sorted(self.examples):
             kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.examples[split].items()))
             lines.append(f"  {split:<10} {sum(self.examples[split].values()):>6} examples "
@@ -87,8 +109,11 @@ class DatagenSummary:
                                                  if not k.endswith("_ms")))
         lines.append(
             f"  audio in: {self.performance_seconds:.1f} s of performances "
-            f"(+ {self.master_seconds:.1f} s of masters decoded); wall time {self.wall_seconds:.1f} s; "
-            f"{self.audio_seconds_per_second:.2f} s of performance audio per second")
+            f"(+ {self.master_seconds:.1f} s of masters decoded) in all shards")
+        lines.append(
+            f"  this run: {self.made_performance_seconds:.1f} s of performances in wall time "
+            f"{self.wall_seconds:.1f} s: {self.audio_seconds_per_second:.2f} s of performance audio "
+            f"per second, {self.snippets_per_second:.2f} snippets/s")
         if self.cpu_seconds > 0:
             lines.append(
                 f"  cpu time {self.cpu_seconds:.1f} s (driver + workers): "
@@ -122,44 +147,33 @@ def shards_per_split(config: DatagenConfig, snippets: Sequence[Snippet]) -> dict
     per_split: dict[str, int] = defaultdict(int)
     for s in snippets:
         per_split[s.split] += 1
-    wanted = [sp for sp in SPLITS if not config.splits or sp in config.splits]
-    return {split: config.num_shards(per_split.get(split, 0)) for split in wanted}
+    return {split: config.num_shards(per_split.get(split, 0)) for split in wanted_splits(config)}
 
 
-def build_pipeline(pipeline, snippets: Sequence[Snippet], config: DatagenConfig, staging: str,
-                   shards: dict[str, int]):
-    """Add the datagen transforms to `pipeline` (a beam.Pipeline or TestPipeline)."""
+def wanted_splits(config: DatagenConfig) -> list[str]:
+    return [sp for sp in SPLITS if not config.splits or sp in config.splits]
+
+
+def build_pipeline(pipeline, tasks: Sequence, config: DatagenConfig):
+    """Add the datagen transforms to `pipeline` (a beam.Pipeline or TestPipeline): one element
+    per shard still to make (`resume.ShardTask`), each made whole by one worker
+    (`transforms.MakeShardFn`: decode + pitch -> synthesize -> cut -> sorted shard + marker).
+    Returns the PCollection of the written shards' markers."""
     import apache_beam as beam
 
-    from beam_pipelines.transforms import (
-        CutPairs,
-        DecodeAndExtract,
-        SynthesizeQueries,
-        WriteErrors,
-        WriteExampleShards,
-    )
+    from beam_pipelines.transforms import CutPairsFn, DecodeAndExtractFn, MakeShardFn, SynthesizeQueriesFn
 
-    records = (
+    decode = DecodeAndExtractFn(config.extractor, config.seed, config.min_snippet_s, config.log_every,
+                                config.performance_deviations(), config.pitch_stride, config.rendered_pitch)
+    synth = SynthesizeQueriesFn(config.kinds, config.keep_real, config.seed, config.log_every,
+                                config.query_deviations(), config.query_deviations(tempo=False))
+    cut = CutPairsFn(config.example_hop_s, config.min_voiced_fraction, config.max_windows)
+    return (
         pipeline
-        | "Snippets" >> beam.Create(list(snippets))
+        | "Shards" >> beam.Create(list(tasks))
         | "Distribute" >> beam.Reshuffle()
+        | "MakeShards" >> beam.ParDo(MakeShardFn(config.out_dir, SHARD_PREFIX, SHARD_SUFFIX, decode, synth, cut))
     )
-    decoded = records | "DecodeAndExtract" >> DecodeAndExtract(
-        config.extractor, config.seed, config.min_snippet_s, config.log_every,
-        config.performance_deviations(), config.pitch_stride)
-    queries = decoded.main | "SynthesizeQueries" >> SynthesizeQueries(
-        config.kinds, config.keep_real, config.seed, config.log_every,
-        config.query_deviations(), config.query_deviations(tempo=False))
-    pairs = queries.main | "CutPairs" >> CutPairs(
-        config.example_hop_s, config.min_voiced_fraction, config.max_windows)
-    written = pairs.main | "WriteExamples" >> WriteExampleShards(
-        staging, shards, SHARD_PREFIX, SHARD_SUFFIX)
-    errors = (
-        (decoded.errors, queries.errors, pairs.errors)
-        | "AllErrors" >> beam.Flatten()
-        | "WriteErrors" >> WriteErrors(staging, ERRORS_NAME)
-    )
-    return written, errors
 
 
 def _counters(result) -> dict[str, int]:
@@ -197,70 +211,80 @@ def _count_errors(path: str) -> int:
         return 0
 
 
-def run_datagen(config: DatagenConfig, runner_args: Sequence[str] = ()) -> DatagenSummary:
-    """Run pipeline 1 and publish its outputs into `config.out_dir`. Returns the summary.
+def run_datagen(config: DatagenConfig, runner_args: Sequence[str] = (), *,
+                restart: bool = False) -> DatagenSummary:
+    """Run pipeline 1 into `config.out_dir`, skipping the shards an earlier run with the same
+    arguments and inputs completed there (`beam_pipelines.resume`). Returns the summary (of all
+    shards; `counters` count this run's work only).
 
+    restart: discard the shards of a different earlier run in OUT instead of refusing
+    (`resume.DatagenStateError`).
     runner_args: Beam flags (any runner); the DirectRunner in multi-processing mode with 2 workers
     is the default (`options.with_default_runner_args`)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipelines import outputs
+    from beam_pipelines import outputs, resume
 
     t0 = time.monotonic()
     cpu0 = _cpu_seconds()
     snippets = collect_snippets(config)
     if not snippets:
         raise SourceError("the sources hold no snippets (after --limit / --splits)")
-    shards = shards_per_split(config, snippets)
     out = config.out_dir
-    staging = outputs.reset_staging(out)
-    write_snippets_fs(outputs.join(staging, SNIPPETS_FILE), snippets)
-    runner = with_default_runner_args(runner_args)
-    log.info("datagen: %d snippets (%s), shards %s, runner flags %s", len(snippets),
-             ", ".join(f"{sp}={sum(s.split == sp for s in snippets)}" for sp in SPLITS), shards,
-             " ".join(runner.argv))
+    tasks = resume.plan_shards(config, snippets, wanted_splits(config))
+    shards = {t.split: t.count for t in tasks}
+    lock = resume.lock_output(out)
+    try:
+        pending, done = resume.prepare(out, config, tasks, snippets, restart)
+        resume.atomic_write(outputs.join(out, SNIPPETS_FILE), snippets_csv_bytes(snippets))
+        runner = with_default_runner_args(runner_args)
+        log.info("datagen: %d snippets (%s), shards %s: %d done before, %d to make; runner flags %s",
+                 len(snippets), ", ".join(f"{sp}={sum(s.split == sp for s in snippets)}" for sp in SPLITS),
+                 shards, len(done), len(pending), " ".join(runner.argv))
+        counters: dict[str, int] = {}
+        if pending:
+            pipeline = beam.Pipeline(options=PipelineOptions(list(runner.argv)))
+            build_pipeline(pipeline, pending, config)
+            result = pipeline.run()
+            result.wait_until_finish()
+            counters = _counters(result)
+        markers = []
+        for t in tasks:
+            marker = resume.read_json(resume.marker_path(out, t.key))
+            if not marker or marker.get("fingerprint") != t.fingerprint:
+                raise RuntimeError(f"shard {t.key} has no valid marker after the run")
+            markers.append(marker)
+    finally:
+        if lock is not None:
+            lock.close()
 
-    pipeline = beam.Pipeline(options=PipelineOptions(list(runner.argv)))
-    build_pipeline(pipeline, snippets, config, staging, shards)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = _counters(result)
-
-    from beam_pipelines.transforms import SPILL_DIR
-
-    outputs.delete_tree(outputs.join(staging, SPILL_DIR))  # leftovers of retried bundles, if any
-    empty = outputs.empty_gzip()
-    for split, n in shards.items():
-        outputs.ensure_shards(staging, split, SHARD_PREFIX, n, SHARD_SUFFIX, empty)
-    outputs.ensure_shards(staging, "", ERRORS_NAME, 1, ".jsonl", b"")
-    errors = _count_errors(outputs.join(staging, outputs.shard_name(ERRORS_NAME, 0, 1, ".jsonl")))
-    outputs.publish_staging(out, [*SPLITS, f"{ERRORS_NAME}-*.jsonl", SNIPPETS_FILE, SUMMARY_FILE])
-
-    examples: dict[str, dict[str, int]] = defaultdict(dict)
-    for name, value in counters.items():
-        parts = name.split("_", 2)
-        if parts[0] == "examples" and len(parts) == 3 and parts[1] in SPLITS:
-            examples[parts[1]][parts[2]] = value
+    errors = sorted((e for m in markers for e in m["errors"]),
+                    key=lambda r: (r["snippet_id"], r["stage"], r["reason"]))
+    outputs.write_jsonl(outputs.join(out, outputs.shard_name(ERRORS_NAME, 0, 1, ".jsonl")), errors)
+    examples: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for m in markers:
+        for kind, n in m["examples"].items():
+            examples[m["split"]][kind] += n
     summary = DatagenSummary(
-        out_dir=out, snippets=len(snippets), counters=counters, examples=dict(examples),
-        shards=shards, errors=errors,
-        performance_seconds=counters.get("performance_audio_ms", 0) / 1000.0,
-        master_seconds=counters.get("master_audio_ms", 0) / 1000.0,
+        out_dir=out, snippets=len(snippets), counters=counters,
+        examples={sp: dict(k) for sp, k in examples.items() if sum(k.values())},
+        shards=shards, errors=len(errors),
+        performance_seconds=sum(m["performance_ms"] for m in markers) / 1000.0,
+        master_seconds=sum(m["master_ms"] for m in markers) / 1000.0,
         wall_seconds=time.monotonic() - t0, cpu_seconds=_cpu_seconds() - cpu0,
-        runner_args=list(runner.argv),
+        runner_args=list(runner.argv), shards_skipped=len(done), shards_written=len(pending),
     )
     outputs.write_bytes(outputs.join(out, SUMMARY_FILE),
                         (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return summary
 
 
-def write_snippets_fs(path: str, snippets: Sequence[Snippet]) -> None:
-    """`sources.write_snippets` to any Beam filesystem path."""
+def snippets_csv_bytes(snippets: Sequence[Snippet]) -> bytes:
+    """`sources.write_snippets`' CSV, as bytes."""
     import csv
     import io
 
-    from beam_pipelines.outputs import write_bytes
     from beam_pipelines.sources import SNIPPET_COLUMNS
 
     buf = io.StringIO()
@@ -268,7 +292,14 @@ def write_snippets_fs(path: str, snippets: Sequence[Snippet]) -> None:
     w.writeheader()
     for s in snippets:
         w.writerow(s.to_row())
-    write_bytes(path, buf.getvalue().encode("utf-8"))
+    return buf.getvalue().encode("utf-8")
+
+
+def write_snippets_fs(path: str, snippets: Sequence[Snippet]) -> None:
+    """`sources.write_snippets` to any Beam filesystem path."""
+    from beam_pipelines.outputs import write_bytes
+
+    write_bytes(path, snippets_csv_bytes(snippets))
 
 
 __all__ = ["DatagenSummary", "build_pipeline", "collect_snippets", "run_datagen", "write_snippets_fs"]
