@@ -296,7 +296,7 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
+def run_demo(config: DemoConfig, keep_serving: bool = False, milvus_uri: str | None = None) -> int:
     from data_gen.manifest import read_catalogue, read_queries
     from serving.client import RecognizerClient
     from serving.embedder import ModelMetadata
@@ -337,6 +337,21 @@ def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
     _step("5/5 server + gRPC client")
     server_config = replace(ServerConfig(), model_dir=model_dir, index_dir=index_dir, host="127.0.0.1",
                             port=config.port, http_port=config.http_port, catalogue=manifest)
+    serve_from = f"--index {index_dir}"
+    if milvus_uri:  # the same windows and calibration in a Milvus collection (Milvus Lite file or server)
+        from serving.calibration import load_calibration
+        from serving.milvus_index import DEFAULT_COLLECTION, MilvusWindowStore, ensure_copy
+
+        ensure_copy(index_dir, milvus_uri, DEFAULT_COLLECTION)
+        store = MilvusWindowStore.open(milvus_uri, DEFAULT_COLLECTION)
+        for agg in ("temporal", "vote"):
+            cal = load_calibration(index_dir, agg)
+            if cal is not None:
+                store.save_calibration(cal)
+        store.close()
+        print(f"serving from Milvus {milvus_uri} collection {DEFAULT_COLLECTION} (a copy of {index_dir})")
+        server_config = replace(server_config, index_backend="milvus", milvus_uri=milvus_uri)
+        serve_from = f"--backend milvus --uri {milvus_uri}"
     with _quiet("serving.server", "serving.embedder", "serving.retrieval"):
         server, port = create_server(server_config)
     target = f"localhost:{port}"
@@ -351,7 +366,7 @@ def run_demo(config: DemoConfig, keep_serving: bool = False) -> int:
               f"(demo took {time.perf_counter() - started:.0f} s)")
         example = queries[0][0]
         print(f"\nQuery it yourself:\n"
-              f"  earworm serve --model {model_dir} --index {index_dir} --port 50051\n"
+              f"  earworm serve --model {model_dir} {serve_from} --port 50051\n"
               f"  earworm identify {example} --server localhost:50051\n"
               f"(or any WAV/FLAC/Ogg/MP3/M4A/WebM recording of a hum; `earworm identify --json` for scripts)")
         print(f"\nOr open {page} in a browser" + ("" if keep_serving else
@@ -412,6 +427,9 @@ def register(subparsers) -> None:
                    help="port of the page to hum into (default: any free port; the address is printed)")
     p.add_argument("--keep-serving", action="store_true",
                    help="keep the server (and the page) running at the end")
+    p.add_argument("--milvus-uri", default=None, metavar="URI",
+                   help="serve the demo index from a Milvus collection instead (its windows and calibration "
+                        "copied there): a Milvus Lite file such as artifacts/demo/milvus.db, or http://host:19530")
     p.set_defaults(func=_run)
 
 
@@ -423,7 +441,7 @@ def _run(args: argparse.Namespace) -> int:
                      seed=args.seed, demo_queries=min(args.queries, args.size), port=args.port,
                      http_port=args.http_port)
     try:
-        return run_demo(config, keep_serving=args.keep_serving)
+        return run_demo(config, keep_serving=args.keep_serving, milvus_uri=args.milvus_uri)
     except Exception as e:  # noqa: BLE001 - a CLI prints one clear line, the log has the traceback
         log.debug("demo failed", exc_info=True)
         print(f"earworm demo: {type(e).__name__}: {e}", file=sys.stderr)
