@@ -6,12 +6,12 @@ or Zilliz Cloud (`uri` = `http://host:19530` / `https://...`, token from $EARWOR
 cluster shards, replicates and compacts the windows; Earworm only writes and searches them.
 
 Layout (format "earworm-milvus/1") for a collection NAME:
-    NAME              the windows: id INT64 primary key (= track_row * 2**20 + window number, so a
-                      retried insert from a Beam worker is an idempotent upsert), track_row INT64
-                      (INVERTED scalar index: fetch-by-track filters), offset_s FLOAT (window start in
-                      the master, seconds), embedding FLOAT_VECTOR[dim] (metric IP, index type
-                      configurable: FLAT / IVF_FLAT on Lite; IVF_SQ8, IVF_PQ, HNSW, SCANN, DISKANN on
-                      a cluster).
+    NAME              the windows: id INT64 primary key (= track_row * 2**20 + window number: a
+                      retried insert from a Beam worker is an idempotent upsert, and a track's windows
+                      are fetched by primary key), track_row INT64 (INVERTED scalar index: deletes),
+                      offset_s FLOAT (window start in the master, seconds), embedding
+                      FLOAT_VECTOR[dim] (metric IP, index type configurable: FLAT, IVF_FLAT, IVF_SQ8,
+                      HNSW on Lite; also IVF_PQ, SCANN, DISKANN on a cluster).
                       Collection properties: "earworm.format", "earworm.metadata" (serving.index
                       IndexMetadata as JSON: version, model_version, num_tracks, num_windows, dim,
                       config {backend, index_type, index_params, search_params}, created, extra
