@@ -114,6 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ix.add_argument("--keep-work", action="store_true", help="keep the embedding shards")
     ix.add_argument("--searcher", default="auto", choices=("auto", "brute_force", "tree_ah"),
                     help="ScaNN searcher kind (auto: sized to the data)")
+    ix.add_argument("--store-dtype", default="float32", choices=("float32", "int8"),
+                    help="the index's one stored copy of the window embeddings: float32 (512 B per window) "
+                         "or int8 with a scale per window (132 B; similarities within ~1e-3); default float32")
     ix.add_argument("--log-every", type=int, default=_IX["log_every"])
     from serving.milvus_index import add_backend_arguments
 
@@ -227,11 +230,11 @@ def run_index_cli(args: argparse.Namespace) -> int:
         tracks_per_shard=args.tracks_per_shard, limit=args.limit, log_every=args.log_every,
         backend=args.backend, milvus_uri=args.uri, milvus_collection=args.collection, replace=args.replace,
     )
-    searcher = None
-    if args.searcher != "auto":
-        from serving.index import SearcherConfig
+    from serving.index import SearcherConfig
 
-        searcher = SearcherConfig(mode=args.searcher)
+    searcher = None  # the defaults, or for --add-to the old index's own settings
+    if args.searcher != "auto" or args.store_dtype != "float32":
+        searcher = SearcherConfig(mode=args.searcher, store_dtype=args.store_dtype)
     try:
         summary = run_index(config, args.beam_args, work_dir=args.work_dir, keep_work=args.keep_work,
                             searcher_config=searcher,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -423,6 +424,7 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
                               config=milvus_config or MilvusIndexConfig(), overwrite=config.replace)
         first_row = 0
     lite = is_lite_uri(uri)
+    driver_writes = not config.milvus_worker_writes if config.milvus_worker_writes is not None else lite
     work = work_dir or _default_work_dir(f"{Path(uri).name if lite else 'milvus'}-{collection}")
     outputs.delete_tree(work)
     FileSystems.mkdirs(work)
@@ -430,7 +432,7 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
     refs = [TrackRef(i, t.track_id, str(t.path)) for i, t in enumerate(tracks)]
     runner = with_default_runner_args(runner_args)
     log.info("index: %d tracks from %s into Milvus %s collection %s (%s), model %s", len(refs), config.catalogue,
-             uri, collection, "driver inserts shards" if lite else "workers write", model.version)
+             uri, collection, "driver inserts shards" if driver_writes else "workers write", model.version)
     pipeline = beam.Pipeline(options=PipelineOptions(list(runner.argv)))
     embedded = (
         pipeline
@@ -439,7 +441,7 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
         | "EmbedTracks" >> EmbedTracks(config.model_dir, config.batch_tracks, config.embed_batch, config.log_every)
     )
     tracks_file = outputs.join(work, "milvus_tracks.jsonl")
-    if lite:
+    if driver_writes:
         embedded[MAIN] | "WriteShards" >> WriteEmbeddingShards(work, count, config.tracks_per_shard)
     else:
         batch = writer.config.insert_batch
@@ -456,7 +458,7 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
     done: list[tuple[int, str]] = []
     counts: dict[int, int] = {}
     t1 = time.monotonic()
-    if lite:
+    if driver_writes:
         for z in _iter_shards(work):
             rows = first_row + z["row"].astype(np.int64)
             writer.write(rows[z["track_row"]], z["offset_s"], z["embedding"])
@@ -591,12 +593,12 @@ def run_index(config: IndexConfig, runner_args: Sequence[str] = (), *, work_dir:
 
 def build_index(catalogue_manifest: str | os.PathLike[str], model_dir: str | os.PathLike[str],
                 out_dir: str | os.PathLike[str], *, add_to: str | os.PathLike[str] | None = None,
-                runner_args: Sequence[str] = (), **config: object) -> Path:
+                runner_args: Sequence[str] = (), searcher_config: Any = None, **config: object) -> Path:
     """Library entry point (demo, evaluation): index a catalogue with an exported model and save
     it to `out_dir`; with `add_to`, the index = that index + this catalogue (old windows reused,
     not re-embedded). Extra keyword arguments are IndexConfig fields. Returns out_dir."""
     cfg = IndexConfig(catalogue=str(catalogue_manifest), model_dir=str(model_dir), out_dir=str(out_dir),
                       add_to=str(add_to) if add_to else None, **config)  # type: ignore[arg-type]
-    summary = run_index(cfg, runner_args)
+    summary = run_index(cfg, runner_args, searcher_config=searcher_config)
     log.info("%s", summary.format())
     return Path(out_dir)

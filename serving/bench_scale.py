@@ -7,7 +7,8 @@ correlated (AR(1) noise). Vectors are generated chunk by chunk straight into a .
 1M tracks x 15 windows x 128-d float32 (7.7 GB) never has to sit in Python memory twice.
 
 Printed per size: generation and build time, memory (RSS now / peak, and RSS minus the file-backed
-memmap pages), index size on disk (total, scann/, embeddings.npy), recall@10 against exact numpy brute
+memmap pages), index size on disk (total, scann/, the stored vectors) and bytes per window, recall@10
+and @100 against exact numpy brute
 force on perturbed-window queries, single-query search latency (k=10, p50/p95) and the latency of a
 whole query's retrieval (7 windows of a 10 s query, 100 neighbours each, temporal aggregation).
 """
@@ -159,7 +160,8 @@ class BenchScaleConfig:
     latency_queries: int = 1000
     retrieval_queries: int = 200
     query_windows: int = 7  # a 10 s query at 1 s hop with 4 s windows
-    reorder_dtype: str = "float32"
+    store_dtype: str = "float32"
+    """The index's stored vectors (`SearcherConfig.store_dtype`): float32 or int8."""
     max_shard_windows: int = 4_000_000  # = SearcherConfig().max_shard_windows
     save: bool = True
     seed: int = 0
@@ -177,7 +179,7 @@ def bench_one(num_tracks: int, work_dir: Path, cfg: BenchScaleConfig, syn: Synth
     t0, c0 = time.perf_counter(), time.process_time()
     with PeakMemory() as peak:
         index = WindowIndex.build(emb, rows, offsets, tracks, "synthetic",
-                                  SearcherConfig(reorder_dtype=cfg.reorder_dtype, seed=cfg.seed,
+                                  SearcherConfig(store_dtype=cfg.store_dtype, seed=cfg.seed,
                                                  max_shard_windows=cfg.max_shard_windows))
     res["build_s"] = time.perf_counter() - t0
     res["build_cpu_s"] = time.process_time() - c0
@@ -191,14 +193,17 @@ def bench_one(num_tracks: int, work_dir: Path, cfg: BenchScaleConfig, syn: Synth
 
     rng = np.random.default_rng([cfg.seed, 7])
     res["recall_at_10"] = {}
+    res["recall_at_100"] = {}
     for sim in cfg.query_similarities:
         src = np.sort(rng.choice(emb.shape[0], cfg.queries, replace=False))
         q = perturbed_queries(np.asarray(emb[src]), sim, rng)
         t0 = time.perf_counter()
-        _, true_scores = brute_force_search(q, emb, 10)
+        _, true_scores = brute_force_search(q, emb, 100)
         res["brute_force_numpy_s_per_query"] = (time.perf_counter() - t0) / cfg.queries
-        found_q, _ = index.search(q, 10)
+        found_q, _ = index.search(q, 100)
         res["recall_at_10"][str(sim)] = recall_at_k(found_q, q, emb, true_scores, 10)
+        res["recall_at_100"][str(sim)] = recall_at_k(found_q, q, emb, true_scores, 100)
+        found_q = found_q[:, :10]
         if sim == cfg.query_similarities[0]:
             queries, found = q, found_q
 
@@ -229,12 +234,22 @@ def bench_one(num_tracks: int, work_dir: Path, cfg: BenchScaleConfig, syn: Synth
         t0 = time.perf_counter()
         index.save(out)
         res["save_s"] = time.perf_counter() - t0
+        store = sum(p.stat().st_size for p in out.glob("embeddings*.npy"))
         res["disk_gb"] = {"total": _dir_bytes(out) / 1e9, "scann": _dir_bytes(out / "scann") / 1e9,
-                          "embeddings_npy": (out / "embeddings.npy").stat().st_size / 1e9}
+                          "stored_vectors": store / 1e9}
+        res["bytes_per_window"] = {"total": _dir_bytes(out) / res["windows"],
+                                   "scann": _dir_bytes(out / "scann") / res["windows"],
+                                   "stored_vectors": store / res["windows"]}
         del index, retriever
+        import gc
+
+        gc.collect()
+        before = _memory()
         t0 = time.perf_counter()
         loaded = WindowIndex.load(out)
         res["load_s"] = time.perf_counter() - t0
+        after = _memory()
+        res["serving_anon_gb"] = after["rss_minus_file_backed_gb"] - before["rss_minus_file_backed_gb"]
         found2, _ = loaded.search(queries[:100], 10)
         res["loaded_matches_built"] = bool(np.array_equal(found2, found[:100]))
         del loaded
@@ -255,7 +270,8 @@ def _print(res: dict[str, Any]) -> None:
           f"recall@10 at build {res['build_recall_at_10']}")
     print(f"memory after build  RSS {m['rss_gb']:.2f} GB (minus file-backed {m['rss_minus_file_backed_gb']:.2f} GB), "
           f"peak RSS {m['peak_rss_gb']:.2f} GB, peak anonymous during build {res['build_peak_anon_gb']:.2f} GB")
-    recalls = "  ".join(f"queries at cos {k}: {v:.4f}" for k, v in res["recall_at_10"].items())
+    recalls = "  ".join(f"queries at cos {k}: {v:.4f} (@100 {res['recall_at_100'][k]:.4f})"
+                        for k, v in res["recall_at_10"].items())
     print(f"recall@10           {recalls}  (vs numpy brute force, "
           f"{res['brute_force_numpy_s_per_query'] * 1e3:.1f} ms/query chunked)")
     s = res["search_ms_single_k10"]
@@ -265,14 +281,18 @@ def _print(res: dict[str, Any]) -> None:
           f"top-1 {r['top1_accuracy']:.3f}")
     if "disk_gb" in res:
         d = res["disk_gb"]
-        print(f"disk                total {d['total']:.2f} GB (scann/ {d['scann']:.2f}, embeddings.npy "
-              f"{d['embeddings_npy']:.2f}); save {res['save_s']:.1f} s, load {res['load_s']:.1f} s, "
+        b = res["bytes_per_window"]
+        print(f"disk                total {d['total']:.2f} GB (scann/ {d['scann']:.2f}, stored vectors "
+              f"{d['stored_vectors']:.2f}); save {res['save_s']:.1f} s, load {res['load_s']:.1f} s, "
               f"loaded == built: {res['loaded_matches_built']}")
+        print(f"bytes per window    {b['total']:.0f} on disk (scann/ {b['scann']:.0f}, stored vectors "
+              f"{b['stored_vectors']:.0f}); loaded for serving: {res['serving_anon_gb']:.2f} GB anonymous "
+              f"memory + the memory-mapped vectors")
 
 
 def run(args: argparse.Namespace) -> int:
     tracks = tuple(int(t.replace("_", "")) for t in str(args.tracks).split(",") if t.strip())
-    cfg = BenchScaleConfig(tracks=tracks, queries=args.queries, reorder_dtype=args.reorder_dtype,
+    cfg = BenchScaleConfig(tracks=tracks, queries=args.queries, store_dtype=args.store_dtype,
                            max_shard_windows=args.max_shard_windows, save=not args.no_save, seed=args.seed)
     syn = SyntheticConfig(windows_per_track=args.windows_per_track, seed=args.seed)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="earworm-bench-scale-"))
@@ -305,7 +325,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated catalogue sizes in tracks (default %(default)s)")
     p.add_argument("--windows-per-track", type=int, default=SyntheticConfig().windows_per_track)
     p.add_argument("--queries", type=int, default=defaults.queries, help="recall/latency queries")
-    p.add_argument("--reorder-dtype", choices=("float32", "int8"), default=defaults.reorder_dtype)
+    p.add_argument("--store-dtype", choices=("float32", "int8"), default=defaults.store_dtype,
+                   help="the index's stored vectors (default %(default)s)")
     p.add_argument("--max-shard-windows", type=int, default=defaults.max_shard_windows,
                    help="windows per ScaNN shard (bounds build memory; default %(default)s)")
     p.add_argument("--no-save", action="store_true", help="skip the save/load/disk-size step")

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.vectors import STORE_DTYPES, WindowVectors
 from serving.window_store import TrackInfo, TrackWindows, WindowHits
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,11 @@ class SearcherConfig:
     """Candidates re-scored exactly per query = max(reorder_min, reorder_factor * k)."""
     reorder_min: int = 100
     reorder_dtype: str = "float32"
-    """Re-ordering precision: "float32" (exact) or "int8" (4x less memory for huge indexes)."""
+    """Kept for indexes built before 2026-12-04 (ScaNN's own re-ordering copy); ignored now: the
+    candidates are re-scored from the index's one stored copy (`store_dtype`)."""
+    store_dtype: str = "float32"
+    """The stored window embeddings (`serving.vectors`): "float32" (512 B per 128-d window, exact
+    re-scoring) or "int8" (132 B, similarities within ~1e-3). ScaNN keeps only its tree and AH codes."""
     min_partition_size: int = 50
     max_shard_windows: int = 4_000_000
     """Above this many windows the index is split into equal shards, each its own ScaNN searcher
@@ -133,6 +138,8 @@ class SearcherConfig:
             raise ValueError(f"SearcherConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.reorder_dtype not in REORDER_DTYPES:
             raise ValueError(f"reorder_dtype must be one of {REORDER_DTYPES}, got {self.reorder_dtype!r}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {STORE_DTYPES}, got {self.store_dtype!r}")
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
         if self.tune_k < 1:
@@ -287,14 +294,14 @@ class WindowIndex:
     loaded from / last saved to, or None). Searches are thread-safe.
     """
 
-    def __init__(self, searchers: list[Any], embeddings: np.ndarray, track_rows: np.ndarray,
+    def __init__(self, searchers: list[Any], vectors: WindowVectors | np.ndarray, track_rows: np.ndarray,
                  offsets_s: np.ndarray, tracks: list[TrackInfo], metadata: IndexMetadata,
                  path: Path | None = None):
         self._searchers = list(searchers)
         self._shards = [(int(a), int(b)) for a, b in metadata.config.get("shards", [[0, metadata.num_windows]])]
         if len(self._shards) != len(self._searchers):
             raise IndexLoadError(f"{len(self._searchers)} searchers for {len(self._shards)} shards")
-        self._embeddings = embeddings
+        self.vectors = vectors if isinstance(vectors, WindowVectors) else WindowVectors(vectors)
         self.track_rows = track_rows
         self.offsets_s = offsets_s
         self.tracks = tracks
@@ -332,8 +339,10 @@ class WindowIndex:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """float32 [n, dim] (read-only; a memmap of embeddings.npy for a loaded index)."""
-        return self._embeddings
+        """float32 [n, dim]: for a float32 store the stored array itself (a read-only memmap of
+        embeddings.npy for a loaded index); for an int8 store a dequantized copy of all of it (for
+        tests and small indexes; large readers use `vectors`)."""
+        return self.vectors.data if self.vectors.scales is None else self.vectors.rows(slice(None))
 
     def windows_of(self, track_row: int) -> np.ndarray:
         """Index rows of one track's windows, in time order."""
@@ -359,7 +368,8 @@ class WindowIndex:
         embeddings, track_rows, offsets_s, tracks = cls._validated(embeddings, track_rows, offsets_s, tracks)
         created = _now()
         t0 = time.perf_counter()
-        searchers, build_info, recall = _build_searchers(embeddings, config)
+        vectors = WindowVectors.from_float(embeddings, config.store_dtype)
+        searchers, build_info, recall = _build_searchers(embeddings, config, vectors)
         build_info["build_seconds"] = round(time.perf_counter() - t0, 3)
         metadata = IndexMetadata(
             version=_new_version(model_version, len(tracks), embeddings.shape[0], created),
@@ -374,7 +384,7 @@ class WindowIndex:
         log.info("built %s index %s: %d tracks, %d windows, recall@10 %.3f, %.1f s", metadata.config["kind"],
                  metadata.version, metadata.num_tracks, metadata.num_windows, recall,
                  build_info["build_seconds"])
-        return cls(searchers, embeddings, track_rows, offsets_s, list(tracks), metadata)
+        return cls(searchers, vectors, track_rows, offsets_s, list(tracks), metadata)
 
     @staticmethod
     def _validated(embeddings: np.ndarray, track_rows: np.ndarray, offsets_s: np.ndarray,
@@ -434,7 +444,7 @@ class WindowIndex:
         new_emb, new_rows, new_off, tracks = self._validated(embeddings, track_rows_local, offsets_s, tracks)
         if new_emb.shape[1] != self.dim:
             raise IndexBuildError(f"new embeddings have dim {new_emb.shape[1]}, the index has {self.dim}")
-        all_emb = np.concatenate([np.asarray(self._embeddings, np.float32), new_emb])
+        all_emb = np.concatenate([self.vectors.rows(slice(None)), new_emb])
         all_rows = np.concatenate([self.track_rows, new_rows + self.num_tracks]).astype(np.int32)
         all_off = np.concatenate([self.offsets_s, new_off]).astype(np.float32)
         releases = list(self.metadata.extra.get("releases") or [
@@ -467,7 +477,8 @@ class WindowIndex:
         leaves = None
         if self.kind == "tree_ah":
             leaves = int(leaves_to_search or self._leaves_to_search)
-        return _search_shards(self._searchers, self._shards, queries, k, leaves, self._searcher_config)
+        return _search_shards(self._searchers, self._shards, queries, k, leaves, self._searcher_config,
+                              self.vectors)
 
     def search_windows(self, queries: np.ndarray, k: int) -> WindowHits:
         """The `WindowStore` first stage: `search` with each hit's track row and offset."""
@@ -479,13 +490,13 @@ class WindowIndex:
         out = []
         for t in track_rows:
             rows = self.windows_of(int(t))
-            out.append(TrackWindows(np.asarray(self._embeddings[rows], np.float32),
+            out.append(TrackWindows(self.vectors.rows(rows),
                                     np.asarray(self.offsets_s[rows], np.float64)))
         return out
 
     def search_brute_force(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact numpy search over the stored embeddings (for recall measurement); same shapes."""
-        return brute_force_search(self._check_queries(queries), self._embeddings, k)
+        return brute_force_search(self._check_queries(queries), self.vectors, k)
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         queries = np.asarray(queries)
@@ -500,7 +511,7 @@ class WindowIndex:
         queries = self._check_queries(queries)
         rows, _ = self.search(queries, k)
         _, true_scores = self.search_brute_force(queries, k)
-        return recall_at_k(rows, queries, self._embeddings, true_scores, k)
+        return recall_at_k(rows, queries, self.vectors, true_scores, k)
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, index_dir: str | os.PathLike[str]) -> None:
@@ -523,12 +534,7 @@ class WindowIndex:
                 searcher.serialize(str(shard_dir), relative_path=True)
             np.savez(tmp / WINDOWS_FILE, track_row=self.track_rows.astype(np.int32),
                      offset_s=self.offsets_s.astype(np.float32))
-            out = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
-                                            shape=self._embeddings.shape)
-            for start in range(0, self.num_windows, 1 << 18):
-                out[start : start + (1 << 18)] = self._embeddings[start : start + (1 << 18)]
-            out.flush()
-            del out
+            self.vectors.save(tmp)
             with (tmp / TRACKS_FILE).open("w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(TRACK_COLUMNS)
@@ -591,7 +597,8 @@ class WindowIndex:
             with np.load(index_dir / WINDOWS_FILE) as w:
                 track_rows = np.asarray(w["track_row"], np.int32)
                 offsets_s = np.asarray(w["offset_s"], np.float32)
-            embeddings = np.load(index_dir / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
+            store_dtype = SearcherConfig.from_dict(metadata.config.get("searcher", {})).store_dtype
+            vectors = WindowVectors.load(index_dir, store_dtype, mmap)
         except (OSError, ValueError, KeyError, csv.Error, EOFError) as e:
             raise IndexLoadError(f"{index_dir}: cannot read the index files ({e})") from e
         n, d = metadata.num_windows, metadata.dim
@@ -602,8 +609,8 @@ class WindowIndex:
             problems.append(f"{WINDOWS_FILE} holds {track_rows.shape[0]} windows, metadata says {n}")
         elif n and (track_rows.min() < 0 or track_rows.max() >= len(tracks)):
             problems.append(f"{WINDOWS_FILE} has track rows outside [0, {len(tracks)})")
-        if embeddings.dtype != np.float32 or embeddings.shape != (n, d):
-            problems.append(f"{EMBEDDINGS_FILE} is {embeddings.dtype} {embeddings.shape}, expected float32 "
+        if vectors.dtype != store_dtype or vectors.shape != (n, d):
+            problems.append(f"the stored embeddings are {vectors.dtype} {vectors.shape}, expected {store_dtype} "
                             f"({n}, {d}) (mismatched dims?)")
         if metadata.config.get("kind") not in SEARCHER_KINDS:
             problems.append(f"unknown searcher kind {metadata.config.get('kind')!r}")
@@ -615,7 +622,7 @@ class WindowIndex:
             raise IndexLoadError(f"{index_dir} is inconsistent: " + "; ".join(problems))
         searchers = [_load_searcher(_shard_dir(index_dir / SEARCHER_DIR, i, len(shards)))
                      for i in range(len(shards))]
-        return cls(searchers, embeddings, track_rows, offsets_s, tracks, metadata, path=index_dir)
+        return cls(searchers, vectors, track_rows, offsets_s, tracks, metadata, path=index_dir)
 
 
 def _read_tracks(path: Path) -> list[TrackInfo]:
@@ -650,9 +657,12 @@ def shard_bounds(num_windows: int, max_shard_windows: int) -> list[tuple[int, in
 
 
 def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries: np.ndarray, k: int,
-                   leaves: int | None, cfg: SearcherConfig) -> tuple[np.ndarray, np.ndarray]:
+                   leaves: int | None, cfg: SearcherConfig, vectors: WindowVectors
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Search every shard for its top-k, merge: (rows int64 [m, k], scores float32 [m, k]); absent
-    neighbours are row -1 / score -inf."""
+    neighbours are row -1 / score -inf. A tree-AH shard (leaves given) returns its best
+    `max(reorder_min, reorder_factor * k)` candidates by their AH score; they are re-scored from the
+    stored vectors and the best k kept (ScaNN's own re-ordering, without ScaNN holding a second copy)."""
     m = queries.shape[0]
     all_rows, all_scores = [], []
     for searcher, (start, end) in zip(searchers, shards):
@@ -660,7 +670,8 @@ def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries:
         kwargs: dict[str, Any] = {"final_num_neighbors": kk}
         if leaves is not None:
             kwargs["leaves_to_search"] = leaves
-            kwargs["pre_reorder_num_neighbors"] = max(cfg.reorder_min, cfg.reorder_factor * kk)
+            kwargs["final_num_neighbors"] = min(end - start, max(cfg.reorder_min, cfg.reorder_factor * kk))
+            kwargs["pre_reorder_num_neighbors"] = kwargs["final_num_neighbors"]
         if m > 64:
             rows, scores = searcher.search_batched_parallel(queries, **kwargs)
         else:
@@ -670,6 +681,12 @@ def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries:
         missing = np.isnan(scores)  # ScaNN pads absent neighbours with row 0 and a NaN score
         rows[missing] = -1
         scores[missing] = -np.inf
+        if leaves is not None:
+            scores = vectors.scores(queries, rows)
+            keep = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+            rows = np.take_along_axis(rows, keep, 1)
+            scores = np.take_along_axis(scores, keep, 1)
+            rows[~np.isfinite(scores)] = -1
         all_rows.append(rows)
         all_scores.append(scores)
     rows = np.concatenate(all_rows, axis=1)
@@ -702,8 +719,6 @@ def _build_one(sp: Any, data: np.ndarray, kind: str, num_leaves: int, default_se
                cfg: SearcherConfig) -> Any:
     if kind == "brute_force":
         return sp.builder(data, RECALL_K, "dot_product").score_brute_force().build()
-    from scann.scann_ops.py.scann_builder import ReorderType
-
     n = data.shape[0]
     sample = int(min(n, max(cfg.training_sample_size, num_leaves * 10)))
     return (sp.builder(data, RECALL_K, "dot_product")
@@ -712,12 +727,11 @@ def _build_one(sp: Any, data: np.ndarray, kind: str, num_leaves: int, default_se
             .score_ah(cfg.dims_per_block,
                       anisotropic_quantization_threshold=cfg.anisotropic_quantization_threshold,
                       training_sample_size=sample)
-            .reorder(max(cfg.reorder_min, cfg.reorder_factor * RECALL_K),
-                     quantize=ReorderType.INT8 if cfg.reorder_dtype == "int8" else ReorderType.FLOAT32)
             .build())
 
 
-def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig) -> tuple[list[Any], dict[str, Any], float]:
+def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: WindowVectors
+                     ) -> tuple[list[Any], dict[str, Any], float]:
     """Build one searcher per shard (and for tree_ah, tune leaves_to_search over all of them).
     Returns (searchers, build facts, recall@10)."""
     sp = _scann()
@@ -749,7 +763,7 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig) -> tuple[list[
 
     def recall_with(leaves: int | None, k: int = tune_k) -> float:
         k = min(k, n)
-        found, _ = _search_shards(searchers, shards, queries, k, leaves, cfg)
+        found, _ = _search_shards(searchers, shards, queries, k, leaves, cfg, vectors)
         return recall_at_k(found, queries, embeddings, true_scores, k)
 
     if kind == "brute_force":

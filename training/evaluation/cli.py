@@ -64,7 +64,7 @@ def run_eval(args: argparse.Namespace) -> int:
             cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None,
             thresholds_from=Path(args.thresholds_from).resolve() if args.thresholds_from else None,
             no_match_threshold=args.no_match_threshold, limit=args.limit, indexer=args.indexer,
-            rerank_candidates=args.rerank_candidates, query_tempo_rates=args.tempo_views,
+            rerank_candidates=args.rerank_candidates, store_dtype=args.store_dtype, query_tempo_rates=args.tempo_views,
             tempo_view_penalty=args.tempo_view_penalty, explain=args.explain,
             backend=args.backend, milvus_uri=args.uri, milvus_collection=args.collection,
             milvus_index_type=args.milvus_index_type, milvus_search_params=args.milvus_search_params,
@@ -114,6 +114,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="metrics.json of another run whose calibrated thresholds score open-set queries")
     p.add_argument("--no-match-threshold", type=float, default=None,
                    help="override the model's calibrated no-match threshold")
+    p.add_argument("--store-dtype", default=d.store_dtype, choices=("float32", "int8"),
+                   help="the stored vectors of an index the evaluation builds (default %(default)s)")
     p.add_argument("--rerank-candidates", type=int, default=d.rerank_candidates,
                    help="temporal aggregation: how many best tracks are re-scored exactly "
                         "(default %(default)s, the server's; 0 = first stage only)")

@@ -82,6 +82,8 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first `limit` queries."""
     plots: bool = True
+    store_dtype: str = "float32"
+    """The index's stored vectors (`SearcherConfig.store_dtype`) when the evaluation builds it."""
     rerank_candidates: int = RetrievalConfig().rerank_candidates
     """Temporal aggregation: the retriever's exact re-ranking depth (0: the first stage only)."""
     query_tempo_rates: tuple[float, ...] = RetrievalConfig().query_tempo_rates
@@ -217,13 +219,13 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
                     cached = WindowIndex.load(index_dir)
             except (OSError, ValueError, RuntimeError) as e:  # corrupt / partial index: rebuild it
                 log.warning("cached index in %s unusable (%s); rebuilding", index_dir, e)
-        if cached is not None and _stale_searcher(cached):
+        if cached is not None and _stale_searcher(cached, _searcher_config(config)):
             # same windows and embeddings, searcher tuned by older settings: re-tune it, no re-embedding
             from serving.index import SearcherConfig, with_searcher_config
 
             log.info("cached index in %s was tuned with other searcher settings; re-tuning it", index_dir)
             start = time.perf_counter()
-            with_searcher_config(cached, SearcherConfig()).save(index_dir)
+            with_searcher_config(cached, _searcher_config(config)).save(index_dir)
             index = WindowIndex.load(index_dir)
             info = {"source": "re-tuned", "path": str(index_dir),
                     "build_seconds": round(time.perf_counter() - start, 1)}
@@ -309,16 +311,17 @@ def _milvus_store(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> tupl
     return store, info
 
 
-def _stale_searcher(index: Any) -> bool:
-    """True when `index`'s searcher was built with settings other than today's defaults (e.g. an index
-    cached before the tuning changed)."""
+def _searcher_config(config: EvalConfig) -> Any:
     from serving.index import SearcherConfig
 
+    return SearcherConfig(store_dtype=config.store_dtype)
+
+
+def _stale_searcher(index: Any, wanted: Any) -> bool:
+    """True when `index`'s searcher was built with settings other than `wanted` (e.g. an index cached
+    before the tuning changed, or before a setting existed: every field must have been recorded)."""
     stored = index.metadata.config.get("searcher")
-    try:
-        return stored is None or SearcherConfig.from_dict(stored) != SearcherConfig()
-    except (TypeError, ValueError):
-        return True
+    return not isinstance(stored, dict) or stored != wanted.to_dict()
 
 
 def _beam_build_index(config: EvalConfig):
@@ -342,11 +345,12 @@ def _build_index(config: EvalConfig, inputs: EvalInputs, embedder: Any, index_di
         return _extend_index(config, inputs, embedder, index_dir)
     if build_index is not None:
         log.info("building the index with beam_pipelines.indexing.build_index")
-        path = build_index(config.catalogue, config.model_dir, index_dir)
+        path = build_index(config.catalogue, config.model_dir, index_dir, searcher_config=_searcher_config(config))
         return WindowIndex.load(path)
     log.info("building the index in-process")
     emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks)
-    index = WindowIndex.build(emb, rows, offs, infos, model_version=embedder.version)
+    index = WindowIndex.build(emb, rows, offs, infos, model_version=embedder.version,
+                              config=_searcher_config(config))
     index.save(index_dir)
     return index
 

@@ -1,0 +1,123 @@
+"""The index's one stored copy of its window embeddings: float32, or int8 with a scale per window.
+
+Every window's unit-norm embedding is kept once, on disk and memory-mapped, and serves three readers:
+the exact re-scoring of the first stage's candidates (ScaNN keeps only its tree and 4-bit AH codes),
+the re-ranking's fetch of whole tracks, and `add()` (a new release is appended without re-embedding).
+
+int8: each window is scaled so that its largest component is 127 and rounded; a dot product with a
+float32 query is then off by at most ~0.4 % of the window's largest component per dimension, which
+moves similarities by about 1e-3 (measured in tests/serving/test_vectors.py) for a quarter of the
+bytes: 132 per 128-d window instead of 512.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+STORE_DTYPES = ("float32", "int8")
+FLOAT_FILE = "embeddings.npy"
+INT8_FILE = "embeddings.int8.npy"
+SCALES_FILE = "embeddings.scales.npy"
+_CHUNK = 1 << 16
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [n, d] -> (int8 [n, d], float32 [n] scales) with x ~= codes * scales[:, None]."""
+    x = np.asarray(x, np.float32)
+    peak = np.max(np.abs(x), axis=1)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+    return codes, scales
+
+
+class WindowVectors:
+    """Stored window embeddings [n, dim] (float32, or int8 codes + float32 scales), row-addressable."""
+
+    def __init__(self, data: np.ndarray, scales: np.ndarray | None = None):
+        if data.ndim != 2:
+            raise ValueError(f"vectors must be [n, dim], got {data.shape}")
+        if data.dtype == np.int8:
+            if scales is None or scales.shape != (data.shape[0],):
+                raise ValueError("int8 vectors need one scale per row")
+        elif data.dtype != np.float32:
+            raise ValueError(f"vectors must be float32 or int8, got {data.dtype}")
+        self.data = data
+        self.scales = scales
+
+    @property
+    def dtype(self) -> str:
+        return "int8" if self.data.dtype == np.int8 else "float32"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def bytes_per_window(self) -> int:
+        return int(self.data.shape[1] * self.data.itemsize + (4 if self.scales is not None else 0))
+
+    @staticmethod
+    def from_float(x: np.ndarray, dtype: str = "float32") -> "WindowVectors":
+        """Store float32 [n, d] (a memmap is read chunk by chunk) as `dtype`, in memory."""
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
+        if dtype == "float32":
+            return WindowVectors(x if x.dtype == np.float32 else np.asarray(x, np.float32))
+        codes = np.empty(x.shape, np.int8)
+        scales = np.empty(x.shape[0], np.float32)
+        for a in range(0, x.shape[0], _CHUNK):
+            codes[a : a + _CHUNK], scales[a : a + _CHUNK] = quantize_int8(x[a : a + _CHUNK])
+        return WindowVectors(codes, scales)
+
+    def rows(self, idx: np.ndarray | slice) -> np.ndarray:
+        """float32 vectors of some rows (dequantized for int8)."""
+        if self.scales is None:
+            return np.asarray(self.data[idx], np.float32)
+        return self.data[idx].astype(np.float32) * self.scales[idx][..., None]
+
+    __getitem__ = rows  # float32 rows: lets brute_force_search / recall_at_k read the store
+
+    def chunks(self, size: int = _CHUNK):
+        """(start, float32 rows) over the whole store, `size` rows at a time."""
+        for a in range(0, len(self), size):
+            yield a, self.rows(slice(a, a + size))
+
+    def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Dot products of queries [m, d] with their candidate rows [m, c] (-1 = none: -inf)."""
+        safe = np.maximum(rows, 0)
+        flat = safe.reshape(-1)
+        order = np.argsort(flat, kind="stable")  # sorted reads: memory-mapped pages in order
+        vec = np.empty((flat.size, self.data.shape[1]), np.float32)
+        vec[order] = self.rows(flat[order])
+        s = np.einsum("mcd,md->mc", vec.reshape(*rows.shape, -1), queries, optimize=True)
+        return np.where(rows >= 0, s, -np.inf).astype(np.float32)
+
+    def save(self, directory: Path) -> list[str]:
+        """Write the store's files into `directory` (chunked: a memmap is never read whole)."""
+        if self.scales is None:
+            names = [(FLOAT_FILE, self.data)]
+        else:
+            names = [(INT8_FILE, self.data), (SCALES_FILE, self.scales)]
+        for name, arr in names:
+            out = np.lib.format.open_memmap(directory / name, mode="w+", dtype=arr.dtype, shape=arr.shape)
+            for a in range(0, arr.shape[0], 1 << 18):
+                out[a : a + (1 << 18)] = arr[a : a + (1 << 18)]
+            out.flush()
+            del out
+        return [n for n, _ in names]
+
+    @staticmethod
+    def load(directory: Path, dtype: str, mmap: bool = True) -> "WindowVectors":
+        mode = "r" if mmap else None
+        if dtype == "int8":
+            return WindowVectors(np.load(directory / INT8_FILE, mmap_mode=mode),
+                                 np.load(directory / SCALES_FILE, mmap_mode=mode))
+        return WindowVectors(np.load(directory / FLOAT_FILE, mmap_mode=mode))
+
+
+__all__ = ["STORE_DTYPES", "WindowVectors", "quantize_int8"]
