@@ -154,6 +154,10 @@ class IndexConfig:
     milvus_collection: str = "earworm_windows"
     replace: bool = False
     """milvus: replace an existing collection of that name (default: refuse)."""
+    milvus_worker_writes: bool | None = None
+    """milvus: the workers write the windows (WriteMilvusWindowsFn) instead of the driver from the
+    embedding shards. None: yes for a server URI, no for a Milvus Lite file (one process at a time;
+    True works for Lite only with an in-process runner)."""
 
     def num_shards(self, num_tracks: int) -> int:
         return max(1, math.ceil(num_tracks / max(1, self.tracks_per_shard)))

@@ -219,3 +219,26 @@ def test_the_server_serves_a_collection_and_swaps_to_a_new_release(server_factor
     assert server.reload_index() is True
     assert server.components.index.version != before and server.components.index.num_tracks == 3
     server.stop(grace=0)
+
+
+def test_the_pipeline_writes_from_its_workers_like_from_its_driver(tmp_path, untrained_model_dir):
+    """The worker-side path (what a Milvus server URI uses), run in process against Milvus Lite."""
+    from beam_pipelines.indexing import run_index
+    from beam_pipelines.options import IndexConfig
+    from tests.beam_pipelines.conftest import IN_PROCESS, make_tiny_catalogue
+
+    manifest = make_tiny_catalogue(tmp_path / "cat", ("w1", "w2", "w3"), corrupt="bad")
+    uri = str(tmp_path / "workers.db")
+    stores = {}
+    for name, workers in (("by_workers", True), ("by_driver", False)):
+        cfg = IndexConfig(catalogue=str(manifest), model_dir=str(untrained_model_dir), out_dir="", backend="milvus",
+                          milvus_uri=uri, milvus_collection=name, milvus_worker_writes=workers, batch_tracks=2)
+        summary = run_index(cfg, IN_PROCESS)
+        assert summary.tracks_indexed == 3 and summary.errors == 1
+        stores[name] = MilvusWindowStore.open(uri, name)
+    a, b = stores["by_workers"], stores["by_driver"]
+    assert a.num_windows == b.num_windows == sum(a._track_windows) and a.num_tracks == 3
+    for tid in ("w1", "w2", "w3"):
+        wa, wb = a.fetch_tracks([a.track_row(tid)])[0], b.fetch_tracks([b.track_row(tid)])[0]
+        np.testing.assert_array_equal(wa.offsets_s, wb.offsets_s)
+        np.testing.assert_allclose(wa.emb, wb.emb, atol=1e-5)
