@@ -270,9 +270,12 @@ def _remove_from_index_dir(index_dir: str, track_ids: list[str]):
     new_row[keep_tracks] = np.arange(len(keep_tracks))
     keep = new_row[index.track_rows] >= 0
     releases = list(index.metadata.extra.get("releases") or [])
+    from serving.index import SearcherConfig
+
     built = WindowIndex.build(np.asarray(index.embeddings)[keep], new_row[index.track_rows[keep]],
                               index.offsets_s[keep], [index.tracks[i] for i in keep_tracks],
                               index.metadata.model_version,
+                              SearcherConfig.from_dict(index.metadata.config.get("searcher", {})),
                               extra={k: v for k, v in index.metadata.extra.items()
                                      if k not in ("releases", "tuning", "build_seconds")})
     releases.append({"version": built.version, "created": built.metadata.created,

@@ -659,9 +659,11 @@ def copy_index(index: Any, uri: str, collection: str, config: MilvusIndexConfig 
     writer = MilvusWriter(uri, collection, dim=index.dim, model_version=index.metadata.model_version,
                           config=config, overwrite=overwrite)
     step = (writer.config.insert_batch * 8)
+    vectors = getattr(index, "vectors", None)  # the index's stored copy (float32, or int8 + scales)
     for a in range(0, index.num_windows, step):
-        writer.write(index.track_rows[a : a + step], index.offsets_s[a : a + step],
-                     np.asarray(index.embeddings[a : a + step], np.float32))
+        part = (vectors.rows(slice(a, a + step)) if vectors is not None
+                else np.asarray(index.embeddings[a : a + step], np.float32))
+        writer.write(index.track_rows[a : a + step], index.offsets_s[a : a + step], part)
     writer.add_tracks(enumerate(index.tracks))
     writer.finish({**(extra or {}), "copied_from": {"version": index.version, "path": str(index.path or "")}})
     return MilvusWindowStore.open(uri, collection, client=writer.client)

@@ -242,3 +242,18 @@ def test_the_pipeline_writes_from_its_workers_like_from_its_driver(tmp_path, unt
         wa, wb = a.fetch_tracks([a.track_row(tid)])[0], b.fetch_tracks([b.track_row(tid)])[0]
         np.testing.assert_array_equal(wa.offsets_s, wb.offsets_s)
         np.testing.assert_allclose(wa.emb, wb.emb, atol=1e-5)
+
+
+def test_index_remove_on_a_scann_index_rebuilds_it_without_the_tracks(make_index, tmp_path):
+    from data_gen.cli import main
+
+    index = make_index()
+    path = tmp_path / "idx"
+    index.save(path)
+    assert main(["index-remove", "--index", str(path), "--track-id", TRACK_IDS[1]]) == 0
+    after = WindowIndex.load(path)
+    assert [t.track_id for t in after.tracks] == [TRACK_IDS[0], TRACK_IDS[2]]
+    kept = index.fetch_tracks([2])[0]
+    np.testing.assert_allclose(after.fetch_tracks([after.track_row(TRACK_IDS[2])])[0].emb, kept.emb, atol=1e-6)
+    assert after.metadata.extra["releases"][-1]["tracks_removed"] == 1
+    assert main(["index-remove", "--index", str(path), "--track-id", "absent"]) == 2
