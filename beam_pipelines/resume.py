@@ -34,6 +34,9 @@ from beam_pipelines.sources import Snippet, stable_hash
 
 log = logging.getLogger(__name__)
 
+SHARD_PREFIX = "pairs"
+SHARD_SUFFIX = ".tfrecord.gz"
+"""Shard files: OUT/<split>/pairs-IIIII-of-NNNNN.tfrecord.gz."""
 STATE_DIR = ".datagen"
 STATE_FILE = "state.json"
 DONE_DIR = "done"
@@ -251,8 +254,6 @@ def prepare(out_dir: str, config, tasks: Sequence[ShardTask], snippets: Sequence
 
     # Leftovers: temp files of killed runs, shards and markers of no planned shard.
     from beam_pipelines.outputs import shard_name
-
-    from beam_pipelines.training_pairs import SHARD_PREFIX, SHARD_SUFFIX
 
     planned = {t.key: t for t in tasks}
     names = {_join(out_dir, t.split, shard_name(SHARD_PREFIX, t.index, t.count, SHARD_SUFFIX)) for t in tasks}

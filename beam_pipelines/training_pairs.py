@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from beam_pipelines.options import SPLITS, DatagenConfig, with_default_runner_args
+from beam_pipelines.resume import SHARD_PREFIX, SHARD_SUFFIX
 from beam_pipelines.sources import (
     Snippet,
     SourceError,
@@ -43,8 +44,6 @@ from beam_pipelines.sources import (
 
 log = logging.getLogger(__name__)
 
-SHARD_PREFIX = "pairs"
-SHARD_SUFFIX = ".tfrecord.gz"
 ERRORS_NAME = "errors"
 SUMMARY_FILE = "summary.json"
 SNIPPETS_FILE = "snippets.csv"
