@@ -47,6 +47,34 @@ def test_resume_continues_from_the_checkpoint(tiny_data_dir, tiny_run, tmp_path)
     assert [h["step"] for h in hist] == [0, 2, 4]  # no re-run of step 0..2
 
 
+def test_a_run_stopped_mid_epoch_resumes_at_its_step_and_keeps_its_weights(tiny_data_dir, tmp_path):
+    """A run stopped (killed) after step 1 of a 2-step epoch: the rerun restores that checkpoint
+    (weights, optimizer, step) instead of starting over or re-applying --init-from."""
+    from training.export import load_run_encoder
+
+    run = tmp_path / "run"
+    cfg = apply_overrides(TrainConfig(), TINY)
+    first = train(tiny_data_dir, run, apply_overrides(cfg, ["schedule.stop_at_step=1"]))
+    assert first.steps == 1
+    assert (run / "checkpoints" / "ckpt-1.index").is_file()
+    at_1 = [w.copy() for w in load_run_encoder(run, which="last")[0].get_weights()]
+    other = tmp_path / "other"
+    train(tiny_data_dir, other, apply_overrides(cfg, ["schedule.stop_at_step=1", "seed=99"]))
+    import shutil
+
+    shutil.copytree(run, tmp_path / "copy")
+    result = train(tiny_data_dir, tmp_path / "copy", cfg)
+    assert result.steps == 2
+    hist = [json.loads(x) for x in (tmp_path / "copy" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [0, 2]  # step 0 validated once, the epoch finished at 2
+    # the resumed run started from step 1's weights: one more step moves them only a little
+    resumed = load_run_encoder(tmp_path / "copy", which="last")[0].get_weights()
+    fresh = load_run_encoder(other, which="last")[0].get_weights()
+    moved = sum(float(np.abs(a - b).sum()) for a, b in zip(resumed, at_1))
+    apart = sum(float(np.abs(a - b).sum()) for a, b in zip(fresh, at_1))
+    assert moved < apart
+
+
 def test_export_reload_matches_keras_and_init_from_restores_exactly(tiny_data_dir, tiny_run, tmp_path):
     from serving.embedder import Embedder
     from training.export import export_run, load_keras_encoder, load_run_encoder
