@@ -156,3 +156,14 @@ def write_queries(path: str | os.PathLike[str], queries: Iterable[Query]) -> Non
                 [q.query_id, _relative(Path(q.path), path.parent), q.track_id or "",
                  *(q.extra.get(k, "") for k in extra_cols)]
             )
+
+
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV as stripped strings; ManifestError naming the missing `required` columns."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(header)})")
+        return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in reader]

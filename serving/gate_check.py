@@ -21,9 +21,8 @@ import numpy as np
 
 def _real_files(shared: Path, limit: int | None) -> dict[str, list[Path]]:
     """The real recordings that hold a melody, per set (sets whose folder is absent are left out)."""
-    from data_gen.manifest import read_queries
+    from data_gen.manifest import read_csv_rows, read_queries
     from serving.calibration import qbh_demo_hums
-    from training.evaluation.benchsets.common import read_csv_rows
 
     out: dict[str, list[Path]] = {}
     try:

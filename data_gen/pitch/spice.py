@@ -104,7 +104,12 @@ def _load_spice(handle: str) -> Any:
         raise PitchModelUnavailableError(_unavailable_message(f"{handle!r} is neither a folder nor a URL"))
     with warnings.catch_warnings():  # tensorflow_hub 0.16 imports the deprecated pkg_resources
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        import tensorflow_hub as hub
+        try:
+            import tensorflow_hub as hub
+        except ImportError as e:
+            raise PitchModelUnavailableError(_unavailable_message(
+                "tensorflow-hub is not installed (it is the optional `spice` extra: "
+                "pip install -e '.[spice]')")) from e
 
     try:
         return hub.load(handle)

@@ -14,7 +14,7 @@ construction runs on other recordings laid out the same way.
 """
 
 from training.evaluation.benchsets.adc2004 import Adc2004Config, build_adc2004, mix_pitch_accuracy
-from training.evaluation.benchsets.common import default_bench_dir, default_source, rendered_distractors
+from training.evaluation.benchsets.common import default_bench_dir, default_source
 from training.evaluation.benchsets.mir1k_cross import Mir1kCrossConfig, build_mir1k_cross
 from training.evaluation.benchsets.openset import build_openset
 from training.evaluation.benchsets.synthetic import (
@@ -22,6 +22,7 @@ from training.evaluation.benchsets.synthetic import (
     SyntheticConfig,
     build_synthetic,
     catalogue_dir,
+    rendered_distractors,
 )
 from training.evaluation.benchsets.zalo import DEFAULT_DISTRACTORS, build_zalo
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from data_gen import paths
-from data_gen.manifest import ManifestError
+from data_gen.manifest import ManifestError, read_csv_rows  # noqa: F401 (re-exported for the builders)
 
 BENCHSET_INFO = "benchset.json"
 
@@ -38,16 +37,6 @@ def require_source(source: Path, name: str, manifest: str = "manifest.csv") -> P
     return path
 
 
-def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with Path(path).open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(header)})")
-        return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-
-
 def seeded_rng(seed: int, *parts: object) -> np.random.Generator:
     digest = hashlib.sha1("|".join(map(str, (seed, *parts))).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
@@ -58,22 +47,6 @@ def write_info(out_dir: Path, info: dict[str, Any]) -> Path:
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
     path.write_text(json.dumps(info, indent=2, default=str) + "\n")
     return path
-
-
-def rendered_distractors(bench_dir: Path, tracks: int, *, build_missing: bool = True, workers: int = 1) -> Path:
-    """The manifest of the first `tracks` rendered masters of BENCH/synthetic (catalogue_<N>), built
-    with `build_synthetic` when missing (incremental: it reuses every master already rendered).
-    These pad the real sets so that a right answer has to beat N wrong ones."""
-    from training.evaluation.benchsets.synthetic import SyntheticConfig, build_synthetic, catalogue_dir
-
-    root = Path(bench_dir) / "synthetic"
-    manifest = catalogue_dir(root, tracks) / "manifest.csv"
-    if not manifest.is_file():
-        if not build_missing:
-            raise FileNotFoundError(f"{manifest} not built (run: earworm benchset synthetic --out {root} "
-                                    f"--tracks {tracks})")
-        build_synthetic(root, SyntheticConfig(tracks=tracks, songs=min(100, tracks), workers=workers))
-    return manifest
 
 
 def pad_with_distractors(tracks: list, distractors: Path | None) -> list:

@@ -254,3 +254,17 @@ def _build_synthetic(out_dir: Path, config: SyntheticConfig) -> dict[str, Any]:
                                                        **summary})
     log.info("synthetic benchset: %s", summary)
     return summary
+
+
+def rendered_distractors(bench_dir: Path, tracks: int, *, build_missing: bool = True, workers: int = 1) -> Path:
+    """The manifest of the first `tracks` rendered masters of BENCH/synthetic (catalogue_<N>), built
+    with `build_synthetic` when missing (incremental: it reuses every master already rendered).
+    These pad the real sets so that a right answer has to beat N wrong ones."""
+    root = Path(bench_dir) / "synthetic"
+    manifest = catalogue_dir(root, tracks) / "manifest.csv"
+    if not manifest.is_file():
+        if not build_missing:
+            raise FileNotFoundError(f"{manifest} not built (run: earworm benchset synthetic --out {root} "
+                                    f"--tracks {tracks})")
+        build_synthetic(root, SyntheticConfig(tracks=tracks, songs=min(100, tracks), workers=workers))
+    return manifest
