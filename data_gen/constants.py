@@ -22,7 +22,8 @@ MASTER_WINDOW_HOP_SECONDS = 1.0
 and 0.346 (the index is twice as large), 0.5 s (with 0.5 s query hop) 0.571 on synthetic-1k."""
 
 QUERY_WINDOW_HOP_SECONDS = 1.0
-"""Hop between the overlapping windows cut from a query (denser than masters: queries are short)."""
+"""Hop between the overlapping windows cut from a query (the same as the masters': a query window
+lands at most half a hop from a master window holding the same melody)."""
 
 EMBEDDING_DIM = 128
 """Size of the unit-norm embedding of one window."""
