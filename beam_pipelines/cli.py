@@ -214,9 +214,9 @@ def run_index_cli(args: argparse.Namespace) -> int:
     _quiet_beam()
     model = args.model
     if model is None:
-        from data_gen.paths import REPO_ROOT
+        from serving.embedder import DEFAULT_MODEL_DIR
 
-        model = str(REPO_ROOT / "serving" / "default_model")
+        model = str(DEFAULT_MODEL_DIR)
     from serving.milvus_index import backend_error, index_config_from_args
 
     problem = backend_error(args) or (None if args.backend == "milvus" or args.out else

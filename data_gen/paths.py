@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file()
+"""True when running from a source checkout; False for an installed wheel (REPO_ROOT is then
+site-packages, where nothing may be written)."""
 
 
 def shared_dir() -> Path:
@@ -22,5 +25,7 @@ def crepe_tiny_weights() -> Path:
 
 
 def artifacts_dir() -> Path:
-    """Build outputs (demo catalogue, indexes, benchmark sets); ignored by git."""
-    return Path(os.environ.get("EARWORM_ARTIFACTS", REPO_ROOT / "artifacts")).resolve()
+    """Build outputs (demo catalogue, indexes, benchmark sets): $EARWORM_ARTIFACTS, else the checkout's
+    artifacts/ (ignored by git), else (an installed wheel) ~/.cache/earworm."""
+    default = REPO_ROOT / "artifacts" if IN_CHECKOUT else Path.home() / ".cache" / "earworm"
+    return Path(os.environ.get("EARWORM_ARTIFACTS", default)).resolve()

@@ -79,9 +79,9 @@ class DemoPaths:
 
 
 def default_model_dir() -> Path:
-    from data_gen.paths import REPO_ROOT
+    from serving.embedder import DEFAULT_MODEL_DIR
 
-    return REPO_ROOT / "serving" / "default_model"
+    return DEFAULT_MODEL_DIR
 
 
 def _step(text: str) -> None:

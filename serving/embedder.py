@@ -22,6 +22,8 @@ from serving.retrieval import QueryEmbedding
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+"""The shipped encoder (package data: also there in an installed wheel)."""
 METADATA_FILE = "metadata.json"
 MODEL_FORMAT = "earworm-encoder/1"
 SIGNATURE = "embed"

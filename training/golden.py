@@ -17,8 +17,8 @@ import numpy as np
 
 from data_gen import constants as C
 from data_gen.paths import REPO_ROOT
+from serving.embedder import DEFAULT_MODEL_DIR
 
-DEFAULT_MODEL_DIR = REPO_ROOT / "serving" / "default_model"
 GOLDEN_FILE = REPO_ROOT / "tests" / "training" / "golden_embedding.npz"
 MELODY = (60, 62, 64, 65, 67, 65, 64, 62)  # MIDI notes, 0.5 s each
 

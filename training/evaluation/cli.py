@@ -20,13 +20,13 @@ import logging
 import sys
 from pathlib import Path
 
-from data_gen import paths
-
 log = logging.getLogger(__name__)
 
 
 def default_model_dir() -> Path:
-    return paths.REPO_ROOT / "serving" / "default_model"
+    from serving.embedder import DEFAULT_MODEL_DIR
+
+    return DEFAULT_MODEL_DIR
 
 
 def _csv(values: str) -> tuple[str, ...]:
