@@ -98,11 +98,12 @@ class DecodeTrackFn(beam.DoFn):
         self.err = Metrics.counter(NAMESPACE, "errors_decode")
 
     def process(self, t: TrackRef) -> Iterator:
-        from data_gen.audio import AudioError, decode_audio
+        from data_gen.audio import AudioError
         from data_gen.windows import cut_master_windows
+        from serving.indexer import load_master
 
         try:
-            audio = decode_audio(_read(t.path), max_seconds=C.MAX_MASTER_SECONDS)
+            audio = load_master(_read(t.path))
         except Exception as e:  # noqa: BLE001 - a bad track is reported, never fails the run
             _log_unexpected(e, (AudioError, FileNotFoundError, OSError), t.track_id)
             self.err.inc()

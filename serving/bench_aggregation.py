@@ -227,22 +227,16 @@ def compare_real(catalogue: Path, queries: Path, model_dir: Path, index_dir: Pat
     from data_gen.audio import AudioError, load_audio
     from data_gen.manifest import read_catalogue, read_queries
     from serving.embedder import Embedder
-    from serving.index import TrackInfo, WindowIndex
+    from serving.index import WindowIndex
     from serving.retrieval import RetrievalConfig, Retriever
 
     embedder = Embedder(model_dir)
     if index_dir is not None:
         index = WindowIndex.load(index_dir)
     else:
-        embs, rows, offs, tracks = [], [], [], []
-        for i, tr in enumerate(tqdm(read_catalogue(catalogue), desc="embed catalogue", unit="track")):
-            e, o = embedder.embed_master(load_audio(tr.path, max_seconds=C.MAX_MASTER_SECONDS))
-            embs.append(e)
-            offs.append(o)
-            rows.append(np.full(e.shape[0], i, np.int32))
-            tracks.append(TrackInfo(tr.track_id, tr.title, tr.artist))
-        index = WindowIndex.build(np.concatenate(embs), np.concatenate(rows), np.concatenate(offs), tracks,
-                                  embedder.version)
+        from serving.indexer import index_catalogue
+
+        index = index_catalogue(embedder, read_catalogue(catalogue))
     query_list = read_queries(queries)[:limit] if limit else read_queries(queries)
     items, expected, starts = [], [], []
     skipped = 0

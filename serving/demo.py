@@ -170,26 +170,11 @@ def ensure_index(paths: DemoPaths, manifest: Path, model_dir: Path, model_versio
 
 
 def _index_in_process(manifest: Path, model_dir: Path, index_dir: Path) -> Path:
-    import numpy as np
-    from tqdm import tqdm
-
-    from data_gen import constants as C
-    from data_gen.audio import load_audio
     from data_gen.manifest import read_catalogue
     from serving.embedder import Embedder
-    from serving.index import TrackInfo, WindowIndex
+    from serving.indexer import index_catalogue
 
-    embedder = Embedder(model_dir)
-    tracks = read_catalogue(manifest)
-    embs, rows, offs = [], [], []
-    for row, track in enumerate(tqdm(tracks, desc="embedding masters", unit="track")):
-        audio = load_audio(track.path, max_seconds=C.MAX_MASTER_SECONDS)
-        e, o = embedder.embed_master(audio)
-        embs.append(e)
-        offs.append(o)
-        rows.append(np.full(e.shape[0], row, np.int32))
-    index = WindowIndex.build(np.concatenate(embs), np.concatenate(rows), np.concatenate(offs),
-                              [TrackInfo(t.track_id, t.title, t.artist) for t in tracks], embedder.version)
+    index = index_catalogue(Embedder(model_dir), read_catalogue(manifest))
     index.save(index_dir)
     return index_dir
 

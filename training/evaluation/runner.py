@@ -176,25 +176,14 @@ def catalogue_fingerprint(catalogue: Path, tracks: Sequence[Track]) -> str:
 
 # --- index ---------------------------------------------------------------------------------------
 def _embed_catalogue(embedder: Any, tracks: Sequence[Track]):
-    """In-process indexing: embed every readable master's windows. Returns build() arguments."""
-    from serving.index import TrackInfo
+    """In-process indexing (`serving.indexer`, the one path): build() arguments of every readable master."""
+    from serving.indexer import NothingToIndexError, embed_catalogue
 
-    embs, rows, offs, infos = [], [], [], []
-    for t in tqdm(tracks, desc="embedding masters", unit="track", mininterval=5):
-        try:
-            audio = load_audio(t.path, max_seconds=C.MAX_MASTER_SECONDS)
-        except AudioError as e:  # like the indexing pipeline: skip the track, say why
-            log.warning("not indexing %s: %s", t.track_id, e)
-            continue
-        row = len(infos)
-        e, o = embedder.embed_master(audio)
-        embs.append(e)
-        offs.append(o)
-        rows.append(np.full(len(e), row, np.int32))
-        infos.append(TrackInfo(t.track_id, t.title, t.artist))
-    if not infos:
-        raise EvalError("no master of the catalogue could be read: nothing to index")
-    return np.concatenate(embs), np.concatenate(rows), np.concatenate(offs), infos
+    try:
+        cat = embed_catalogue(embedder, tracks)
+    except NothingToIndexError as e:
+        raise EvalError(str(e)) from e
+    return cat.embeddings, cat.track_rows, cat.offsets_s, cat.tracks
 
 
 def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> tuple[Any, dict[str, Any]]:
@@ -221,7 +210,7 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
                 log.warning("cached index in %s unusable (%s); rebuilding", index_dir, e)
         if cached is not None and _stale_searcher(cached, _searcher_config(config)):
             # same windows and embeddings, searcher tuned by older settings: re-tune it, no re-embedding
-            from serving.index import SearcherConfig, with_searcher_config
+            from serving.index import with_searcher_config
 
             log.info("cached index in %s was tuned with other searcher settings; re-tuning it", index_dir)
             start = time.perf_counter()
