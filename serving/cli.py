@@ -212,8 +212,8 @@ def register(subparsers) -> None:
     _register_serve(subparsers)
     _register_identify(subparsers)
     # Every other command of this package, each registered by its own module, explicitly.
-    from serving import (bench_aggregation, bench_load, bench_page, bench_query, bench_scale, bench_soak, calibrate, demo,
-                         gate_check)
+    from serving import calibrate, gate_check
+    from serving.apps import bench_aggregation, bench_load, bench_page, bench_query, bench_scale, bench_soak, demo
 
     calibrate.register(subparsers)
     gate_check.register(subparsers)

@@ -126,7 +126,7 @@ def test_qbh_demo_hums_are_listed(shared_data_dir):
 def test_calibrate_retriever_on_simulated_embeddings():
     """calibrate_scores on a retriever's real outputs: simulated catalogue, in/out queries."""
     pytest.importorskip("scann")
-    from serving.bench_aggregation import AggregationSimConfig, compare_simulated
+    from serving.apps.bench_aggregation import AggregationSimConfig, compare_simulated
 
     figures = compare_simulated(AggregationSimConfig(tracks=60, held_out_tracks=20, queries=40,
                                                      out_of_catalogue_queries=40, min_seconds=30,

@@ -131,7 +131,7 @@ def test_client_reports_no_melody(client, tmp_path):
 
 
 def test_demo_table_marks_right_and_wrong_answers(client, hum_file, tmp_path, capsys):
-    from serving.demo import identify_examples
+    from serving.apps.demo import identify_examples
 
     class T:
         def __init__(self, title):

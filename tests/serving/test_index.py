@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("scann")
 
 from data_gen import constants as C
-from serving.bench_scale import SyntheticConfig, synthetic_chunk, synthetic_layout
+from serving.apps.bench_scale import SyntheticConfig, synthetic_chunk, synthetic_layout
 from serving.index import (
     DuplicateTrackError,
     IndexBuildError,

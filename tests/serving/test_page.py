@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from data_gen import constants as C
-from serving.bench_page import browser_paths, chromium, fake_microphone_file, timer_seconds
+from serving.apps.bench_page import browser_paths, chromium, fake_microphone_file, timer_seconds
 from tests.serving.conftest import TRACK_IDS, loader_for
 
 CHROMIUM, CHROMEDRIVER = browser_paths()

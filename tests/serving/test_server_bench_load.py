@@ -1,4 +1,4 @@
-"""serving.bench_load: the load driver and the synthetic index it can build (functional checks only;
+"""serving.apps.bench_load: the load driver and the synthetic index it can build (functional checks only;
 the figures themselves come from running `earworm bench-load`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from serving.bench_load import LoadBenchConfig, build_synthetic_index, hum_like_audio, run_load
+from serving.apps.bench_load import LoadBenchConfig, build_synthetic_index, hum_like_audio, run_load
 from tests.serving.conftest import loader_for
 
 

@@ -1,4 +1,4 @@
-"""serving.bench_soak: the soak and the worst-request phase run end to end for a few seconds against a
+"""serving.apps.bench_soak: the soak and the worst-request phase run end to end for a few seconds against a
 real `earworm serve` child process (functional checks only; the figures come from running
 `earworm bench-soak` for minutes)."""
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from serving.bench_soak import (
+from serving.apps.bench_soak import (
     DEFAULT_MIX,
     INVALID,
     SOAK_KINDS,
@@ -24,7 +24,7 @@ from tests.serving.conftest import run_cli
 
 @pytest.fixture(scope="module")
 def small_index(untrained_model_dir, tmp_path_factory):
-    from serving.bench_load import build_synthetic_index
+    from serving.apps.bench_load import build_synthetic_index
     from serving.embedder import ModelMetadata
 
     version = ModelMetadata.read(untrained_model_dir).version

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
-from serving.bench_load import RssSampler, hum_like_audio
+from serving.apps.bench_load import RssSampler, hum_like_audio
 
 log = logging.getLogger(__name__)
 
@@ -1148,7 +1148,7 @@ def register(subparsers) -> None:
 
 
 def run_bench_soak(args: argparse.Namespace) -> int:
-    from serving.bench_load import synthetic_index_for_model
+    from serving.apps.bench_load import synthetic_index_for_model
     from serving.arg_types import read_token
 
     def fail(message: str, status: int = 2) -> int:

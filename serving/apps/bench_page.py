@@ -164,7 +164,7 @@ def demo_hums(workdir: Path, runs: int, seconds: float, out: Path) -> tuple[list
     from data_gen import constants as C
     from data_gen.audio import load_audio
     from data_gen.manifest import read_queries
-    from serving.demo import DemoConfig, DemoPaths, ensure_catalogue, ensure_index, ensure_queries, resolve_model
+    from serving.apps.demo import DemoConfig, DemoPaths, ensure_catalogue, ensure_index, ensure_queries, resolve_model
     from serving.embedder import ModelMetadata
     from serving.server import ServerConfig, create_server
 

@@ -63,7 +63,7 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
     import tensorflow as tf
 
     from data_gen.windows import cut_query_views, tempo_view
-    from serving.bench_load import hum_like_audio
+    from serving.apps.bench_load import hum_like_audio
     from serving.embedder import Embedder
     from serving.index import WindowIndex
     from serving.retrieval import RetrievalConfig, Retriever
@@ -168,7 +168,7 @@ def register(subparsers) -> None:
 
 
 def run_bench_query(args: argparse.Namespace) -> int:
-    from serving.bench_load import synthetic_index_for_model
+    from serving.apps.bench_load import synthetic_index_for_model
 
     index_dir = args.index
     if index_dir is None:
