@@ -63,7 +63,7 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
     import tensorflow as tf
 
     from data_gen.windows import cut_query_views, tempo_view
-    from serving.apps.bench_load import hum_like_audio
+    from data_gen.synth.test_signals import hum_like_audio
     from serving.embedder import Embedder
     from serving.index import WindowIndex
     from serving.retrieval import RetrievalConfig, Retriever

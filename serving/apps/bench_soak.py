@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
-from serving.apps.bench_load import RssSampler, hum_like_audio
+from data_gen.synth.test_signals import hum_like_audio
+from serving.apps.bench_load import RssSampler
 
 log = logging.getLogger(__name__)
 

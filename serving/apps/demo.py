@@ -225,7 +225,7 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
     from data_gen.audio import AudioError, load_audio
     from data_gen.manifest import read_queries
     from data_gen.synth.no_melody import no_melody_inputs
-    from serving.apps.bench_load import hum_like_audio
+    from data_gen.synth.test_signals import hum_like_audio
     from serving.calibration import calibrate_retriever, save_calibration
     from serving.embedder import Embedder
     from serving.index import WindowIndex

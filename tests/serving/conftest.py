@@ -23,7 +23,7 @@ TRACK_IDS = ("t-alpha", "t-beta", "t-gamma")
 
 @pytest.fixture(scope="session")
 def masters() -> dict[str, np.ndarray]:
-    from serving.apps.bench_load import hum_like_audio
+    from data_gen.synth.test_signals import hum_like_audio
 
     return {tid: hum_like_audio(MASTER_SECONDS, seed=100 + i) for i, tid in enumerate(TRACK_IDS)}
 

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from serving.apps.bench_load import LoadBenchConfig, build_synthetic_index, hum_like_audio, run_load
+from data_gen.synth.test_signals import hum_like_audio
+from serving.apps.bench_load import LoadBenchConfig, build_synthetic_index, run_load
 from tests.serving.conftest import loader_for
 
 
