@@ -219,8 +219,7 @@ def run_index_cli(args: argparse.Namespace) -> int:
         model = str(DEFAULT_MODEL_DIR)
     from serving.milvus_index import backend_error, index_config_from_args
 
-    problem = backend_error(args) or (None if args.backend == "milvus" or args.out else
-                                      "--out is required (the index directory to write)")
+    problem = backend_error(args, ("out", "--out is required (the index directory to write)"))
     if problem:
         print(f"earworm index: {problem}", file=sys.stderr)
         return 2
@@ -289,8 +288,7 @@ def run_index_remove_cli(args: argparse.Namespace) -> int:
     from serving.index import IndexBuildError, IndexLoadError
     from serving.milvus_index import backend_error
 
-    problem = backend_error(args) or (None if args.backend == "milvus" or args.index else
-                                      "--index is required (the index directory)")
+    problem = backend_error(args, ("index", "--index is required (the index directory)"))
     if problem:
         print(f"earworm index-remove: {problem}", file=sys.stderr)
         return 2

@@ -42,8 +42,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     from serving.milvus_index import MilvusWindowStore, backend_error
 
-    problem = backend_error(args) or (None if args.backend == "milvus" or args.index else
-                                      "--index is required (or --backend milvus --uri URI)")
+    problem = backend_error(args, ("index", "--index is required (or --backend milvus --uri URI)"))
     if problem:
         print(f"earworm calibrate: {problem}")
         return 2

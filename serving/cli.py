@@ -123,8 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.milvus_index import backend_error
     from serving.server import ServerError, create_server
 
-    problem = backend_error(args) or (None if args.backend == "milvus" or args.index else
-                                      "--index is required (or --backend milvus --uri URI)")
+    problem = backend_error(args, ("index", "--index is required (or --backend milvus --uri URI)"))
     if problem:
         print(f"earworm serve: {problem}", file=sys.stderr)
         return 2

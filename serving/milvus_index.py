@@ -791,10 +791,14 @@ def add_backend_arguments(p: Any, *, index_type: bool = False, search_params: bo
                             "with the collection)")
 
 
-def backend_error(args: Any) -> str | None:
-    """Why the backend flags do not fit together (None when they do)."""
-    if getattr(args, "backend", "scann") == "milvus" and not getattr(args, "uri", None):
+def backend_error(args: Any, scann_needs: tuple[str, str] | None = None) -> str | None:
+    """Why the backend flags do not fit together (None when they do). scann_needs: (attribute, message)
+    of the flag the ScaNN backend cannot do without (e.g. ("index", "--index is required"))."""
+    milvus = getattr(args, "backend", "scann") == "milvus"
+    if milvus and not getattr(args, "uri", None):
         return "--backend milvus needs --uri (a Milvus Lite file such as artifacts/milvus/earworm.db, or http://host:19530)"
+    if scann_needs is not None and not milvus and not getattr(args, scann_needs[0], None):
+        return scann_needs[1]
     return None
 
 
