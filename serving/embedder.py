@@ -86,8 +86,8 @@ class Embedder:
         except (OSError, KeyError, ValueError) as e:
             raise ModelError(f"cannot load the SavedModel in {self.model_dir}: {e}") from e
         sigs = self._loaded.signatures
-        self._log_power_fn = sigs.get(LOG_POWER_SIGNATURE) if LOG_POWER_SIGNATURE in sigs else None
-        self._body_fn = sigs.get(EMBED_LOG_POWER_SIGNATURE) if EMBED_LOG_POWER_SIGNATURE in sigs else None
+        self._log_power_fn = sigs.get(LOG_POWER_SIGNATURE)  # None for exports made before the split
+        self._body_fn = sigs.get(EMBED_LOG_POWER_SIGNATURE)
         frontend = self.metadata.raw.get("config", {}).get("frontend", {})
         self._frame_hop = int(frontend.get("hop", 0))
         self._n_fft = int(frontend.get("n_fft", 0))

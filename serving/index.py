@@ -6,7 +6,7 @@ embedding, the row of its track in `tracks` and its start offset in the master (
 The searcher is sized to the data (`SearcherConfig.mode = "auto"`):
 - up to `brute_force_max_windows` windows: exact brute-force scoring (float32);
 - above: a k-means tree (about sqrt(n) leaves) + anisotropic asymmetric hashing (2 dims per block,
-  threshold 0.2) + exact float32 re-ordering of the best `reorder_factor * k` candidates. The number of
+  threshold 0.2) + re-scoring of the best `reorder_factor * k` candidates from the stored vectors. The number of
   leaves searched per query is auto-tuned at build time on a sample of the index's own vectors used as
   perturbed queries, as the smallest value whose recall@`tune_k` against exact brute force reaches
   `target_recall` (`tune_k` = the 100 neighbours the retriever asks for per query window: the top 10
@@ -21,7 +21,10 @@ Index directory layout (format "earworm-index/1"):
                     config (searcher kind and parameters), recall_at_10, extra (tuning, releases)
     tracks.csv      track_id,title,artist (row i = track row i)
     windows.npz     track_row int32 [n], offset_s float32 [n]
-    embeddings.npy  float32 [n, dim]: kept so a new release can be added without re-embedding
+    embeddings.npy  float32 [n, dim] (or, with SearcherConfig.store_dtype "int8", embeddings.int8.npy
+                    + embeddings.scales.npy: `serving.vectors`): the one stored copy, which re-scores
+                    the searcher's candidates, feeds the re-ranking and lets a release be added
+                    without re-embedding
     scann/          the serialized ScaNN searcher (relative asset paths: the folder can be moved);
                     a sharded index has scann/shard-000/, scann/shard-001/, ... instead
     calibration.json  (optional, written by serving.calibration) the no-match threshold
@@ -60,7 +63,6 @@ INDEX_FORMAT = "earworm-index/1"
 METADATA_FILE = "metadata.json"
 TRACKS_FILE = "tracks.csv"
 WINDOWS_FILE = "windows.npz"
-EMBEDDINGS_FILE = "embeddings.npy"
 SEARCHER_DIR = "scann"
 CALIBRATION_FILE = "calibration.json"  # owned by serving.calibration; kept across re-saves
 TRACK_COLUMNS = ("track_id", "title", "artist")

@@ -6,7 +6,7 @@ the re-ranking's fetch of whole tracks, and `add()` (a new release is appended w
 
 int8: each window is scaled so that its largest component is 127 and rounded; a dot product with a
 float32 query is then off by at most ~0.4 % of the window's largest component per dimension, which
-moves similarities by about 1e-3 (measured in tests/serving/test_vectors.py) for a quarter of the
+moves similarities by about 1e-3 (checked in tests/serving/test_index.py) for a quarter of the
 bytes: 132 per 128-d window instead of 512.
 """
 
@@ -81,11 +81,6 @@ class WindowVectors:
         return self.data[idx].astype(np.float32) * self.scales[idx][..., None]
 
     __getitem__ = rows  # float32 rows: lets brute_force_search / recall_at_k read the store
-
-    def chunks(self, size: int = _CHUNK):
-        """(start, float32 rows) over the whole store, `size` rows at a time."""
-        for a in range(0, len(self), size):
-            yield a, self.rows(slice(a, a + size))
 
     def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Dot products of queries [m, d] with their candidate rows [m, c] (-1 = none: -inf)."""
