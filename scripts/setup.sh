@@ -33,7 +33,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing Python dependencies (pinned in pyproject.toml)"
   .venv/bin/python -m pip install -q --upgrade pip "setuptools<81" wheel
-  .venv/bin/python -m pip install -q -e ".[test,dev]"
+  .venv/bin/python -m pip install -q -e ".[test,dev,spice]"
   echo "$want" > "$stamp"
 fi
 

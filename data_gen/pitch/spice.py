@@ -108,7 +108,7 @@ def _load_spice(handle: str) -> Any:
             import tensorflow_hub as hub
         except ImportError as e:
             raise PitchModelUnavailableError(_unavailable_message(
-                "tensorflow-hub is not installed (it is the optional `spice` extra: "
+                "tensorflow-hub is not installed (it is the `spice` extra, which scripts/setup.sh installs: "
                 "pip install -e '.[spice]')")) from e
 
     try:
