@@ -6,7 +6,8 @@ beats (quarter notes) on the master's timeline. `data_gen.render` turns it into 
 part plays the melody (transposed, repeated to reach the minimum length, cut at a note boundary
 before the maximum length); the other parts follow per-bar chords chosen to fit the melody:
 for each bar (or half bar), the diatonic triad of the Krumhansl-Kessler key estimate that best
-covers the melody notes sounding there, weighted by duration and metric position.
+covers the melody notes sounding there, weighted by duration and metric position. The styles
+(instrument pools and the patterns each role plays) are in `data_gen.arrangement_styles`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_gen.melodies import Melody, stable_hash, time_signature_beats
+from data_gen.arrangement_styles import DRUM_KITS, LEAD_RANGES, STYLES, Style, choose_style, comp_rhythms
+from data_gen.melodies import Melody, time_signature_beats
 
 # --- Configuration -------------------------------------------------------------------------------
 
@@ -206,93 +208,6 @@ class Arrangement:
     def key_name(self) -> str:
         return f"{NOTE_NAMES[self.key_tonic]} {self.key_mode}"
 
-
-# --- Instruments and styles ----------------------------------------------------------------------
-DRUM_KITS = {0: "Standard kit", 8: "Room kit", 16: "Power kit", 24: "Electronic kit",
-             25: "TR-808 kit", 32: "Jazz kit", 40: "Brush kit", 48: "Orchestra kit"}
-
-LEAD_RANGES: dict[int, tuple[int, int]] = {
-    # GM program -> comfortable range for the median melody pitch (MIDI)
-    0: (64, 77), 1: (64, 77), 2: (64, 77), 4: (62, 76), 5: (62, 76), 11: (64, 79),
-    16: (62, 74), 18: (62, 74), 19: (60, 72), 20: (62, 74), 21: (62, 76), 22: (62, 76),
-    24: (60, 72), 26: (60, 72), 27: (60, 74), 29: (60, 74), 30: (60, 74), 40: (67, 81),
-    41: (60, 72), 42: (50, 62), 52: (57, 70), 53: (57, 70), 54: (60, 72), 56: (62, 76),
-    57: (50, 62), 59: (62, 76), 60: (55, 67), 61: (60, 72), 64: (67, 79), 65: (60, 74),
-    66: (53, 67), 68: (67, 79), 71: (60, 74), 73: (72, 84), 74: (72, 84), 75: (67, 81),
-    78: (74, 86), 79: (67, 81), 80: (62, 76), 81: (62, 76), 83: (64, 78), 84: (60, 74),
-    85: (60, 74), 87: (55, 67), 105: (60, 72), 110: (67, 81),
-}
-
-
-@dataclass(frozen=True)
-class Style:
-    """A kind of arrangement: instrument pools per role and the patterns they play."""
-
-    name: str
-    leads: tuple[int, ...]
-    chords: tuple[tuple[int, str], ...]  # (program, chord pattern)
-    basses: tuple[tuple[int, str], ...] = ()  # (program, bass pattern)
-    bass_prob: float = 1.0
-    pads: tuple[int, ...] = ()
-    pad_prob: float = 0.0
-    arps: tuple[int, ...] = ()
-    arp_prob: float = 0.0
-    kits: tuple[int, ...] = ()
-    drum_patterns: tuple[str, ...] = ()
-    drum_prob: float = 1.0
-    timpani_prob: float = 0.0
-    sevenths: bool = False
-    swing_range: tuple[float, float] = (0.0, 0.0)  # delay of off-beat subdivisions (beats)
-    bpm_factor: float = 1.0
-    chord_center: int = 60
-    reverb_range: tuple[float, float] = (0.3, 0.7)  # room size
-    weight: float = 1.0
-
-
-STYLES: dict[str, Style] = {s.name: s for s in (
-    Style("pop_band", leads=(53, 54, 85, 80, 65, 27, 29, 4, 22, 73),
-          chords=((0, "strum"), (4, "block"), (25, "strum"), (27, "strum"), (0, "arpeggio"), (16, "pad")),
-          basses=((33, "root_fifth"), (34, "eighths"), (33, "eighths")),
-          pads=(48, 89, 50), pad_prob=0.4, kits=(0, 8, 16), drum_patterns=("pop",), weight=1.5),
-    Style("rock", leads=(30, 29, 81, 18, 53),
-          chords=((29, "power"), (30, "power"), (18, "block")),
-          basses=((34, "eighths"), (33, "eighths")), pads=(18,), pad_prob=0.2,
-          kits=(16, 0), drum_patterns=("rock",), bpm_factor=1.08, reverb_range=(0.2, 0.5)),
-    Style("folk_acoustic", leads=(73, 110, 40, 21, 22, 74, 75, 78, 105, 79),
-          chords=((24, "arpeggio"), (25, "strum"), (46, "arpeggio"), (105, "arpeggio"),
-                  (21, "offbeat"), (25, "arpeggio")),
-          basses=((32, "root_fifth"),), bass_prob=0.6, kits=(0,), drum_patterns=("light",),
-          drum_prob=0.4, reverb_range=(0.3, 0.6), weight=1.3),
-    Style("piano_ballad", leads=(0, 0, 1, 2, 4, 73, 40, 71, 53, 42, 68),
-          chords=((0, "arpeggio"), (1, "arpeggio"), (0, "block"), (4, "arpeggio")),
-          basses=((35, "root"), (32, "root")), bass_prob=0.3, pads=(48, 49, 89), pad_prob=0.5,
-          kits=(40,), drum_patterns=("brush",), drum_prob=0.25, bpm_factor=0.85,
-          reverb_range=(0.5, 0.9)),
-    Style("strings", leads=(40, 73, 68, 71, 60, 42, 41),
-          chords=((48, "pad"), (49, "pad"), (44, "block"), (48, "block")),
-          basses=((43, "root"), (45, "root_fifth")), arps=(46, 45), arp_prob=0.5,
-          drum_prob=0.0, timpani_prob=0.3, bpm_factor=0.9, chord_center=58,
-          reverb_range=(0.6, 0.95)),
-    Style("electronic", leads=(80, 81, 84, 87, 85, 83),
-          chords=((89, "pad"), (88, "pad"), (90, "offbeat"), (91, "pad"), (95, "pad"), (50, "block")),
-          basses=((38, "eighths"), (39, "offbeat"), (38, "root_fifth")), arps=(81, 80), arp_prob=0.5,
-          kits=(24, 25), drum_patterns=("four_floor",), bpm_factor=1.1, reverb_range=(0.4, 0.8)),
-    Style("jazz_trio", leads=(66, 65, 56, 59, 11, 71, 0, 26),
-          chords=((0, "comp"), (4, "comp"), (26, "comp")), basses=((32, "walking"),),
-          kits=(32, 40), drum_patterns=("swing",), sevenths=True, swing_range=(0.08, 0.16),
-          chord_center=58, reverb_range=(0.3, 0.6)),
-    Style("brass_band", leads=(56, 60, 61, 56),
-          chords=((57, "offbeat"), (60, "offbeat"), (61, "offbeat")), basses=((58, "root_fifth"),),
-          kits=(48, 0), drum_patterns=("march",), drum_prob=0.8, chord_center=57,
-          reverb_range=(0.4, 0.8)),
-    Style("organ_hymn", leads=(19, 52, 53, 20),
-          chords=((19, "pad"), (52, "pad"), (20, "block")), basses=((19, "root"),),
-          drum_prob=0.0, bpm_factor=0.85, chord_center=57, reverb_range=(0.7, 0.95), weight=0.6),
-    Style("bossa", leads=(73, 65, 24, 66, 11, 53),
-          chords=((24, "bossa"), (0, "comp")), basses=((32, "root_fifth"),),
-          pads=(48, 89), pad_prob=0.3, kits=(0, 40), drum_patterns=("bossa",), sevenths=True,
-          reverb_range=(0.3, 0.6), weight=0.7),
-)}
 
 # GM percussion keys
 KICK, SIDE_STICK, SNARE, CLAP, CLOSED_HAT, PEDAL_HAT, OPEN_HAT = 36, 37, 38, 39, 42, 44, 46
@@ -720,29 +635,354 @@ def _pick_rhythm(rng: np.random.Generator, meter: Meter) -> tuple[float, ...]:
     return tuple(offs)
 
 
-def _comp_rhythms(style: str, meter: Meter) -> tuple[tuple[tuple[float, float], ...], ...]:
-    bl, bar = meter.beat_len, meter.bar_len
-    if style == "bossa" and meter.beats == 4 and meter.sub == 2:
-        return (((0.0, 1.0), (1.5, 1.0), (3.0, 1.0)), ((0.0, 0.5), (1.5, 0.5), (2.5, 0.5), (3.5, 0.5)))
-    if meter.beats == 4:
-        return (((0.0, 1.0), (1.5 * bl, 0.5 * bl)), ((0.5 * bl, 1.0 * bl), (2.5 * bl, 1.0 * bl)),
-                ((0.0, 2.0 * bl), (2.0 * bl, 2.0 * bl)), ((1.0 * bl, 0.5 * bl), (2.5 * bl, 1.0 * bl)))
-    return (((0.0, bar * 0.6),), ((0.0, bl), (bl, bl)) if meter.beats >= 2 else ((0.0, bar * 0.6),))
-
-
 # --- The arrangement -----------------------------------------------------------------------------
+# Every random choice comes from the one generator of `arrange`, in a fixed order: style, tempo,
+# lead instrument and key, intro, the lead's performance, the mix margin and swing, then part by part
+# (whether it plays, its instrument and notes, then its mix settings), the reverb last. Reordering
+# any draw changes every arrangement of the catalogue.
+
+# Mix balance: each accompaniment part sits the lead margin under the lead, plus this offset (dB).
+_LEVEL_OFFSETS_DB = {"chords": 0.0, "bass": 1.0, "pad": -5.0, "arp": -4.0, "timpani": -2.0, "drums": -1.0}
+
+
 def _choice(rng: np.random.Generator, items: Sequence):
     return items[int(rng.integers(len(items)))]
 
 
-def choose_style(rng: np.random.Generator) -> Style:
-    styles = list(STYLES.values())
-    w = np.array([s.weight for s in styles])
-    return styles[int(rng.choice(len(styles), p=w / w.sum()))]
+def _draw_tempo(melody: Melody, st: Style, rng: np.random.Generator, config: ArrangementConfig) -> float:
+    """The melody's tempo scaled by the style and a random factor, rounded, within `bpm_range`."""
+    lo_bpm, hi_bpm = config.bpm_range
+    bpm = melody.bpm * st.bpm_factor * float(rng.uniform(*config.tempo_factor_range))
+    return float(round(min(max(bpm, lo_bpm), hi_bpm)))
 
 
-def _level_to_db(rng: np.random.Generator, margin: float, offset: float, config: ArrangementConfig) -> float:
-    return -margin + offset + float(rng.uniform(-config.part_level_jitter_db, config.part_level_jitter_db))
+@dataclass(frozen=True)
+class _LeadKey:
+    """The lead instrument, the key it plays the tune in and the register left to the band."""
+
+    program: int
+    shift: int  # semitones added to every melody pitch (octave moves included)
+    tonic: int  # pitch class of the estimated key after the shift
+    mode: str
+    center: int  # MIDI pitch the accompaniment is voiced around: mostly under the tune
+
+
+def _draw_lead_key(melody: Melody, st: Style, rng: np.random.Generator, config: ArrangementConfig) -> _LeadKey:
+    """A random transposition, then the lead instrument: whole octaves move the tune into its range."""
+    pitches = [n.pitch for n in melody.notes]
+    durations = [n.duration for n in melody.notes]
+    tonic0, mode = estimate_key(pitches, durations)
+    shift = int(rng.integers(config.key_shift_range[0], config.key_shift_range[1] + 1))
+    program = int(_choice(rng, st.leads))
+    lo, hi = LEAD_RANGES.get(program, (60, 74))
+    median = float(np.median(pitches)) + shift
+    shift += 12 * int(round(((lo + hi) / 2 - median) / 12))
+    lead_median = float(np.median(pitches)) + shift
+    center = int(min(st.chord_center, lead_median - 9))
+    return _LeadKey(program, shift, (tonic0 + shift) % 12, mode, max(center, 48))
+
+
+@dataclass(frozen=True)
+class _Form:
+    """Where the tune sits on the master's timeline (in beats)."""
+
+    intro_bars: int  # accompaniment bars before the first melody downbeat: 0, 1 or 2
+    melody_offset: float  # master beat of melody beat 0 in the first copy
+    band_start: float  # where the accompaniment comes in
+    grid0: float  # master beat of the first melody downbeat
+    period: float  # distance between two copies of the tune (whole bars)
+
+    @property
+    def intro_end(self) -> float:
+        return self.grid0 if self.intro_bars else self.band_start
+
+
+def _draw_form(melody: Melody, meter: Meter, rng: np.random.Generator, config: ArrangementConfig) -> _Form:
+    """0-2 intro bars ending where the pickup starts; without an intro, the anacrusis sounds alone
+    and the band comes in on the downbeat."""
+    bar = meter.bar_len
+    n_intro = int(rng.choice(3, p=np.array(config.intro_bar_probs) / sum(config.intro_bar_probs)))
+    pickup = melody.pickup_beats
+    if n_intro:
+        melody_offset = n_intro * bar - pickup
+        band_start = 0.0
+    else:
+        melody_offset = 0.0
+        band_start = pickup
+    length = max(melody.length_beats, melody.notes[-1].end)  # a Melody built without a length
+    period = max(math.ceil(length / bar - 1e-6) * bar, bar)
+    return _Form(n_intro, melody_offset, band_start, melody_offset + pickup, period)
+
+
+@dataclass(frozen=True)
+class _LeadLine:
+    """The notated tune on the master's timeline: `copies` copies, the last one possibly cut."""
+
+    notes: list[tuple[float, float, int]]  # (start, end, pitch) in beats, transposed
+    copies: int
+    end_beats: float  # last sounding beat of the music
+    cut: bool
+
+
+def _tune_copies(melody: Melody, form: _Form, shift: int, copies: int) -> list[tuple[float, float, int]]:
+    out = []
+    for c in range(copies):
+        base = form.melody_offset + c * form.period
+        for n in melody.notes:
+            out.append((base + n.start, base + n.start + n.duration, n.pitch + shift))
+    return out
+
+
+def _natural_end(notes: Sequence[tuple[float, float, int]], grid0: float, bar: float) -> float:
+    """The end of the bar of the last onset (or of the last note, if it rings longer)."""
+    last_on = notes[-1][0]
+    k = math.floor((last_on - grid0) / bar + 1e-9)
+    return max(grid0 + (k + 1) * bar, notes[-1][1])
+
+
+def _cut_point(notes: Sequence[tuple[float, float, int]], limit: float, grid0: float, bar: float,
+               spb: float) -> float:
+    """Where a tune too long for the master stops: a note onset (every note before it has ended)
+    no later than `limit`, preferably a downbeat within the last 6 seconds."""
+    boundaries = [s for i, (s, _, _) in enumerate(notes) if i > 0 and s <= limit + 1e-9]
+    boundaries += [notes[-1][1]] if notes[-1][1] <= limit else []
+    on_grid = [b for b in boundaries if abs(((b - grid0) / bar) - round((b - grid0) / bar)) < 1e-6]
+    window = 6.0 / spb
+    good = [b for b in on_grid if b >= limit - window]
+    return max(good) if good else (max(boundaries) if boundaries else limit)
+
+
+def _lead_line(melody: Melody, form: _Form, shift: int, bar: float, spb: float,
+               config: ArrangementConfig) -> _LeadLine:
+    """Repeat the tune until the master lasts `min_seconds`; cut it so it lasts at most `max_seconds`."""
+    copies = 1
+    while (_natural_end(_tune_copies(melody, form, shift, copies), form.grid0, bar) * spb
+           + config.tail_seconds) < config.min_seconds and copies < 64:
+        copies += 1
+    notes = _tune_copies(melody, form, shift, copies)
+    end_beats = _natural_end(notes, form.grid0, bar)
+    limit = (config.max_seconds - config.tail_seconds) / spb
+    if end_beats <= limit:
+        return _LeadLine(notes, copies, end_beats, cut=False)
+    end_beats = _cut_point(notes, limit, form.grid0, bar, spb)
+    return _LeadLine([x for x in notes if x[0] < end_beats - 1e-9], copies, end_beats, cut=True)
+
+
+def _perform_lead(notes: Sequence[tuple[float, float, int]], grid0: float, meter: Meter, spb: float,
+                  rng: np.random.Generator, config: ArrangementConfig) -> tuple[NoteEvent, ...]:
+    """The lead's playing: notated onsets, articulated durations, accents on downbeats."""
+    articulation = float(rng.uniform(*config.lead_articulation_range))
+    lead_vel = int(rng.integers(88, 112))
+    events = []
+    for i, (s, e, p) in enumerate(notes):
+        nxt = notes[i + 1][0] if i + 1 < len(notes) else e
+        dur = (min(e, nxt) - s)
+        played = max(min(dur * articulation, dur - 0.02 / spb), min(dur, 0.05 / spb))
+        pos = (s - grid0) / meter.beat_len
+        accent = 8 if abs(pos - round(pos)) < 1e-6 and round(pos) % meter.beats == 0 else 0
+        v = int(min(127, max(30, lead_vel + accent + int(rng.integers(-6, 7)))))
+        events.append(NoteEvent(int(p), s, s + played, v))
+    return tuple(events)
+
+
+def _band_bar_starts(form: _Form, bar: float, end_beats: float) -> list[float]:
+    """The accompaniment's bar grid, from the band's entry to the end of the music."""
+    starts: list[float] = []
+    b = form.band_start
+    while b < end_beats - 1e-9:
+        starts.append(b)
+        b += bar
+    return starts
+
+
+def _with_intro_chords(chords: Sequence[ChordSpan], form: _Form, bar: float, tonic: int,
+                       mode: str) -> list[ChordSpan]:
+    """The tonic under the intro; after two intro bars, I - V leading into the tune."""
+    tonic_q = "maj" if mode == "major" else "min"
+    out = [ChordSpan(c.start, c.end, tonic, tonic_q) if c.start < form.intro_end - 1e-9 else c for c in chords]
+    if form.intro_bars == 2 and len(out) > 1:
+        out = [
+            ChordSpan(c.start, c.end, (tonic + 7) % 12, "maj")
+            if bar - 1e-9 <= c.start < 2 * bar - 1e-9 else c
+            for c in out
+        ]
+    return out
+
+
+def _chord_progression(lead: _LeadLine, bar_starts: Sequence[float], meter: Meter, key: _LeadKey,
+                       form: _Form, st: Style, config: ArrangementConfig) -> list[ChordSpan]:
+    """Chords fitted to the tune on the band's bar grid (`harmonise`), the intro's chords, sevenths
+    in the styles that want them, nothing past the end of the music."""
+    chords = harmonise(lead.notes, bar_starts, meter, key.tonic, key.mode, allow_half_bars=True, config=config)
+    chords = _with_intro_chords(chords, form, meter.bar_len, key.tonic, key.mode)
+    if st.sevenths:
+        chords = _with_sevenths(chords, key.tonic, key.mode)
+    end = lead.end_beats
+    return [ChordSpan(c.start, min(c.end, end), c.root, c.quality) for c in chords if c.start < end]
+
+
+def _pattern_starts(bar_starts: Sequence[float], bar: float, pmeter: Meter) -> list[float]:
+    """The bar grid in pattern bars (`pattern_meter`): long bars split in halves or thirds."""
+    pbar = pmeter.bar_len
+    per = int(round(bar / pbar))
+    return [b + k * pbar for b in bar_starts for k in range(per)]
+
+
+@dataclass(frozen=True)
+class _Band:
+    """What the accompaniment parts share: the pattern grid and chords, the feel, the mix margin."""
+
+    rng: np.random.Generator
+    style: str
+    meter: Meter  # the metre patterns are played in (`pattern_meter`)
+    pattern_starts: list[float]
+    final_bar: float  # start of the last (full) bar
+    ending: bool  # a natural ending (the tune was not cut): the band holds the last chord
+    end_beats: float
+    grid0: float  # the tune's first downbeat
+    chords: list[ChordSpan]
+    center: int
+    lead_program: int  # the accompaniment prefers other instruments
+    swing: float
+    spb: float
+    margin_db: float  # the lead above the accompaniment
+    config: ArrangementConfig
+
+    def ctx(self, velocity: int, center: int, rhythm: tuple[float, ...] = ()) -> _Ctx:
+        return _Ctx(rng=self.rng, meter=self.meter, chords=self.chords, center=center, velocity=velocity,
+                    swing=self.swing, spb=self.spb, rhythm=rhythm,
+                    comp_rhythms=comp_rhythms(self.style, self.meter))
+
+    def per_bar(self, bar_notes: Callable[[float, int], list[NoteEvent]]) -> tuple[NoteEvent, ...]:
+        """A part's notes: `bar_notes(start, index)` for every pattern bar, cleaned up."""
+        events: list[NoteEvent] = []
+        for i, bs in enumerate(self.pattern_starts):
+            events.extend(bar_notes(bs, i))
+        return _clean_notes(events, self.end_beats)
+
+    def in_final_bar(self, bs: float) -> bool:
+        return self.ending and bs >= self.final_bar - 1e-9
+
+    def pan(self) -> int:
+        return int(self.rng.integers(24, 105))
+
+    def level_db(self, role: str) -> float:
+        """The lead margin below the lead, the role's offset (`_LEVEL_OFFSETS_DB`), a random jitter."""
+        jitter = self.config.part_level_jitter_db
+        return -self.margin_db + _LEVEL_OFFSETS_DB[role] + float(self.rng.uniform(-jitter, jitter))
+
+
+def _chord_part(band: _Band, st: Style) -> Part:
+    """The style's chord pattern on another instrument than the lead (the ballad's pianist may play
+    both hands), held as a pad in the final bar."""
+    rng = band.rng
+    options = [c for c in st.chords if c[0] != band.lead_program] or list(st.chords)
+    program, kind = _choice(rng, options)
+    if st.name == "piano_ballad" and band.lead_program in (0, 1, 2, 4) and rng.random() < 0.7:
+        program = band.lead_program
+    ctx = band.ctx(int(rng.integers(58, 80)), band.center, _pick_rhythm(rng, band.meter))
+    notes = band.per_bar(lambda bs, _i: _chord_pattern("pad" if band.in_final_bar(bs) else kind, ctx, bs))
+    return Part("chords", int(program), False, notes, band.level_db("chords"), band.pan(),
+                int(rng.integers(30, 90)), int(rng.integers(0, 50)))
+
+
+def _bass_bar(band: _Band, ctx: _Ctx, kind: str, bs: float, i: int) -> list[NoteEvent]:
+    """One pattern bar of bass (a walking line heads for the next bar's root); the root in the final bar."""
+    next_root = ctx.chord_at(bs + band.meter.bar_len).root if i + 1 < len(band.pattern_starts) else None
+    return _bass_pattern("root" if band.in_final_bar(bs) else kind, ctx, bs, next_root)
+
+
+def _bass_part(band: _Band, st: Style) -> Part | None:
+    """A bass line in one of the style's bass patterns (with probability `bass_prob`)."""
+    rng = band.rng
+    if not (st.basses and rng.random() < st.bass_prob):
+        return None
+    program, kind = _choice(rng, st.basses)
+    ctx = band.ctx(int(rng.integers(75, 100)), band.center)
+    notes = band.per_bar(lambda bs, i: _bass_bar(band, ctx, kind, bs, i))
+    return Part("bass", int(program), False, notes, band.level_db("bass"), 64, int(rng.integers(10, 40)))
+
+
+def _pad_part(band: _Band, st: Style) -> Part | None:
+    """Sustained chords above the chord part (with probability `pad_prob`)."""
+    rng = band.rng
+    if not (st.pads and rng.random() < st.pad_prob):
+        return None
+    ctx = band.ctx(int(rng.integers(50, 70)), band.center + 5)
+    program = int(_choice(rng, [p for p in st.pads if p != band.lead_program] or st.pads))
+    notes = band.per_bar(lambda bs, _i: _chord_pattern("pad", ctx, bs))
+    return Part("pad", program, False, notes, band.level_db("pad"), band.pan(), int(rng.integers(50, 110)),
+                int(rng.integers(20, 80)))
+
+
+def _arp_part(band: _Band, st: Style) -> Part | None:
+    """Arpeggiated chords in a higher register (with probability `arp_prob`)."""
+    rng = band.rng
+    if not (st.arps and rng.random() < st.arp_prob):
+        return None
+    ctx = band.ctx(int(rng.integers(50, 72)), min(band.center + 7, 72))
+    program = int(_choice(rng, [p for p in st.arps if p != band.lead_program] or st.arps))
+    notes = band.per_bar(lambda bs, _i: _chord_pattern("arpeggio", ctx, bs))
+    return Part("arp", program, False, notes, band.level_db("arp"), band.pan(), int(rng.integers(40, 100)))
+
+
+def _timpani_bar(band: _Band, ctx: _Ctx, bs: float) -> list[NoteEvent]:
+    """A stroke on the chord root every fourth pattern bar from the tune's first downbeat."""
+    if bs < band.grid0 - 1e-9 or round((bs - band.grid0) / band.meter.bar_len) % 4 != 0:
+        return []
+    p = 40 + (ctx.chord_at(bs).root - 40) % 12
+    return [NoteEvent(p, bs, bs + band.meter.beat_len, ctx.vel(), ctx.jitter())]
+
+
+def _timpani_part(band: _Band, st: Style) -> Part | None:
+    """Timpani marking the phrases (with probability `timpani_prob`)."""
+    rng = band.rng
+    if not (st.timpani_prob and rng.random() < st.timpani_prob):
+        return None
+    ctx = band.ctx(int(rng.integers(70, 95)), band.center)
+    notes = band.per_bar(lambda bs, _i: _timpani_bar(band, ctx, bs))
+    return Part("timpani", 47, False, notes, band.level_db("timpani"), 64, 60)
+
+
+def _drum_bar(band: _Band, ctx: _Ctx, pattern: str, bs: float, *, fills: bool, in_intro: bool) -> list[NoteEvent]:
+    """One pattern bar of drums: a crash every 8 bars of the tune, a fill ending every 4th; on a
+    natural ending, one kick and crash on the final downbeat."""
+    rel = int(round((bs - band.grid0) / band.meter.bar_len))
+    if bs < band.grid0 - 1e-9 and not in_intro:
+        return []
+    if band.in_final_bar(bs):
+        if bs > band.final_bar + 1e-9:
+            return []
+        return [NoteEvent(KICK, bs, bs + 0.2, ctx.vel(100), 0.0),
+                NoteEvent(CRASH, bs, bs + 2.0, ctx.vel(100), 0.0)]
+    crash = rel >= 0 and rel % 8 == 0 and pattern not in ("light", "brush", "swing", "bossa")
+    fill = fills and rel >= 0 and rel % 4 == 3
+    return _drum_pattern(pattern, ctx, bs, fill, crash)
+
+
+def _drum_part(band: _Band, st: Style) -> Part | None:
+    """A kit playing one of the style's grooves (with probability `drum_prob`), with or without fills,
+    in the intro or not."""
+    rng = band.rng
+    if not (st.kits and st.drum_patterns and rng.random() < st.drum_prob):
+        return None
+    kit = int(_choice(rng, st.kits))
+    pattern = str(_choice(rng, st.drum_patterns))
+    ctx = band.ctx(0, band.center)
+    fills = rng.random() < 0.6
+    in_intro = rng.random() < 0.5
+    notes = band.per_bar(lambda bs, _i: _drum_bar(band, ctx, pattern, bs, fills=fills, in_intro=in_intro))
+    return Part("drums", kit, True, notes, band.level_db("drums"), 64, int(rng.integers(10, 50)))
+
+
+def _draw_reverb(rng: np.random.Generator, st: Style) -> dict[str, float]:
+    """The room (FluidSynth reverb settings); its size depends on the style."""
+    return {
+        "roomsize": round(float(rng.uniform(*st.reverb_range)), 3),
+        "damping": round(float(rng.uniform(0.1, 0.6)), 3),
+        "width": round(float(rng.uniform(0.5, 1.0)), 3),
+        "level": round(float(rng.uniform(0.3, 0.9)), 3),
+    }
 
 
 def arrange(
@@ -754,276 +994,47 @@ def arrange(
     rng = np.random.default_rng(seed)
     st = STYLES[style] if style else choose_style(rng)
     meter = Meter.from_time_signature(melody.time_signature)
-    bar = meter.bar_len
-
-    # Tempo.
-    lo_bpm, hi_bpm = config.bpm_range
-    bpm = melody.bpm * st.bpm_factor * float(rng.uniform(*config.tempo_factor_range))
-    bpm = float(round(min(max(bpm, lo_bpm), hi_bpm)))
+    bpm = _draw_tempo(melody, st, rng, config)
     spb = 60.0 / bpm
+    key = _draw_lead_key(melody, st, rng, config)
+    form = _draw_form(melody, meter, rng, config)
+    lead = _lead_line(melody, form, key.shift, meter.bar_len, spb, config)
+    lead_notes = _perform_lead(lead.notes, form.grid0, meter, spb, rng, config)
+    bar_starts = _band_bar_starts(form, meter.bar_len, lead.end_beats)
+    chords = _chord_progression(lead, bar_starts, meter, key, form, st, config)
 
-    # Key and register.
-    pitches = [n.pitch for n in melody.notes]
-    durations = [n.duration for n in melody.notes]
-    tonic0, mode = estimate_key(pitches, durations)
-    shift = int(rng.integers(config.key_shift_range[0], config.key_shift_range[1] + 1))
-    lead_program = int(_choice(rng, st.leads))
-    lo, hi = LEAD_RANGES.get(lead_program, (60, 74))
-    median = float(np.median(pitches)) + shift
-    shift += 12 * int(round(((lo + hi) / 2 - median) / 12))
-    tonic = (tonic0 + shift) % 12
-    lead_median = float(np.median(pitches)) + shift
-    center = int(min(st.chord_center, lead_median - 9))  # accompaniment mostly under the tune
-    center = max(center, 48)
-
-    # Timeline: intro bars, pickup, copies of the tune.
-    n_intro = int(rng.choice(3, p=np.array(config.intro_bar_probs) / sum(config.intro_bar_probs)))
-    pickup = melody.pickup_beats
-    if n_intro:
-        melody_offset = n_intro * bar - pickup
-        acc_start = 0.0
-    else:
-        melody_offset = 0.0
-        acc_start = pickup  # the anacrusis sounds alone, the band comes in on the downbeat
-    grid0 = melody_offset + pickup  # master beat of the first melody downbeat
-    length = max(melody.length_beats, melody.notes[-1].end)  # a Melody built without a length
-    period = math.ceil(length / bar - 1e-6) * bar
-    period = max(period, bar)
-    articulation = float(rng.uniform(*config.lead_articulation_range))
-
-    def lead_notes_for(copies: int) -> list[tuple[float, float, int]]:
-        out = []
-        for c in range(copies):
-            base = melody_offset + c * period
-            for n in melody.notes:
-                out.append((base + n.start, base + n.start + n.duration, n.pitch + shift))
-        return out
-
-    def natural_end(notes: list[tuple[float, float, int]]) -> float:
-        last_on = notes[-1][0]
-        k = math.floor((last_on - grid0) / bar + 1e-9)
-        return max(grid0 + (k + 1) * bar, notes[-1][1])
-
-    copies = 1
-    while (natural_end(lead_notes_for(copies)) * spb + config.tail_seconds) < config.min_seconds and copies < 64:
-        copies += 1
-    notated = lead_notes_for(copies)
-    end_beats = natural_end(notated)
-    cut = False
-    limit = (config.max_seconds - config.tail_seconds) / spb
-    if end_beats > limit:
-        cut = True
-        # Cut at a note onset (every note before it has ended), preferring a downbeat.
-        boundaries = [s for i, (s, _, _) in enumerate(notated) if i > 0 and s <= limit + 1e-9]
-        boundaries += [notated[-1][1]] if notated[-1][1] <= limit else []
-        on_grid = [b for b in boundaries if abs(((b - grid0) / bar) - round((b - grid0) / bar)) < 1e-6]
-        window = 6.0 / spb
-        good = [b for b in on_grid if b >= limit - window]
-        end_beats = max(good) if good else (max(boundaries) if boundaries else limit)
-        notated = [x for x in notated if x[0] < end_beats - 1e-9]
-
-    # Lead part: notated onsets, articulated durations, accents on downbeats.
-    lead_vel = int(rng.integers(88, 112))
-    lead_events = []
-    for i, (s, e, p) in enumerate(notated):
-        nxt = notated[i + 1][0] if i + 1 < len(notated) else e
-        dur = (min(e, nxt) - s)
-        played = max(min(dur * articulation, dur - 0.02 / spb), min(dur, 0.05 / spb))
-        pos = (s - grid0) / meter.beat_len
-        accent = 8 if abs(pos - round(pos)) < 1e-6 and round(pos) % meter.beats == 0 else 0
-        v = int(min(127, max(30, lead_vel + accent + int(rng.integers(-6, 7)))))
-        lead_events.append(NoteEvent(int(p), s, s + played, v))
-
-    # Chords on the bar grid of the accompaniment.
-    bar_starts: list[float] = []
-    b = acc_start if n_intro == 0 else 0.0
-    while b < end_beats - 1e-9:
-        bar_starts.append(b)
-        b += bar
-    chords = harmonise(
-        notated, bar_starts, meter, tonic, mode, allow_half_bars=True, config=config
-    )
-    intro_end = grid0 if n_intro else acc_start
-    tonic_q = "maj" if mode == "major" else "min"
-    chords = [
-        ChordSpan(c.start, c.end, tonic, tonic_q) if c.start < intro_end - 1e-9 else c for c in chords
-    ]
-    if n_intro == 2 and len(chords) > 1:  # I - V into the tune
-        chords = [
-            ChordSpan(c.start, c.end, (tonic + 7) % 12, "maj")
-            if bar - 1e-9 <= c.start < 2 * bar - 1e-9 else c
-            for c in chords
-        ]
-    if st.sevenths:
-        chords = _with_sevenths(chords, tonic, mode)
-    chords = [ChordSpan(c.start, min(c.end, end_beats), c.root, c.quality) for c in chords if c.start < end_beats]
-
-    # Parts.
     margin = float(rng.uniform(*config.lead_margin_db_range))
     swing = float(rng.uniform(*st.swing_range)) if st.swing_range[1] > 0 else 0.0
-    parts: list[Part] = [Part("lead", lead_program, False, tuple(lead_events), 0.0,
-                              pan=64, reverb_send=int(rng.integers(30, 90)),
-                              chorus_send=int(rng.integers(0, 30)))]
-
-    # Patterns are played per "pattern bar": long bars (4/2, 6/4, 3/2...) are split in halves
-    # or thirds so that grooves written for up to four beats fill them.
+    parts = [Part("lead", key.program, False, lead_notes, 0.0, pan=64, reverb_send=int(rng.integers(30, 90)),
+                  chorus_send=int(rng.integers(0, 30)))]
     pmeter = pattern_meter(meter)
-    pbar = pmeter.bar_len
-    per = int(round(bar / pbar))
-    pattern_starts = [b + k * pbar for b in bar_starts for k in range(per)]
-    final_bar = bar_starts[-1] if bar_starts else math.inf
-    ending = not cut  # a natural ending: the band holds the last chord
-
-    def make_ctx(velocity: int, c: int, rhythm: tuple[float, ...] = ()) -> _Ctx:
-        return _Ctx(rng=rng, meter=pmeter, chords=chords, center=c, velocity=velocity,
-                    swing=swing, spb=spb, rhythm=rhythm, comp_rhythms=_comp_rhythms(st.name, pmeter))
-
-    def per_bar(fn: Callable[[float, int], list[NoteEvent]]) -> tuple[NoteEvent, ...]:
-        events: list[NoteEvent] = []
-        for i, bs in enumerate(pattern_starts):
-            events.extend(fn(bs, i))
-        return _clean_notes(events, end_beats)
-
-    def in_final_bar(bs: float) -> bool:
-        return ending and bs >= final_bar - 1e-9
-
-    def pan() -> int:
-        return int(rng.integers(24, 105))
-
-    # The accompaniment uses another instrument than the lead (except the ballad's pianist).
-    chord_options = [c for c in st.chords if c[0] != lead_program] or list(st.chords)
-    chord_program, chord_kind = _choice(rng, chord_options)
-    if st.name == "piano_ballad" and lead_program in (0, 1, 2, 4) and rng.random() < 0.7:
-        chord_program = lead_program  # the pianist plays both hands
-    ctx = make_ctx(int(rng.integers(58, 80)), center, _pick_rhythm(rng, pmeter))
-
-    def chord_bar(bs: float, _i: int) -> list[NoteEvent]:
-        kind = "pad" if in_final_bar(bs) else chord_kind
-        return _chord_pattern(kind, ctx, bs)
-
-    parts.append(Part("chords", int(chord_program), False, per_bar(chord_bar),
-                      _level_to_db(rng, margin, 0.0, config), pan(), int(rng.integers(30, 90)),
-                      int(rng.integers(0, 50))))
-
-    if st.basses and rng.random() < st.bass_prob:
-        bass_program, bass_kind = _choice(rng, st.basses)
-        bctx = make_ctx(int(rng.integers(75, 100)), center)
-
-        def bass_bar(bs: float, i: int) -> list[NoteEvent]:
-            nxt = bctx.chord_at(bs + pbar).root if i + 1 < len(pattern_starts) else None
-            kind = "root" if in_final_bar(bs) else bass_kind
-            return _bass_pattern(kind, bctx, bs, nxt)
-
-        parts.append(Part("bass", int(bass_program), False, per_bar(bass_bar),
-                          _level_to_db(rng, margin, 1.0, config), 64, int(rng.integers(10, 40))))
-
-    if st.pads and rng.random() < st.pad_prob:
-        pctx = make_ctx(int(rng.integers(50, 70)), center + 5)
-        parts.append(Part("pad", int(_choice(rng, [p for p in st.pads if p != lead_program] or st.pads)), False,
-                          per_bar(lambda bs, i: _chord_pattern("pad", pctx, bs)),
-                          _level_to_db(rng, margin, -5.0, config), pan(), int(rng.integers(50, 110)),
-                          int(rng.integers(20, 80))))
-
-    if st.arps and rng.random() < st.arp_prob:
-        actx = make_ctx(int(rng.integers(50, 72)), min(center + 7, 72))
-        parts.append(Part("arp", int(_choice(rng, [p for p in st.arps if p != lead_program] or st.arps)), False,
-                          per_bar(lambda bs, i: _chord_pattern("arpeggio", actx, bs)),
-                          _level_to_db(rng, margin, -4.0, config), pan(), int(rng.integers(40, 100))))
-
-    if st.timpani_prob and rng.random() < st.timpani_prob:
-        tctx = make_ctx(int(rng.integers(70, 95)), center)
-
-        def timpani_bar(bs: float, i: int) -> list[NoteEvent]:
-            if bs < grid0 - 1e-9 or round((bs - grid0) / pbar) % 4 != 0:
-                return []
-            p = 40 + (tctx.chord_at(bs).root - 40) % 12
-            return [NoteEvent(p, bs, bs + pmeter.beat_len, tctx.vel(), tctx.jitter())]
-
-        parts.append(Part("timpani", 47, False, per_bar(timpani_bar),
-                          _level_to_db(rng, margin, -2.0, config), 64, 60))
-
-    if st.kits and st.drum_patterns and rng.random() < st.drum_prob:
-        kit = int(_choice(rng, st.kits))
-        pattern = str(_choice(rng, st.drum_patterns))
-        dctx = make_ctx(0, center)
-        fills = rng.random() < 0.6
-        drums_in_intro = rng.random() < 0.5
-
-        def drum_bar(bs: float, i: int) -> list[NoteEvent]:
-            rel = int(round((bs - grid0) / pbar))
-            if bs < grid0 - 1e-9 and not drums_in_intro:
-                return []
-            if in_final_bar(bs):
-                if bs > final_bar + 1e-9:
-                    return []
-                return [NoteEvent(KICK, bs, bs + 0.2, dctx.vel(100), 0.0),
-                        NoteEvent(CRASH, bs, bs + 2.0, dctx.vel(100), 0.0)]
-            crash = rel >= 0 and rel % 8 == 0 and pattern not in ("light", "brush", "swing", "bossa")
-            fill = fills and rel >= 0 and rel % 4 == 3
-            return _drum_pattern(pattern, dctx, bs, fill, crash)
-
-        parts.append(Part("drums", kit, True, per_bar(drum_bar),
-                          _level_to_db(rng, margin, -1.0, config), 64, int(rng.integers(10, 50))))
-
-    reverb = {
-        "roomsize": round(float(rng.uniform(*st.reverb_range)), 3),
-        "damping": round(float(rng.uniform(0.1, 0.6)), 3),
-        "width": round(float(rng.uniform(0.5, 1.0)), 3),
-        "level": round(float(rng.uniform(0.3, 0.9)), 3),
-    }
+    band = _Band(
+        rng=rng, style=st.name, meter=pmeter, pattern_starts=_pattern_starts(bar_starts, meter.bar_len, pmeter),
+        final_bar=bar_starts[-1] if bar_starts else math.inf, ending=not lead.cut, end_beats=lead.end_beats,
+        grid0=form.grid0, chords=chords, center=key.center, lead_program=key.program, swing=swing, spb=spb,
+        margin_db=margin, config=config,
+    )
+    parts.append(_chord_part(band, st))
+    for optional_part in (_bass_part, _pad_part, _arp_part, _timpani_part, _drum_part):
+        part = optional_part(band, st)
+        if part is not None:
+            parts.append(part)
     return Arrangement(
         melody_id=melody.melody_id,
         style=st.name,
         bpm=bpm,
-        key_shift=shift,
-        key_tonic=tonic,
-        key_mode=mode,
+        key_shift=key.shift,
+        key_tonic=key.tonic,
+        key_mode=key.mode,
         time_signature=melody.time_signature,
-        intro_beats=grid0 if n_intro else 0.0,
-        melody_offset_beats=melody_offset,
-        period_beats=period,
-        copies=copies,
-        cut=cut,
-        end_beats=end_beats,
+        intro_beats=form.grid0 if form.intro_bars else 0.0,
+        melody_offset_beats=form.melody_offset,
+        period_beats=form.period,
+        copies=lead.copies,
+        cut=lead.cut,
+        end_beats=lead.end_beats,
         chords=tuple(chords),
         parts=tuple(parts),
-        reverb=reverb,
+        reverb=_draw_reverb(rng, st),
         lead_margin_db=round(margin, 2),
     )
-
-
-# --- Names ---------------------------------------------------------------------------------------
-_ADJ = ("Velvet", "Electric", "Silver", "Midnight", "Golden", "Crimson", "Wandering", "Paper",
-        "Hollow", "Neon", "Quiet", "Wild", "Copper", "Lunar", "Restless", "Amber", "Northern")
-_NOUNS = ("Foxes", "Harbours", "Lanterns", "Sparrows", "Rivers", "Engines", "Pilots", "Ghosts",
-          "Orchards", "Tides", "Comets", "Wolves", "Mirrors", "Anchors", "Echoes", "Ravens")
-_FIRST = ("Ada", "Ben", "Clara", "Dmitri", "Elena", "Felix", "Greta", "Hugo", "Iris", "Jonas",
-          "Kasia", "Leo", "Mara", "Nico", "Olga", "Pablo", "Rosa", "Sami", "Tilda", "Viktor")
-_LAST = ("Arden", "Bellamy", "Castell", "Dunmore", "Eklund", "Farrow", "Galloway", "Hartley",
-         "Ivers", "Jansen", "Kovac", "Lindqvist", "Moreau", "Novak", "Oakes", "Pereira", "Quill",
-         "Rowan", "Sato", "Thorne", "Valdez", "Whitlock")
-_PLACES = ("Kingsford", "Ashby", "Brackwater", "Dunmore", "Elmstead", "Foxhall", "Glenarm",
-           "Hollins", "Ivybridge", "Larkhill", "Millbrook", "Northwick", "Redcliffe", "Stonehaven")
-
-
-def band_name(style: str, key: str) -> str:
-    """A deterministic made-up artist name fitting `style`, drawn from a hash of `key`."""
-    rng = np.random.default_rng(stable_hash(f"artist:{style}:{key}"))
-
-    def pick(items: Sequence[str]) -> str:
-        return items[int(rng.integers(len(items)))]
-
-    person = f"{pick(_FIRST)} {pick(_LAST)}"
-    templates = {
-        "pop_band": (f"The {pick(_ADJ)} {pick(_NOUNS)}", f"{pick(_ADJ)} {pick(_NOUNS)}"),
-        "rock": (f"{pick(_ADJ)} {pick(_NOUNS)}", f"The {pick(_NOUNS)}"),
-        "folk_acoustic": (f"{person} & the {pick(_PLACES)} Ramblers", f"The {pick(_PLACES)} Fiddlers"),
-        "piano_ballad": (person,),
-        "strings": (f"The {pick(_PLACES)} String Ensemble", f"{pick(_LAST)} Chamber Orchestra"),
-        "electronic": (f"{pick(_ADJ)}{pick(_NOUNS)[:-1]}", f"DJ {pick(_FIRST)} {pick(_ADJ)}"),
-        "jazz_trio": (f"{person} Trio",),
-        "brass_band": (f"{pick(_PLACES)} Silver Band", f"{pick(_PLACES)} Colliery Brass Band"),
-        "organ_hymn": (f"St. {pick(_FIRST)}'s Chapel Choir", f"{pick(_PLACES)} Cathedral Singers"),
-        "bossa": (f"{person} Quarteto", f"{pick(_FIRST)} {pick(_LAST)} & Bossa Azul"),
-    }.get(style, (person,))
-    return pick(templates)

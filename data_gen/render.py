@@ -29,7 +29,8 @@ import numpy as np
 from data_gen import constants as C
 from data_gen.arrangement import CONFIG as ARRANGEMENT_CONFIG
 from data_gen import paths
-from data_gen.arrangement import DRUM_KITS, LEAD_RANGES, STYLES, Arrangement, ArrangementConfig, Part, arrange
+from data_gen.arrangement import Arrangement, ArrangementConfig, Part, arrange
+from data_gen.arrangement_styles import DRUM_KITS, LEAD_RANGES, STYLES
 from data_gen.melodies import Melody
 
 logger = logging.getLogger(__name__)

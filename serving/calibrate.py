@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.calibration import DEFAULT_TARGET_FALSE_ACCEPT_RATE, calibrate_scores, qbh_demo_hums, save_calibration
-from serving.retrieval import DEFAULT_QUERY_TEMPO_RATES, parse_tempo_rates
+from serving.retrieval_types import DEFAULT_QUERY_TEMPO_RATES, parse_tempo_rates
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from data_gen.manifest import read_queries
     from serving.embedder import Embedder
     from serving.index import WindowIndex
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     from data_gen.synth.no_melody import no_melody_inputs
 

@@ -35,7 +35,8 @@ import numpy as np
 from serving.index import CALIBRATION_FILE
 
 if TYPE_CHECKING:
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
 log = logging.getLogger(__name__)
 

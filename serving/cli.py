@@ -1,5 +1,4 @@
-"""`earworm serve`, `earworm identify`, `earworm demo`, `earworm bench-load`, `earworm bench-soak`,
-`earworm bench-page` and `earworm gate-check`.
+"""`earworm serve` and `earworm identify`; `register` also adds `calibrate` and `gate-check`.
 
 Heavy imports (TensorFlow, ScaNN) happen inside the run functions so `earworm --help` stays fast.
 Defaults come from the config dataclasses (ServerConfig, ServicerConfig, DemoConfig,
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 def add_server_arguments(p: argparse.ArgumentParser, *, model_required: bool) -> None:
     """Flags shared by `serve` and `bench-load` (in-process server)."""
     from serving.batching import BatchingConfig
-    from serving.retrieval import parse_tempo_rates
+    from serving.retrieval_types import parse_tempo_rates
     from serving.server import ServerConfig
     from serving.servicer import ServicerConfig
 
@@ -208,18 +207,11 @@ def run_identify(args: argparse.Namespace) -> int:
 
 # --- registration ----------------------------------------------------------------------------
 def register(subparsers) -> None:
+    """The serving core's commands: serve, identify, calibrate, gate-check (the demo and the
+    benchmarks are registered by `serving.apps.cli`)."""
+    from serving import calibrate, gate_check
+
     _register_serve(subparsers)
     _register_identify(subparsers)
-    # Every other command of this package, each registered by its own module, explicitly.
-    from serving import calibrate, gate_check
-    from serving.apps import bench_aggregation, bench_load, bench_page, bench_query, bench_scale, bench_soak, demo
-
     calibrate.register(subparsers)
     gate_check.register(subparsers)
-    demo.register(subparsers)
-    bench_load.register(subparsers)
-    bench_query.register(subparsers)
-    bench_soak.register(subparsers)
-    bench_page.register(subparsers)
-    bench_scale.register(subparsers)
-    bench_aggregation.register(subparsers)

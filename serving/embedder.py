@@ -18,7 +18,7 @@ import numpy as np
 
 from data_gen import constants as C
 from data_gen.windows import cut_master_windows, cut_query_views, tempo_view, window_starts
-from serving.retrieval import QueryEmbedding
+from serving.retrieval_types import QueryEmbedding
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ when it sees the property change (`read_collection_version`).
 Releases: `add_release` appends new tracks only (a track id already present raises
 DuplicateTrackError, like `WindowIndex.add`); `remove_tracks` deletes tracks' windows and rows. Both
 refuse embeddings of another model (IndexBuildError), and every reader compares the metadata's
-model_version with its embedder (`serving.retrieval.ModelMismatchError`, the server's check).
+model_version with its embedder (`serving.retrieval_types.ModelMismatchError`, the server's check).
 """
 
 from __future__ import annotations

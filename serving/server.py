@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import BatchingConfig, DirectEmbedding, MicroBatcher
 from serving.metrics import Metrics, start_metrics_http
-from serving.retrieval import DEFAULT_QUERY_TEMPO_RATES
+from serving.retrieval_types import DEFAULT_QUERY_TEMPO_RATES
 from serving.servicer import SERVICE_NAME, IndexSwapError, RecognizerServicer, ServicerConfig, ServingState
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ServerConfig:
     no_match_threshold: float | None = None
     """Override the calibrated no-match threshold (None: the index's calibration.json)."""
     query_tempo_rates: tuple[float, ...] = DEFAULT_QUERY_TEMPO_RATES
-    """Tempo views of each query (`serving.retrieval.RetrievalConfig.query_tempo_rates`)."""
+    """Tempo views of each query (`serving.retrieval_types.RetrievalConfig.query_tempo_rates`)."""
     index_backend: str = "scann"
     """"scann": the index directory `index_dir`; "milvus": the collection `milvus_collection` at
     `milvus_uri` (serving.milvus_index), swapped when its version property changes."""
@@ -183,7 +183,8 @@ def load_masters(manifest: Path) -> Any:
 def load_components(config: ServerConfig) -> Components:
     """The default loader: Embedder(model_dir) + WindowIndex.load(index_dir) + Retriever."""
     from serving.embedder import Embedder
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     if config.model_dir is None or not config.has_index_source:
         raise ServerError("both a model directory and an index (directory, or --backend milvus --uri) are needed")

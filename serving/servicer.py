@@ -45,7 +45,7 @@ from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import EmbeddingTimeout
 from serving.metrics import Metrics
-from serving.retrieval import NO_MATCH_BELOW_THRESHOLD, NO_MELODY, QueryEmbedding
+from serving.retrieval_types import NO_MATCH_BELOW_THRESHOLD, NO_MELODY, QueryEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class _Outcome:
     reason: str = ""
 
     def record(self, result: Any) -> None:
-        """Add one answer's time and outcome (`serving.retrieval.RetrievalResult`)."""
+        """Add one answer's time and outcome (`serving.retrieval_types.RetrievalResult`)."""
         t = result.timings_ms
         self.melody_ms += t.get("melody", 0.0)
         self.embed_ms += t.get("embed", 0.0)

@@ -3,11 +3,11 @@
 Every import counts, module-level or inside a function (a lazy import is still a dependency), except
 those under `if TYPE_CHECKING:` (annotations only). The layers, lowest first:
 
-    protos, data_gen  <  serving  <  beam_pipelines  <  training  <  serving.apps, serving.cli
+    protos, data_gen  <  serving  <  beam_pipelines  <  training  <  serving.apps
 
 (`beam_pipelines.indexing` embeds with `serving.embedder`; `training.export` writes what
-`serving.embedder` loads; the evaluation indexes with `beam_pipelines`; the demo and the benchmarks in
-`serving.apps`, and `serving.cli` which registers them, sit on top: the serving core never imports them).
+`serving.embedder` loads; the evaluation indexes with `beam_pipelines`; the demo, the benchmarks
+and the `earworm` dispatcher (`serving.apps.earworm`) sit on top: nothing below imports them).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"protos": 0, "data_gen": 0, "serving": 1, "beam_pipelines": 2, "training": 3, "serving.apps": 4,
-          "serving.cli": 4}
+LAYERS = {"protos": 0, "data_gen": 0, "serving": 1, "beam_pipelines": 2, "training": 3, "serving.apps": 4}
 PACKAGES = ("protos", "data_gen", "serving", "beam_pipelines", "training")
 
 
@@ -139,3 +138,11 @@ def test_no_import_cycles_between_project_modules():
 def test_no_package_imports_a_package_above_it():
     upward = sorted((m, t) for m, ts in import_graph().items() for t in ts if layer(t) > layer(m))
     assert upward == []
+
+
+def test_the_shared_retrieval_types_import_nothing_of_the_retrieval_machinery():
+    """`serving.retrieval_types` (QueryEmbedding, RetrievalConfig, ...) is what the embedder, the
+    servicer, the evaluation and the apps name; it must stay below all of them."""
+    deps = import_graph()["serving.retrieval_types"]
+    assert deps <= {"data_gen", "data_gen.constants", "serving.melody_gate"}, deps
+    assert "serving.retrieval" not in import_graph()["serving.embedder"]

@@ -119,39 +119,24 @@ def _resolve_config(run_dir: Path, cfg: TrainConfig) -> tuple[TrainConfig, bool]
     return replace(saved, schedule=cfg.schedule), True
 
 
-def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
-          init_from: str | Path | None = None, grow: bool = False) -> TrainResult:
-    """Train (or resume training) an encoder; see the module docstring.
+def _load_init_model(init_from: str | Path, cfg: TrainConfig, grow: bool):
+    """The exported model a fine-tuning run starts from, and the config to train with: the model's
+    encoder config, or with `grow` cfg.encoder (which must keep the model's front-end)."""
+    from training.export import ExportError, load_keras_encoder
 
-    data_dir: a data folder (train/, validation/ shards) or a list of them (one per datagen run).
-    init_from: an exported model to start from. Its encoder config replaces cfg.encoder, unless
-      `grow`: then cfg.encoder (e.g. with extra residual blocks) is built and every layer of the
-      init model found there by name with the same weight shapes is copied (`transfer_weights`).
-    """
-    import keras
-    import tensorflow as tf
-    from tqdm import tqdm
+    init_model, enc_cfg = load_keras_encoder(init_from)
+    if not grow:
+        cfg = replace(cfg, encoder=enc_cfg)
+    elif cfg.encoder.frontend != enc_cfg.frontend:  # the copied layers were trained on its spectrograms
+        raise ExportError(f"--grow keeps the front-end of {init_from}, but this config's differs: "
+                          f"{cfg.encoder.frontend} vs {enc_cfg.frontend}")
+    return cfg, init_model
 
-    from training.dataset import summarize_split, training_dataset, validation_set
+
+def _build_model(cfg: TrainConfig, run_dir: Path, init_model, init_from: str | Path | None, grow: bool):
+    """The encoder and its body (spectrogram -> embedding), with the init model's weights if any
+    (all of them, or with `grow` those of the layers found by name: `transfer_weights`)."""
     from training.encoder import body_of, build_encoder
-    from training.losses import combined_loss
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, resumed = _resolve_config(run_dir, cfg)
-    init_model = None
-    if init_from is not None and not resumed:
-        from training.export import load_keras_encoder
-
-        init_model, enc_cfg = load_keras_encoder(init_from)
-        if not grow:
-            cfg = replace(cfg, encoder=enc_cfg)
-        elif cfg.encoder.frontend != enc_cfg.frontend:  # the copied layers were trained on its spectrograms
-            from training.export import ExportError
-
-            raise ExportError(f"--grow keeps the front-end of {init_from}, but this config's differs: "
-                              f"{cfg.encoder.frontend} vs {enc_cfg.frontend}")
-    save_config(cfg, run_dir / "config.json")
 
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)
     body = body_of(encoder)
@@ -163,6 +148,12 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
             encoder.set_weights(init_model.get_weights())
             log.info("initialised from %s", init_from)
         (run_dir / "init_from.txt").write_text(f"{Path(init_from).resolve()}\n")
+    return encoder, body
+
+
+def _build_optimizer(cfg: TrainConfig, body):
+    """AdamW on a cosine-decay learning rate after a linear warm-up, built for the body's variables."""
+    import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if cfg.optim.warmup_steps else cfg.optim.learning_rate,
@@ -173,37 +164,70 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
     opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.optim.weight_decay,
                                  clipnorm=cfg.optim.clipnorm or None)
     opt.build(body.trainable_variables)
-    step_var = tf.Variable(0, dtype=tf.int64, name="step")
-    best_var = tf.Variable(-1.0, dtype=tf.float64, name="best_val_mrr")
-    ckpt = tf.train.Checkpoint(model=encoder, optimizer=opt, step=step_var, best=best_var)
-    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"),
-                                         max_to_keep=cfg.schedule.keep_checkpoints)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    return opt
 
-    def save_checkpoint() -> None:
-        path = manager.save(checkpoint_number=int(step_var.numpy()))
-        save_config(cfg, f"{path}.config.json")
-        kept = {Path(p).name for p in manager.checkpoints}
-        for stale in (run_dir / "checkpoints").glob("ckpt-*.config.json"):
+
+class _Checkpoints:
+    """RUN_DIR/checkpoints: model, optimizer, global step and best validation MRR@10, restored from the
+    latest checkpoint on resume; each checkpoint has the run's config beside it (ckpt-N.config.json)."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, encoder, opt) -> None:
+        import tensorflow as tf
+
+        self.dir, self.cfg = run_dir / "checkpoints", cfg
+        self.step_var = tf.Variable(0, dtype=tf.int64, name="step")
+        self.best_var = tf.Variable(-1.0, dtype=tf.float64, name="best_val_mrr")
+        ckpt = tf.train.Checkpoint(model=encoder, optimizer=opt, step=self.step_var, best=self.best_var)
+        self.manager = tf.train.CheckpointManager(ckpt, str(self.dir), max_to_keep=cfg.schedule.keep_checkpoints)
+        if self.manager.latest_checkpoint:
+            ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            log.info("resumed from %s at step %d", self.manager.latest_checkpoint, self.step)
+
+    @property
+    def step(self) -> int:
+        return int(self.step_var.numpy())
+
+    @property
+    def best(self) -> float:
+        return float(self.best_var.numpy())
+
+    def save(self) -> None:
+        """Checkpoint at the current step; drop the config files of checkpoints the manager deleted."""
+        path = self.manager.save(checkpoint_number=self.step)
+        save_config(self.cfg, f"{path}.config.json")
+        kept = {Path(p).name for p in self.manager.checkpoints}
+        for stale in self.dir.glob("ckpt-*.config.json"):
             if stale.name[: -len(".config.json")] not in kept:
                 stale.unlink()
 
-    if not (run_dir / "data_summary.json").is_file():
-        from training.dataset import data_dirs
 
+def _write_data_summary(data_dir, run_dir: Path) -> None:
+    """RUN_DIR/data_summary.json (once per run): the data folders and the counts of both splits."""
+    from training.dataset import data_dirs, summarize_split
+
+    if not (run_dir / "data_summary.json").is_file():
         summary: dict = {"data_dirs": [str(d.resolve()) for d in data_dirs(data_dir)]}
         for split in ("train", "validation"):
             summary[split] = summarize_split(data_dir, split)
         (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("data: %s", (run_dir / "data_summary.json").read_text().replace("\n", " "))
 
+
+def _datasets(data_dir, cfg: TrainConfig, run_dir: Path, start_step: int):
+    """The validation set, and an endless iterator of training batches (shuffled by `start_step`)."""
+    from training.dataset import training_dataset, validation_set
+
     val = validation_set(data_dir, cfg)
     log.info("validation: %d pairs, %d melodies", len(val), np.unique(val.melody_ids).size)
-    start_step = int(step_var.numpy())
     ds = training_dataset(data_dir, cfg, cache_dir=run_dir / "cache", epoch_seed=start_step)
-    it = iter(ds)
+    return val, iter(ds)
+
+
+def _make_train_step(body, opt, cfg: TrainConfig):
+    """One optimiser step on a batch of (query, master) pairs, both embedded in one pass; returns the losses."""
+    import tensorflow as tf
+
+    from training.losses import combined_loss
 
     @tf.function(reduce_retracing=True)
     def train_step(batch):
@@ -216,77 +240,149 @@ def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
         opt.apply_gradients(zip(grads, body.trainable_variables))
         return losses
 
+    return train_step
+
+
+def _read_history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _append_history(path: Path, history: list[dict], rec: dict) -> None:
+    history.append(rec)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+@dataclass
+class _EpochRun:
+    """The steps one call of `_run_epoch` trained."""
+
+    step: int  # the global step reached
+    steps: int
+    loss_sums: dict[str, float]
+    seconds: float
+    stopped: bool  # by schedule.max_minutes or schedule.stop_at_step
+
+
+def _run_epoch(train_step, batches, step: int, cfg: TrainConfig, ckpts: _Checkpoints, writer, opt,
+               deadline: float | None) -> _EpochRun:
+    """Train from `step` to the end of its epoch (or of training, or a stop): losses and learning rate
+    to TensorBoard every log_every_steps, a checkpoint every checkpoint_every_steps."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    spe = cfg.schedule.steps_per_epoch
+    sums: dict[str, float] = {}
+    n = 0
+    stopped = False
+    t0 = time.monotonic()
+    bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {step // spe + 1}/{cfg.schedule.epochs}", unit="step",
+               mininterval=10.0)
+    while True:
+        losses = train_step(next(batches))
+        step += 1
+        ckpts.step_var.assign(step)
+        n += 1
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        bar.update(1)
+        if step % cfg.schedule.log_every_steps == 0:
+            with writer.as_default(step=step):
+                for k, v in losses.items():
+                    tf.summary.scalar(f"train/{k}", v)
+                tf.summary.scalar("train/lr", opt.learning_rate)
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
+        if step % cfg.schedule.checkpoint_every_steps == 0:
+            ckpts.save()
+        if (deadline is not None and time.monotonic() > deadline) or step == cfg.schedule.stop_at_step:
+            stopped = True
+            break
+        if step % spe == 0 or step >= cfg.total_steps:
+            break
+    bar.close()
+    return _EpochRun(step, n, sums, time.monotonic() - t0, stopped)
+
+
+def _epoch_record(body, val, opt, epoch: int, run: _EpochRun, batch_size: int) -> dict:
+    """The history line of an epoch: mean training losses, throughput, learning rate, validation metrics."""
+    rate = run.steps * batch_size / max(run.seconds, 1e-9)
+    metrics = validate(body, val)
+    return {"epoch": epoch, "step": run.step, **{f"train_{k}": v / max(run.steps, 1) for k, v in run.loss_sums.items()},
+            "pairs_per_s": rate, "lr": float(opt.learning_rate.numpy()), **metrics}
+
+
+def _write_epoch_summaries(writer, rec: dict) -> None:
+    """The epoch's validation metrics and throughput to TensorBoard."""
+    import tensorflow as tf
+
+    with writer.as_default(step=rec["step"]):
+        for k, v in rec.items():
+            if isinstance(v, float) and k.startswith("val_"):
+                tf.summary.scalar(k.replace("@", "_at_").replace("=", "_"), v)
+        tf.summary.scalar("train/pairs_per_s", rec["pairs_per_s"])
+
+
+def _save_best(encoder, run_dir: Path, rec: dict, ckpts: _Checkpoints) -> None:
+    """RUN_DIR/best: the weights and the history line of the best validation MRR@10 so far."""
+    ckpts.best_var.assign(rec["val_mrr@10"])
+    (run_dir / "best").mkdir(exist_ok=True)
+    encoder.save_weights(str(run_dir / "best" / WEIGHTS_FILE))
+    (run_dir / "best" / "metrics.json").write_text(json.dumps(rec, indent=2) + "\n")
+    ckpts.save()
+
+
+def train(data_dir, run_dir: str | Path, cfg: TrainConfig,
+          init_from: str | Path | None = None, grow: bool = False) -> TrainResult:
+    """Train (or resume training) an encoder; see the module docstring.
+
+    data_dir: a data folder (train/, validation/ shards) or a list of them (one per datagen run).
+    init_from: an exported model to start from. Its encoder config replaces cfg.encoder, unless
+      `grow`: then cfg.encoder (e.g. with extra residual blocks) is built and every layer of the
+      init model found there by name with the same weight shapes is copied (`transfer_weights`).
+    """
+    import tensorflow as tf
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, resumed = _resolve_config(run_dir, cfg)
+    init_model = None
+    if init_from is not None and not resumed:
+        cfg, init_model = _load_init_model(init_from, cfg, grow)
+    save_config(cfg, run_dir / "config.json")
+    encoder, body = _build_model(cfg, run_dir, init_model, init_from, grow)
+    opt = _build_optimizer(cfg, body)
+    ckpts = _Checkpoints(run_dir, cfg, encoder, opt)
+    _write_data_summary(data_dir, run_dir)
+    step = ckpts.step
+    val, batches = _datasets(data_dir, cfg, run_dir, start_step=step)
+    train_step = _make_train_step(body, opt, cfg)
     writer = tf.summary.create_file_writer(str(run_dir / "tb"))
     history_path = run_dir / "history.jsonl"
-    history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.is_file() else []
-    spe = cfg.schedule.steps_per_epoch
-    t_start = time.monotonic()
-    deadline = t_start + cfg.schedule.max_minutes * 60 if cfg.schedule.max_minutes > 0 else None
-    stopped = False
+    history = _read_history(history_path)
+    deadline = time.monotonic() + cfg.schedule.max_minutes * 60 if cfg.schedule.max_minutes > 0 else None
 
-    if start_step == 0 and not history:
+    if step == 0 and not history:
         metrics = validate(body, val)
         log.info("before training: %s", _fmt(metrics))
-        history.append({"epoch": 0, "step": 0, **metrics})
-        with history_path.open("a") as f:
-            f.write(json.dumps(history[-1]) + "\n")
+        _append_history(history_path, history, {"epoch": 0, "step": 0, **metrics})
 
-    step = start_step
+    stopped = False
     while step < cfg.total_steps and not stopped:
-        epoch = step // spe + 1
-        sums: dict[str, float] = {}
-        n = 0
-        t0 = time.monotonic()
-        bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {epoch}/{cfg.schedule.epochs}", unit="step",
-                   mininterval=10.0)
-        while True:
-            losses = train_step(next(it))
-            step += 1
-            step_var.assign(step)
-            n += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.update(1)
-            if step % cfg.schedule.log_every_steps == 0:
-                with writer.as_default(step=step):
-                    for k, v in losses.items():
-                        tf.summary.scalar(f"train/{k}", v)
-                    tf.summary.scalar("train/lr", opt.learning_rate)
-                bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
-            if step % cfg.schedule.checkpoint_every_steps == 0:
-                save_checkpoint()
-            if (deadline is not None and time.monotonic() > deadline) or step == cfg.schedule.stop_at_step:
-                stopped = True
-                break
-            if step % spe == 0 or step >= cfg.total_steps:
-                break
-        bar.close()
-        elapsed = time.monotonic() - t0
-        rate = n * cfg.data.batch_size / max(elapsed, 1e-9)
-        save_checkpoint()
-        if stopped and step % spe != 0:
+        epoch = step // cfg.schedule.steps_per_epoch + 1
+        run = _run_epoch(train_step, batches, step, cfg, ckpts, writer, opt, deadline)
+        step, stopped = run.step, run.stopped
+        ckpts.save()
+        if stopped and step % cfg.schedule.steps_per_epoch != 0:
             log.info("stopped at step %d by schedule.max_minutes/stop_at_step (checkpointed; rerun to resume)", step)
             break
-        metrics = validate(body, val)
-        rec = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()},
-               "pairs_per_s": rate, "lr": float(opt.learning_rate.numpy()), **metrics}
-        history.append(rec)
-        with history_path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-        with writer.as_default(step=step):
-            for k, v in rec.items():
-                if isinstance(v, float) and k.startswith("val_"):
-                    tf.summary.scalar(k.replace("@", "_at_").replace("=", "_"), v)
-            tf.summary.scalar("train/pairs_per_s", rate)
-        log.info("epoch %d step %d: %.1f pairs/s, %s", epoch, step, rate, _fmt(rec))
-        if metrics["val_mrr@10"] > float(best_var.numpy()):
-            best_var.assign(metrics["val_mrr@10"])
-            (run_dir / "best").mkdir(exist_ok=True)
-            encoder.save_weights(str(run_dir / "best" / WEIGHTS_FILE))
-            (run_dir / "best" / "metrics.json").write_text(json.dumps(rec, indent=2) + "\n")
-            save_checkpoint()
+        rec = _epoch_record(body, val, opt, epoch, run, cfg.data.batch_size)
+        _append_history(history_path, history, rec)
+        _write_epoch_summaries(writer, rec)
+        log.info("epoch %d step %d: %.1f pairs/s, %s", epoch, step, rec["pairs_per_s"], _fmt(rec))
+        if rec["val_mrr@10"] > ckpts.best:
+            _save_best(encoder, run_dir, rec, ckpts)
     writer.flush()
-    return TrainResult(run_dir, step, float(best_var.numpy()), history, stopped)
+    return TrainResult(run_dir, step, ckpts.best, history, stopped)
 
 
 def _fmt(d: dict) -> str:

@@ -190,7 +190,8 @@ def summarize(outcomes: list[QueryOutcome], target_far: float) -> dict[str, Any]
 def compare_simulated(cfg: AggregationSimConfig) -> dict[str, Any]:
     """Build a simulated catalogue + queries and compare the aggregations. Returns the figures."""
     from serving.index import SearcherConfig, TrackInfo, WindowIndex
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     cat = simulate_catalogue(cfg)
     tracks = [TrackInfo(f"sim{i:05d}", f"Simulated {i}", "sim") for i in range(cfg.tracks)]
@@ -228,7 +229,8 @@ def compare_real(catalogue: Path, queries: Path, model_dir: Path, index_dir: Pat
     from data_gen.manifest import read_catalogue, read_queries
     from serving.embedder import Embedder
     from serving.index import WindowIndex
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     embedder = Embedder(model_dir)
     if index_dir is not None:

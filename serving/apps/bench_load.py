@@ -318,7 +318,7 @@ def format_result(result: LoadResult, query_seconds: float) -> str:
 # --- CLI ------------------------------------------------------------------------------------
 def register(subparsers) -> None:
     from serving.arg_types import on_off, positive_int
-    from serving.retrieval import parse_tempo_rates
+    from serving.retrieval_types import parse_tempo_rates
 
     d = LoadBenchConfig()
     p = subparsers.add_parser(

@@ -66,7 +66,8 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
     from data_gen.synth.test_signals import hum_like_audio
     from serving.embedder import Embedder
     from serving.index import WindowIndex
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -147,7 +148,7 @@ def format_breakdown(b: QueryBreakdown) -> str:
 
 def register(subparsers) -> None:
     from serving.arg_types import positive_float, positive_int
-    from serving.retrieval import parse_tempo_rates
+    from serving.retrieval_types import parse_tempo_rates
 
     p = subparsers.add_parser(
         "bench-query", help="per-stage time of one query (single-threaded)", allow_abbrev=False,

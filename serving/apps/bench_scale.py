@@ -169,7 +169,8 @@ class BenchScaleConfig:
 
 def bench_one(num_tracks: int, work_dir: Path, cfg: BenchScaleConfig, syn: SyntheticConfig) -> dict[str, Any]:
     from serving.index import SearcherConfig, WindowIndex, brute_force_search, perturbed_queries, recall_at_k
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     res: dict[str, Any] = {"tracks": num_tracks, "windows": num_tracks * syn.windows_per_track}
     t0 = time.perf_counter()

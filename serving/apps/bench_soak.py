@@ -149,7 +149,7 @@ class ServerLaunch:
     tempo_views: str | None = None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "data_gen.cli", "serve", "--model", str(Path(self.model).resolve()),
+        argv = [sys.executable, "-m", "serving.apps.earworm", "serve", "--model", str(Path(self.model).resolve()),
                 "--index", str(Path(self.index).resolve()), "--host", "127.0.0.1", "--port", "0",
                 "--watch-index", f"{self.watch_index_s:g}"]
         for flag, value in (("--stream-idle-seconds", self.stream_idle_s), ("--max-audio-bytes", self.max_audio_bytes),

@@ -213,7 +213,7 @@ def ensure_calibration(paths: DemoPaths, index_dir: Path, model_dir: Path, manif
     """Calibrate the no-match threshold when the index has none (or one made with other retrieval
     settings). Returns a one-line summary."""
     from serving.calibration import load_calibration
-    from serving.retrieval import RetrievalConfig
+    from serving.retrieval_types import RetrievalConfig
 
     default = RetrievalConfig()
     existing = load_calibration(index_dir, default.aggregation)

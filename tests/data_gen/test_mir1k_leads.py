@@ -11,7 +11,7 @@ import pytest
 from beam_pipelines.sources import mir1k_snippets
 from data_gen import constants as C
 from data_gen.audio import load_audio
-from data_gen.cli import main as earworm
+from serving.apps.earworm import main as earworm
 from data_gen.mir1k_leads import LeadConfig, LeadError, lead_path, read_pitch_labels, render_mir1k_leads
 from data_gen.pitch.pyin import PyinExtractor
 from tests.training.evaluation.test_benchsets import CLIP_PITCHES, make_fake_mir1k

@@ -9,8 +9,10 @@ import pretty_midi
 import pytest
 
 from data_gen import arrangement as A
+from data_gen import arrangement_styles
 from data_gen import constants as C
 from data_gen import render as R
+from data_gen.band_names import band_name
 from data_gen.melodies import Melody, Note, melody_notes_seconds
 
 
@@ -134,7 +136,7 @@ def test_long_tunes_are_cut_at_a_note_boundary():
     assert all(n.end - n.start <= 1.0 * spb + 1e-6 for n in notes) and len(onsets) == len(notes)
 
 
-@pytest.mark.parametrize("style", sorted(A.STYLES))
+@pytest.mark.parametrize("style", sorted(arrangement_styles.STYLES))
 def test_every_style_arranges_a_full_band(style):
     tune = _tune(pickup=1.0, ts="3/4" if style == "folk_acoustic" else "4/4")
     tune = Melody(tune.melody_id, tune.title, tune.source, tuple(Note(n.pitch, n.start, n.duration)
@@ -187,9 +189,9 @@ def test_key_estimate_matches_music21():
 
 
 def test_band_names_are_deterministic():
-    assert A.band_name("jazz_trio", "x") == A.band_name("jazz_trio", "x")
-    assert A.band_name("jazz_trio", "x").endswith("Trio")
-    assert len({A.band_name("pop_band", str(i)) for i in range(20)}) > 10
+    assert band_name("jazz_trio", "x") == band_name("jazz_trio", "x")
+    assert band_name("jazz_trio", "x").endswith("Trio")
+    assert len({band_name("pop_band", str(i)) for i in range(20)}) > 10
 
 
 def test_missing_soundfont_is_a_clear_error(monkeypatch, tmp_path):

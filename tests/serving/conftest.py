@@ -76,7 +76,8 @@ def base_config(untrained_model_dir, index_dir):
 
 def loader_for(embedder, index, retrieval_config=None, embed_windows=None, retriever=None):
     """A loader that re-uses already loaded parts (loading TF models per test would be slow)."""
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
     from serving.server import Components
 
     class _Embedder:
@@ -132,14 +133,17 @@ def client(target):
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run an `earworm` subcommand of serving.cli (parsed exactly as the console command does, but
-    without importing other packages' commands)."""
+    """Run an `earworm` subcommand of serving.cli or serving.apps.cli (parsed exactly as the console
+    command does, but without importing other packages' commands)."""
     import argparse
 
     from serving import cli
+    from serving.apps import cli as apps_cli
 
     parser = argparse.ArgumentParser(prog="earworm")
-    cli.register(parser.add_subparsers(dest="command"))
+    subparsers = parser.add_subparsers(dest="command")
+    cli.register(subparsers)
+    apps_cli.register(subparsers)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

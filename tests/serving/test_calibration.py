@@ -18,7 +18,7 @@ from serving.calibration import (
     save_calibration,
     threshold_at_false_accept_rate,
 )
-from serving.retrieval import RetrievalConfig
+from serving.retrieval_types import RetrievalConfig
 
 
 def test_threshold_accepts_at_most_the_target_fraction():

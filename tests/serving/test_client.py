@@ -68,7 +68,7 @@ def test_cli_identify_table(target, hum_file, capsys):
 
 def test_cli_says_no_match_explicitly(server_factory, embedder, index_dir, hum_file, capsys):
     from serving.index import WindowIndex
-    from serving.retrieval import RetrievalConfig
+    from serving.retrieval_types import RetrievalConfig
 
     _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir),
                                                  retrieval_config=RetrievalConfig(no_match_threshold=1.5)))

@@ -24,7 +24,7 @@ from serving.index import (
     perturbed_queries,
     recall_at_k,
 )
-from serving.retrieval import RetrievalConfig
+from serving.retrieval_types import RetrievalConfig
 
 SMALL = SyntheticConfig(windows_per_track=10, clusters=20, chunk_tracks=50, seed=3)
 

@@ -81,7 +81,8 @@ def test_real_hums_reach_retrieval(gate, shared_data_dir):
 
 def test_retriever_answers_no_melody_without_embedding(index_dir):
     from serving.index import WindowIndex
-    from serving.retrieval import NO_MELODY, RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import NO_MELODY, RetrievalConfig
 
     class CountingEmbedder:
         version = WindowIndex.load(index_dir).metadata.model_version

@@ -63,7 +63,8 @@ def test_fetch_by_track_in_time_order(store, scann_index):
 
 def test_a_retriever_over_milvus_answers_like_over_scann(store, scann_index, embedder, masters):
     from data_gen import constants as C
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     cfg = RetrievalConfig(no_match_threshold=0.5, query_tempo_rates=(1.0, 0.8))
     over_scann, over_milvus = Retriever(embedder, scann_index, cfg), Retriever(embedder, store, cfg)
@@ -89,7 +90,8 @@ def test_a_missing_collection_is_a_clear_error(lite, tmp_path):
 
 
 def test_releases_duplicates_removal_and_the_model_check(make_index, master_embeddings, lite, embedder):
-    from serving.retrieval import ModelMismatchError, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import ModelMismatchError
 
     base = make_index(track_ids=TRACK_IDS[:2])
     s0 = copy_index(base, lite, "releases")
@@ -131,7 +133,8 @@ def test_releases_duplicates_removal_and_the_model_check(make_index, master_embe
 
 def test_the_calibration_travels_with_the_collection(store, embedder):
     from serving.calibration import calibrate_scores
-    from serving.retrieval import RetrievalConfig, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
 
     cal = calibrate_scores([0.2, 0.3, 0.4], aggregation="temporal", target_false_accept_rate=0.34,
                            model_version=store.metadata.model_version, index_version=store.version)
@@ -177,7 +180,7 @@ def test_the_beam_sink_writes_windows_from_a_worker(lite, master_embeddings):
 
 
 def test_index_command_writes_a_milvus_collection(tmp_path, untrained_model_dir):
-    from data_gen.cli import main
+    from serving.apps.earworm import main
     from tests.beam_pipelines.conftest import IN_PROCESS, make_tiny_catalogue
 
     manifest = make_tiny_catalogue(tmp_path / "cat", ("t1", "t2"), corrupt="bad")
@@ -245,7 +248,7 @@ def test_the_pipeline_writes_from_its_workers_like_from_its_driver(tmp_path, unt
 
 
 def test_index_remove_on_a_scann_index_rebuilds_it_without_the_tracks(make_index, tmp_path):
-    from data_gen.cli import main
+    from serving.apps.earworm import main
 
     index = make_index()
     path = tmp_path / "idx"

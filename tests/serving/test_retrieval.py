@@ -15,17 +15,8 @@ from serving.calibration import calibrate_scores, save_calibration
 from serving.index import TrackInfo, WindowIndex
 from serving.window_store import WindowHits
 from tests.conftest import sung_tone
-from serving.retrieval import (
-    DEFAULT_NO_MATCH_THRESHOLD,
-    ModelMismatchError,
-    QueryEmbedding,
-    RetrievalConfig,
-    Retriever,
-    aggregate_temporal,
-    aggregate_vote,
-    parse_tempo_rates,
-    rerank_temporal,
-)
+from serving.retrieval import Retriever, aggregate_temporal, aggregate_vote, rerank_temporal
+from serving.retrieval_types import DEFAULT_NO_MATCH_THRESHOLD, ModelMismatchError, QueryEmbedding, RetrievalConfig, parse_tempo_rates
 
 DIM = C.EMBEDDING_DIM
 Q = 12  # query windows, 1 s apart (long enough for a 25 % tempo drift to exceed the bin tolerance)

@@ -324,7 +324,7 @@ def test_stream_sends_interims_then_a_final_answer_when_the_client_closes(server
 def test_stream_ends_early_once_confident_and_stable(server_factory, embedder, index_dir, masters):
     from serving.client import RecognizerClient
     from serving.index import WindowIndex
-    from serving.retrieval import RetrievalConfig
+    from serving.retrieval_types import RetrievalConfig
 
     # The query as sung only: in resampled tempo views of 2-3 s of audio, the untrained test model
     # scores every track alike (~0.99), so the early stop would wait for more audio (tested below).
@@ -473,7 +473,7 @@ def test_micro_batching_server_gives_the_same_answers(server_factory, embedder, 
     from data_gen.windows import cut_query_views
     from serving.client import RecognizerClient
     from serving.index import WindowIndex
-    from serving.retrieval import RetrievalConfig
+    from serving.retrieval_types import RetrievalConfig
 
     index = WindowIndex.load(index_dir)
     server, target = server_factory(loader=loader_for(embedder, index), batching=True)

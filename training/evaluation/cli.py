@@ -84,7 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from serving.retrieval import parse_tempo_rates
+    from serving.retrieval_types import parse_tempo_rates
     from training.evaluation.runner import INDEXERS, EvalConfig
 
     d = EvalConfig(Path("."), Path("."), Path("."), model_dir=Path("."))

@@ -30,7 +30,7 @@ LENGTH_BUCKETS_S = (0.0, 4.0, 6.0, 8.0, 10.0, 15.0, math.inf)
 """Edges of the query-length buckets in seconds: [0, 4), [4, 6), ..., [15, inf)."""
 DEFAULT_TARGET_FAR = 0.05
 NO_MELODY = "no_melody"
-"""`QueryOutcome.reason` of a query the melody gate stopped (`serving.retrieval.NO_MELODY`)."""
+"""`QueryOutcome.reason` of a query the melody gate stopped (`serving.retrieval_types.NO_MELODY`)."""
 UNKNOWN_KIND = "unspecified"
 UNREADABLE = "unreadable"
 

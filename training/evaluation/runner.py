@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data_gen import constants as C
 from data_gen.audio import AudioError, load_audio
 from data_gen.manifest import ManifestError, Query, Track, read_catalogue, read_queries
-from serving.retrieval import RetrievalConfig
+from serving.retrieval_types import RetrievalConfig
 from training.evaluation import metrics as M
 from training.evaluation.baselines import BASELINES
 from training.evaluation.systems import ModelSystem, RankingSystem, SharedQueryEmbedding

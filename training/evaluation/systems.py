@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data_gen import constants as C
 from data_gen.manifest import Track
 
 if TYPE_CHECKING:  # heavy imports (TensorFlow, ScaNN) stay out of `earworm --help`
-    from serving.retrieval import QueryEmbedding, RetrievalResult, Retriever
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import QueryEmbedding, RetrievalResult
 
 
 class RankingSystem(abc.ABC):
@@ -121,7 +121,7 @@ def make_result(
     track_ids: [n]; scores: float [n] (-inf for a track that cannot match); offsets_s: [n] or None.
     A system without a no-match decision passes threshold=None: it always answers.
     """
-    from serving.retrieval import Match, RetrievalResult
+    from serving.retrieval_types import Match, RetrievalResult
 
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")[:top_k]

@@ -47,7 +47,7 @@ def test_suite_table_rows(tmp_path: Path):
 
 
 def test_cli_lists_the_commands(capsys):
-    from data_gen.cli import build_parser
+    from serving.apps.earworm import build_parser
 
     help_text = build_parser().format_help()
     for command in ("eval", "benchset", "eval-suite"):

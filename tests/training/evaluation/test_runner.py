@@ -92,7 +92,7 @@ def test_unknown_track_id_is_a_manifest_error(tiny_bench, tmp_path):
 
 
 def test_cli_reports_errors_before_heavy_work(tiny_bench, tmp_path, capsys):
-    from data_gen.cli import main
+    from serving.apps.earworm import main
 
     code = main(["eval", "--catalogue", str(tmp_path / "nope.csv"), "--queries", str(tiny_bench["queries"]),
                  "--no-model", "--baselines", "note_histogram", "--out", str(tmp_path / "o")])

@@ -32,13 +32,20 @@ from typing import Any
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.manifest import ManifestError, Query, Track, read_queries, write_catalogue, write_queries
+from data_gen.manifest import (
+    ManifestError,
+    Query,
+    Track,
+    read_csv_rows,
+    read_queries,
+    write_catalogue,
+    write_queries,
+)
 from data_gen.mir1k_leads import PV_FIRST_CENTRE_S, PV_HOP_S, NoteSegmentation, notes_from_pitch_labels
 from training.evaluation.benchsets.common import (
     BENCHSET_INFO,
     default_source,
     pad_with_distractors,
-    read_csv_rows,
     require_source,
     write_info,
 )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from data_gen import paths
-from data_gen.manifest import ManifestError, read_csv_rows  # noqa: F401 (re-exported for the builders)
+from data_gen.manifest import ManifestError
 
 BENCHSET_INFO = "benchset.json"
 

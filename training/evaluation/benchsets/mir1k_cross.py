@@ -30,12 +30,19 @@ from tqdm import tqdm
 
 from data_gen import constants as C
 from data_gen.audio import load_audio, write_audio
-from data_gen.manifest import ManifestError, Query, Track, read_catalogue, write_catalogue, write_queries
+from data_gen.manifest import (
+    ManifestError,
+    Query,
+    Track,
+    read_catalogue,
+    read_csv_rows,
+    write_catalogue,
+    write_queries,
+)
 from data_gen.mir1k_leads import NoteSegmentation, notes_from_pitch_labels, read_pitch_labels, render_lead
 from data_gen.mir1k_leads import rms as _rms
 from training.evaluation.benchsets.common import (
     default_source,
-    read_csv_rows,
     require_source,
     seeded_rng,
     write_info,

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from data_gen.manifest import ManifestError, Query, write_queries
-from training.evaluation.benchsets.common import default_source, read_csv_rows, require_source, write_info
+from data_gen.manifest import ManifestError, Query, read_csv_rows, write_queries
+from training.evaluation.benchsets.common import default_source, require_source, write_info
 
 log = logging.getLogger(__name__)
 

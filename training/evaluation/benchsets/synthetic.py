@@ -106,7 +106,7 @@ def render_seed(seed: int, melody_id: str) -> int:
 def _render_one(args: tuple[str, int, str]) -> dict[str, Any]:
     """Worker: parse + render one melody into the pool. Returns its pool entry."""
     melody_id, seed, pool_dir = args
-    from data_gen.arrangement import band_name
+    from data_gen.band_names import band_name
     from data_gen.audio import write_audio
     from data_gen.melodies import MelodyError, check_usable, load_melody
     from data_gen.render import render_master
