@@ -182,8 +182,9 @@ def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: floa
     best_j = np.full(shape, -1, np.int64)
     first = np.searchsorted(key, times - tol, side="left")
     qi = np.arange(q)
-    # windows are a hop apart (the last one may be closer): at most 2 * tol / hop + 2 fall in range
-    for k in range(int(np.ceil(2 * tol / C.MASTER_WINDOW_HOP_SECONDS)) + 2):
+    # a few windows (about 2 * tol / hop + 1, whatever the index's hop) fall in range: stop at the first
+    # step past the range for every time
+    for k in range(key.size):
         j = np.minimum(first + k, key.size - 1)
         ok = (first + k < key.size) & (key[j] <= times + tol)
         if not ok.any():
@@ -273,6 +274,8 @@ def aggregate(hits: WindowHits, query_offsets: np.ndarray, config: RetrievalConf
     """`config`'s aggregation of one query (view); tempo_ratios None: `config.tempo_ratios`."""
     if config.aggregation == "vote":
         return aggregate_vote(hits, query_offsets)
+    if config.offset_bin_seconds is None:  # no index at hand: the default master hop
+        config = config.for_master_hop(C.MASTER_WINDOW_HOP_SECONDS)
     return aggregate_temporal(hits, query_offsets,
                               config.tempo_ratios if tempo_ratios is None else tempo_ratios,
                               config.offset_bin_seconds, config.offset_tolerance_bins)
@@ -288,6 +291,12 @@ def top_tracks(scores: TrackScores, top_k: int) -> np.ndarray:
 
 # --- the retriever -----------------------------------------------------------------------------
 
+def master_hop_seconds(index: WindowStore) -> float:
+    """How far apart the index's master windows start (`earworm index --master-hop-seconds`; indexes
+    made before the option existed used MASTER_WINDOW_HOP_SECONDS)."""
+    return float(getattr(index.metadata, "master_hop_seconds", C.MASTER_WINDOW_HOP_SECONDS))
+
+
 class Retriever:
     """Identifies queries against one index with one model. Thread-safe (read-only state)."""
 
@@ -302,7 +311,7 @@ class Retriever:
                 f"the embedder is {embedder.version!r}: rebuild the index with this model")
         self.embedder = embedder
         self.index = index
-        self.config = config
+        self.config = config.for_master_hop(master_hop_seconds(index))
         self._rerank_count = config.effective_rerank_candidates
         self.threshold, self.threshold_source = self._resolve_threshold()
         self.gate = MelodyGate(config.melody_gate) if config.melody_gate is not None else None

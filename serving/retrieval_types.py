@@ -3,18 +3,17 @@ retrieval configuration, a ranked answer, and the no-match reasons.
 
 They sit apart from `serving.retrieval` (the aggregation and the `Retriever`) so that the embedder,
 the servicer, the evaluation and the apps can name them without importing the retrieval machinery;
-this module imports nothing from the project above `data_gen` and `serving.melody_gate`.
+this module imports nothing from the project but `serving.melody_gate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
-from data_gen import constants as C
 from serving.melody_gate import MelodyCheck, MelodyGateConfig
 
 AGGREGATIONS = ("temporal", "vote")
@@ -89,15 +88,18 @@ class RetrievalConfig:
     tempo_view_penalty: float = DEFAULT_TEMPO_VIEW_PENALTY
     """A view's scores are lowered by this times |ln rate| (0.08 for the 0.8x and 1.25x views): a prior
     that the singer is at the record's tempo, so a changed tempo must match clearly better to win."""
-    offset_bin_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
+    offset_bin_seconds: float | None = None
+    """Start bins of the temporal aggregation; None: half the index's master hop (0.5 s at 1 s)."""
     offset_tolerance_bins: int = 1
     rerank_candidates: int = 50
     """"temporal" only: re-score this many best tracks by exact alignment over all their windows
     (`rerank_temporal`); 0 = off."""
-    rerank_step_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
-    """Grid of query start positions in the master that the re-ranking tries."""
-    rerank_tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2
-    """A query window may match a master window up to this far from its aligned position."""
+    rerank_step_seconds: float | None = None
+    """Grid of query start positions in the master that the re-ranking tries; None: half the
+    index's master hop."""
+    rerank_tolerance_seconds: float | None = None
+    """A query window may match a master window up to this far from its aligned position; None:
+    half the index's master hop (the farthest a true alignment lies from its nearest window)."""
     melody_gate: MelodyGateConfig | None = MelodyGateConfig()
     """Audio with no melody in it (a steady tone, noise, clicks, speech) is answered "no melody"
     before any embedding (`serving.melody_gate`); None: every query is searched."""
@@ -106,6 +108,15 @@ class RetrievalConfig:
     def effective_rerank_candidates(self) -> int:
         """How many first-stage tracks are re-scored (0 for "vote", which is order-free by design)."""
         return self.rerank_candidates if self.aggregation == "temporal" else 0
+
+    def for_master_hop(self, hop_seconds: float) -> RetrievalConfig:
+        """This config with every alignment grid left at None set from the index's master hop:
+        master windows `hop_seconds` apart put a true alignment up to half a hop from a window."""
+        half = hop_seconds / 2
+        return replace(self, offset_bin_seconds=half if self.offset_bin_seconds is None else self.offset_bin_seconds,
+                       rerank_step_seconds=half if self.rerank_step_seconds is None else self.rerank_step_seconds,
+                       rerank_tolerance_seconds=(half if self.rerank_tolerance_seconds is None
+                                                 else self.rerank_tolerance_seconds))
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -121,9 +132,10 @@ class RetrievalConfig:
             raise ValueError(f"query_tempo_rates must be distinct positive rates, got {self.query_tempo_rates}")
         if not self.tempo_view_penalty >= 0:
             raise ValueError(f"tempo_view_penalty must be >= 0, got {self.tempo_view_penalty}")
-        if self.offset_bin_seconds <= 0 or self.offset_tolerance_bins < 0:
+        if (self.offset_bin_seconds is not None and self.offset_bin_seconds <= 0) or self.offset_tolerance_bins < 0:
             raise ValueError("offset_bin_seconds must be > 0 and offset_tolerance_bins >= 0")
-        if self.rerank_candidates < 0 or self.rerank_step_seconds <= 0 or self.rerank_tolerance_seconds < 0:
+        if (self.rerank_candidates < 0 or (self.rerank_step_seconds is not None and self.rerank_step_seconds <= 0)
+                or (self.rerank_tolerance_seconds is not None and self.rerank_tolerance_seconds < 0)):
             raise ValueError("rerank_candidates must be >= 0, rerank_step_seconds > 0 and "
                              "rerank_tolerance_seconds >= 0")
 

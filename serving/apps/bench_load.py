@@ -4,9 +4,11 @@ Either starts a server in this process (`--model DIR --index DIR`, or `--synthet
 build a random N-track index for the model; rendering 10k masters would take hours) or targets a
 running one (`--server host:port`, with `--server-pid` to sample its memory). Each client sends
 `--query-seconds` of hum-like audio (an encoded WAV, as a phone would) in a closed loop: the next
-request leaves when the previous answer arrives. Prints latency percentiles (measured by the
-clients, end to end), throughput, errors by status code and the server's resident memory
-sampled over the run (start / max / end: flat means no leak).
+request leaves when the previous answer arrives; a request the server turns away as busy
+(RESOURCE_EXHAUSTED, its admission limit) is retried after a jittered, doubling back-off, as a
+well-behaved client would, and its latency counts from the first attempt. Prints latency
+percentiles (measured by the clients, end to end), throughput, errors by status code, the busy
+retries and the server's resident memory sampled over the run (start / max / end: flat means no leak).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -41,6 +44,11 @@ class LoadBenchConfig:
     rss_interval_s: float = 0.5
     timeout_s: float = 10.0
     seed: int = 0
+    busy_backoff_ms: float = 20.0
+    """A request turned away with RESOURCE_EXHAUSTED (the server's admission limit) is retried after
+    a jittered back-off that starts here and doubles up to `busy_backoff_max_ms`; its latency counts
+    from the first attempt."""
+    busy_backoff_max_ms: float = 500.0
 
 
 @dataclass
@@ -54,6 +62,8 @@ class LoadResult:
     rss_mb: dict[str, float] = field(default_factory=dict)
     server: dict[str, object] = field(default_factory=dict)
     server_cpu_ms_per_request: float | None = None
+    busy_retries: int = 0
+    """Attempts the server turned away as busy (RESOURCE_EXHAUSTED) and the client retried."""
     """Server process CPU time (user + system, all threads) per answered request: the cost of one
     request independent of how busy the machine is (2 idle cores serve at most 2000 / this req/s)."""
 
@@ -173,6 +183,7 @@ class _ClientFigures:
     latencies_ms: list[float]
     errors: dict[str, int]
     seconds: float
+    busy_retries: int = 0
 
 
 def _drive_clients(target: str, config: LoadBenchConfig, token: str | None, on_start) -> _ClientFigures:
@@ -188,20 +199,36 @@ def _drive_clients(target: str, config: LoadBenchConfig, token: str | None, on_s
             client.identify_bytes(queries[(i + j) % len(queries)])
     latencies: list[list[float]] = [[] for _ in clients]
     errors: list[Counter] = [Counter() for _ in clients]
+    busy = [0] * len(clients)
     start_barrier = threading.Barrier(len(clients) + 1)
     end_time = [0.0]
 
     def client_loop(k: int) -> None:
         client, lat, err = clients[k], latencies[k], errors[k]
+        rng = random.Random(config.seed * 1000 + k)
         i = k
         start_barrier.wait()
         while time.perf_counter() < end_time[0]:
             t0 = time.perf_counter()
-            try:
-                client.identify_bytes(queries[i % len(queries)])
-                lat.append((time.perf_counter() - t0) * 1000.0)
-            except ClientError as e:
-                err[e.code.name if e.code else "CLIENT"] += 1
+            backoff = config.busy_backoff_ms
+            while True:
+                try:
+                    client.identify_bytes(queries[i % len(queries)])
+                    lat.append((time.perf_counter() - t0) * 1000.0)  # from the first attempt
+                except ClientError as e:
+                    code = e.code.name if e.code else "CLIENT"
+                    if code == "RESOURCE_EXHAUSTED":
+                        # the server is at its admission limit: back off (jittered, doubling) and
+                        # retry, as a well-behaved client does, instead of spinning on rejections;
+                        # at the end of the run the request is dropped unanswered
+                        if time.perf_counter() >= end_time[0]:
+                            break
+                        busy[k] += 1
+                        time.sleep(rng.uniform(0.5, 1.0) * backoff / 1000.0)
+                        backoff = min(2 * backoff, config.busy_backoff_max_ms)
+                        continue
+                    err[code] += 1
+                break
             i += 1
 
     threads = [threading.Thread(target=client_loop, args=(k,), name=f"client-{k}") for k in range(len(clients))]
@@ -216,7 +243,7 @@ def _drive_clients(target: str, config: LoadBenchConfig, token: str | None, on_s
     elapsed = time.perf_counter() - started
     for client in clients:
         client.close()
-    return _ClientFigures([x for lat in latencies for x in lat], dict(sum(errors, Counter())), elapsed)
+    return _ClientFigures([x for lat in latencies for x in lat], dict(sum(errors, Counter())), elapsed, sum(busy))
 
 
 def _client_process(target: str, config: LoadBenchConfig, token: str | None, started, results) -> None:
@@ -290,6 +317,7 @@ def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
         server=server,
         server_cpu_ms_per_request=(sampler.cpu_used * 1000.0 / max(all_lat.size, 1))
         if sampler and sampler.cpu_used is not None else None,
+        busy_retries=figures.busy_retries,
     )
 
 
@@ -304,6 +332,8 @@ def format_result(result: LoadResult, query_seconds: float) -> str:
                      f"mean {lat['mean']:.1f}  max {lat['max']:.1f}")
     errors = ", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "0"
     lines.append(f"errors: {errors}")
+    if result.busy_retries:
+        lines.append(f"turned away as busy and retried after a back-off: {result.busy_retries} attempts")
     if result.rss_mb:
         r = result.rss_mb
         lines.append(f"server RSS MB over the run: start {r['start']:.0f}, 25% {r['25%']:.0f}, 50% {r['50%']:.0f}, "

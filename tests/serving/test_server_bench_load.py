@@ -48,3 +48,19 @@ def test_run_load_reports_requests_errors_memory_and_server_view(server_factory,
     assert result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
     assert result.server_cpu_ms_per_request > 0
     json.dumps(result.__dict__)  # the --json-out payload is serialisable
+
+
+def test_clients_back_off_and_retry_when_the_server_is_busy(server_factory, embedder, index_dir):
+    """At the admission limit the server answers RESOURCE_EXHAUSTED at once; the benchmark's clients
+    retry after a back-off (counted) instead of reporting an error or spinning on rejections."""
+    from serving.index import WindowIndex
+
+    server, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)),
+                                    servicer={"max_concurrent_identify": 1})
+    config = LoadBenchConfig(clients=3, seconds=1.5, query_seconds=5.0, distinct_queries=2, warmup_requests=0)
+    result = run_load(target, config, metrics=server.metrics)
+    assert result.requests > 0 and result.errors == {}
+    assert result.busy_retries > 0
+    rejected = result.server["codes"].get("RESOURCE_EXHAUSTED", 0)
+    assert rejected >= result.busy_retries - 3  # every retry followed a rejection (a last one may be in flight)
+    assert rejected < 20 * result.server["codes"]["OK"]  # backed off, not a spin
