@@ -1,16 +1,18 @@
 """Pipeline 2 (`earworm index`): embed a catalogue's masters and build the ScaNN window index.
 
     catalogue manifest (data_gen.manifest.read_catalogue) -> Track records
-      | EmbedTracks    decode (load_audio rules, at most MAX_MASTER_SECONDS), cut overlapping
-                       master windows, embed them in cross-track batches with the exported encoder
-                       (serving.embedder.Embedder, loaded once per worker in DoFn.setup)
+      | EmbedTracks    decode (load_audio rules, at most MAX_MASTER_SECONDS), embed the overlapping
+                       master windows in cross-track batches with the exported encoder
+                       (serving.embedder.Embedder.embed_masters, as the in-process indexer does:
+                       front-end once per master; loaded once per worker in DoFn.setup)
       | WriteEmbeddingShards   WORK/embeddings/embeddings-IIIII-of-NNNNN.npz
                        (track_id [t] str, track_row int32 [n], offset_s float32 [n],
                         embedding float32 [n, dim]; windows sorted by (track, offset))
     bad tracks -> WORK/errors-00000-of-00001.jsonl ({"track_id","stage","reason","error"})
-    driver: read the shards -> serving.index.WindowIndex.build (or WindowIndex.load(OLD).add for a
-            new release, without re-embedding the old catalogue) -> save to OUT (serving.index
-            layout) + OUT/errors-00000-of-00001.jsonl.
+    driver: read the shards one at a time into a float32 spill file beside OUT (`_spill_shards`:
+            the whole matrix is never in anonymous memory) -> serving.index.WindowIndex.build from
+            its memmap (or WindowIndex.load(OLD).add for a new release, without re-embedding the old
+            catalogue) -> save to OUT (serving.index layout) + OUT/errors-00000-of-00001.jsonl.
 
 WORK is a scratch folder (default: `.<OUT name>.work` beside OUT; any Beam filesystem on a
 distributed runner); it is removed after a successful run unless `keep_work`.
@@ -23,6 +25,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -89,7 +92,8 @@ def shared_embedder(model_dir: str, batch_size: int):
 
 
 class DecodeTrackFn(beam.DoFn):
-    """TrackRef -> (TrackRef, windows [n, WINDOW_SAMPLES], offsets [n]) | errors."""
+    """TrackRef -> (TrackRef, audio [samples] float32, seconds) | errors. The windows are not cut
+    here: the embedder slices them from one front-end pass over the whole master."""
 
     def __init__(self) -> None:
         self.decoded = Metrics.counter(NAMESPACE, "tracks_decoded")
@@ -99,7 +103,7 @@ class DecodeTrackFn(beam.DoFn):
 
     def process(self, t: TrackRef) -> Iterator:
         from data_gen.audio import AudioError
-        from data_gen.windows import cut_master_windows
+        from data_gen.windows import window_starts
         from serving.indexer import load_master
 
         try:
@@ -109,16 +113,17 @@ class DecodeTrackFn(beam.DoFn):
             self.err.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, _error(t.track_id, "decode", f"{t.path}: {e}", e))
             return
-        windows, offsets = cut_master_windows(audio)
         self.decoded.inc()
         self.audio_ms.inc(int(round(1000 * audio.shape[0] / C.SAMPLE_RATE)))
-        self.windows.inc(int(windows.shape[0]))
-        yield t, windows, offsets, audio.shape[0] / C.SAMPLE_RATE
+        self.windows.inc(int(window_starts(audio.shape[0], C.MASTER_WINDOW_HOP).size))
+        yield t, audio, audio.shape[0] / C.SAMPLE_RATE
 
 
 class EmbedBatchFn(beam.DoFn):
-    """[(TrackRef, windows, offsets, seconds)] -> TrackEmbeddings per track | errors: every
-    window of the batch goes through the model together (cross-track batching)."""
+    """[(TrackRef, audio, seconds)] -> TrackEmbeddings per track | errors, with
+    `Embedder.embed_masters` (the in-process indexer's path): the front-end once per master, the
+    body over every window of the batch together (cross-track batching). A failing batch is retried
+    track by track, so one bad track does not take the others down."""
 
     def __init__(self, model_dir: str, embed_batch: int, log_every: int):
         self.model_dir, self.embed_batch, self.log_every = model_dir, embed_batch, log_every
@@ -130,18 +135,14 @@ class EmbedBatchFn(beam.DoFn):
         self.progress = _Progress("embed", self.log_every)
 
     def process(self, batch: Sequence[tuple]) -> Iterator:
-        windows = np.concatenate([w for _, w, _, _ in batch])
         try:
-            emb = self.embedder.embed_windows(windows)
+            embedded = self.embedder.embed_masters([audio for _, audio, _ in batch])
         except Exception as e:  # noqa: BLE001 - a batch failing: retry track by track
             log.warning("batch of %d tracks failed (%s); embedding them one by one", len(batch), e)
             yield from self._one_by_one(batch)
             return
-        start = 0
-        for t, w, offsets, seconds in batch:
-            n = w.shape[0]
-            yield self._ok(t, emb[start : start + n], offsets, seconds)
-            start += n
+        for (t, _, seconds), (emb, offsets) in zip(batch, embedded):
+            yield self._ok(t, emb, offsets, seconds)
 
     def _ok(self, t: TrackRef, emb: np.ndarray, offsets: np.ndarray, seconds: float) -> TrackEmbeddings:
         self.embedded.inc()
@@ -150,9 +151,9 @@ class EmbedBatchFn(beam.DoFn):
                                seconds)
 
     def _one_by_one(self, batch: Sequence[tuple]) -> Iterator:
-        for t, w, offsets, seconds in batch:
+        for t, audio, seconds in batch:
             try:
-                yield self._ok(t, self.embedder.embed_windows(w), offsets, seconds)
+                yield self._ok(t, *self.embedder.embed_master(audio), seconds)
             except Exception as e:  # noqa: BLE001
                 _log_unexpected(e, (ValueError, RuntimeError), t.track_id)
                 self.err.inc()
@@ -298,31 +299,54 @@ def _default_work_dir(out_dir: str) -> str:
     return str(p.parent / f".{p.name}.work")
 
 
-def _read_shards(work: str) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray, np.ndarray]:
-    """All shards -> (tracks [(manifest row, track_id)] in row order, embeddings [n, d],
-    track_rows [n] (into that track list), offsets [n])."""
-    from beam_pipelines.outputs import _list, join, read_bytes
+def _spill_dir(out_dir: str) -> tempfile.TemporaryDirectory:
+    """A local scratch folder beside the index (same disk, which must hold the index anyway) for the
+    driver's float32 spill of the embeddings; removed when the index is saved (or the build fails)."""
+    p = Path(out_dir).resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=f".{p.name}.spill-", dir=p.parent)
 
-    paths = _list(join(work, "embeddings", f"{SHARD_PREFIX}-*{SHARD_SUFFIX}"))
-    parts = []
-    for p in paths:
-        with np.load(io.BytesIO(read_bytes(p))) as z:
-            parts.append({k: z[k] for k in z.files})
+
+@dataclass
+class ShardWindows:
+    """Every embedding shard's windows, in manifest-row order: what the driver builds the index from."""
+
+    tracks: list[tuple[int, str]]
+    """(manifest row, track_id) of each embedded track, in row order."""
+    embeddings: np.ndarray
+    """float32 [n, dim]: a read-only memmap of a file on local disk (empty array: no window)."""
+    track_rows: np.ndarray
+    """int32 [n]: row into `tracks`."""
+    offsets_s: np.ndarray
+    """float32 [n]."""
+
+
+def _spill_shards(work: str, spill_dir: str | os.PathLike[str]) -> ShardWindows:
+    """Read the shards one at a time (`_iter_shards`) and append their embeddings to a float32 file in
+    `spill_dir` (local disk), mapped back read-only: the whole matrix is never in anonymous memory, only
+    one shard (the index build reads the memmap slice by slice). Windows stay grouped by track in
+    manifest-row order."""
+    from serving.vectors import Float32Spill
+
+    spill = Float32Spill(Path(spill_dir) / "embeddings.f32")
     tracks: list[tuple[int, str]] = []
-    emb, rows, offs = [], [], []
-    for z in sorted(parts, key=lambda z: int(z["row"][0]) if z["row"].size else -1):
-        for local, (row, tid) in enumerate(zip(z["row"].tolist(), z["track_id"].tolist())):
-            sel = z["track_row"] == local
-            tracks.append((int(row), str(tid)))
-            emb.append(z["embedding"][sel])
-            offs.append(z["offset_s"][sel])
-            rows.append(np.full(int(sel.sum()), len(tracks) - 1, np.int32))
-    order = sorted(range(len(tracks)), key=lambda i: tracks[i][0])
-    if order != list(range(len(tracks))):
-        raise IndexPipelineError("embedding shards overlap or are out of order")
-    if not tracks:
-        return [], np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    return tracks, np.concatenate(emb), np.concatenate(rows), np.concatenate(offs)
+    rows, offs = [], []
+    for z in _iter_shards(work):
+        shard_rows = [int(r) for r in z["row"].tolist()]
+        if not shard_rows:
+            continue
+        if shard_rows != sorted(shard_rows) or (tracks and shard_rows[0] <= tracks[-1][0]):
+            raise IndexPipelineError("embedding shards overlap or are out of order")
+        local = z["track_row"].astype(np.int32)
+        order = np.argsort(local, kind="stable")  # the writer's order already: a no-op permutation
+        spill.append(z["embedding"][order])
+        rows.append(local[order] + np.int32(len(tracks)))
+        offs.append(z["offset_s"][order].astype(np.float32))
+        tracks.extend(zip(shard_rows, (str(t) for t in z["track_id"].tolist())))
+    embeddings = spill.finish()
+    if not rows:
+        return ShardWindows([], embeddings, np.zeros(0, np.int32), np.zeros(0, np.float32))
+    return ShardWindows(tracks, embeddings, np.concatenate(rows), np.concatenate(offs))
 
 
 def _counters(result) -> dict[str, int]:
@@ -554,37 +578,42 @@ def run_index(config: IndexConfig, runner_args: Sequence[str] = (), *, work_dir:
     t_embed = time.monotonic() - t0
     counters = _counters(result)
 
-    done, emb, rows, offs = _read_shards(work)
     errors_path = outputs.join(work, outputs.shard_name(ERRORS_NAME, 0, 1, ".jsonl"))
     if not FileSystems.exists(errors_path):
         outputs.write_bytes(errors_path, b"")
     errors = [json.loads(x) for x in outputs.read_bytes(errors_path).decode().splitlines() if x.strip()]
-    if not done:
-        raise IndexPipelineError(
-            f"no track of {config.catalogue} could be embedded ({len(errors)} errors, first: "
-            f"{errors[0]['reason'] if errors else 'none'})")
     by_id = {t.track_id: t for t in tracks}
-    infos = [TrackInfo(tid, by_id[tid].title, by_id[tid].artist) for _, tid in done]
-    extra = {"pipeline": {"catalogue": str(Path(config.catalogue).resolve()),
-                          "tracks_in": len(tracks), "tracks_indexed": len(done),
-                          "errors": len(errors), "embed_seconds": round(t_embed, 3)}}
-    t1 = time.monotonic()
-    if old is not None:
-        index = old.add(emb, rows, offs, infos, model_version=model.version, config=searcher_config)
-    else:
-        index = WindowIndex.build(emb, rows, offs, infos, model.version, searcher_config, extra=extra)
-    t_build = time.monotonic() - t1
-    index.save(config.out_dir)
+    with _spill_dir(config.out_dir) as spill:
+        shards = _spill_shards(work, spill)
+        done = shards.tracks
+        if not done:
+            raise IndexPipelineError(
+                f"no track of {config.catalogue} could be embedded ({len(errors)} errors, first: "
+                f"{errors[0]['reason'] if errors else 'none'})")
+        infos = [TrackInfo(tid, by_id[tid].title, by_id[tid].artist) for _, tid in done]
+        extra = {"pipeline": {"catalogue": str(Path(config.catalogue).resolve()),
+                              "tracks_in": len(tracks), "tracks_indexed": len(done),
+                              "errors": len(errors), "embed_seconds": round(t_embed, 3)}}
+        t1 = time.monotonic()
+        if old is not None:
+            index = old.add(shards.embeddings, shards.track_rows, shards.offsets_s, infos,
+                            model_version=model.version, config=searcher_config, scratch_dir=spill)
+        else:
+            index = WindowIndex.build(shards.embeddings, shards.track_rows, shards.offsets_s, infos,
+                                      model.version, searcher_config, extra=extra)
+        t_build = time.monotonic() - t1
+        index.save(config.out_dir)
+        md, windows_added = index.metadata, int(shards.embeddings.shape[0])
+        del index, shards  # their memmaps of the spill files
     outputs.write_bytes(os.path.join(str(Path(config.out_dir).resolve()),
                                      outputs.shard_name(ERRORS_NAME, 0, 1, ".jsonl")),
                         outputs.read_bytes(errors_path))
     if not keep_work:
         outputs.delete_tree(work)
-    md = index.metadata
     return IndexSummary(
         out_dir=str(config.out_dir), index_version=md.version, model_version=md.model_version,
         tracks_in=len(tracks), tracks_indexed=len(done), tracks_total=md.num_tracks,
-        windows_added=int(emb.shape[0]), windows_total=md.num_windows, errors=len(errors),
+        windows_added=windows_added, windows_total=md.num_windows, errors=len(errors),
         kind=str(md.config.get("kind")), recall_at_10=md.recall_at_10,
         audio_seconds=counters.get("audio_ms", 0) / 1000.0, embed_wall_seconds=t_embed,
         build_seconds=t_build, wall_seconds=time.monotonic() - t0, counters=counters,

@@ -185,11 +185,24 @@ class Embedder:
     # -- recordings ------------------------------------------------------------------------------
     def embed_master(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole master [time] -> (embeddings [n, dim], window offsets in seconds [n])."""
+        return self.embed_masters([audio])[0]
+
+    def embed_masters(self, audios: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Whole masters [time] -> per master (embeddings [n, dim], window offsets in seconds [n]).
+
+        The one master-embedding path (in-process indexer and Beam workers): the front-end runs once
+        per master, the body over all the masters' windows in shared batches (cross-track batching);
+        an export without the split signatures embeds the cut windows instead."""
         if self.splits_frontend:
-            logp, (starts,) = self.window_log_power([audio], C.MASTER_WINDOW_HOP)
-            return self.embed_log_power(logp), (starts / C.SAMPLE_RATE).astype(np.float32)
-        windows, offsets = cut_master_windows(audio)
-        return self.embed_windows(windows), offsets
+            logp, starts_of = self.window_log_power(audios, C.MASTER_WINDOW_HOP)
+            emb = self.embed_log_power(logp)
+            offsets = [(s / C.SAMPLE_RATE).astype(np.float32) for s in starts_of]
+        else:
+            cut = [cut_master_windows(a) for a in audios]
+            emb = self.embed_windows(np.concatenate([w for w, _ in cut]) if cut
+                                     else np.zeros((0, C.WINDOW_SAMPLES), np.float32))
+            offsets = [o for _, o in cut]
+        return _split_rows(emb, offsets)
 
     def embed_query(self, audio: np.ndarray, tempo_rates: Sequence[float] = (1.0,)) -> QueryEmbedding:
         """Whole query [time] -> its windows in each tempo view (`cut_query_views`), embedded in one
@@ -199,3 +212,12 @@ class Embedder:
             return QueryEmbedding(self.embed_log_power(logp), offsets, views)
         windows, offsets, views = cut_query_views(audio, tuple(tempo_rates))
         return QueryEmbedding(self.embed_windows(windows), offsets, views)
+
+
+def _split_rows(emb: np.ndarray, offsets: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive rows of `emb` [sum n_i, dim] paired with each recording's offsets [n_i]."""
+    out, start = [], 0
+    for o in offsets:
+        out.append((emb[start : start + o.shape[0]], o))
+        start += o.shape[0]
+    return out

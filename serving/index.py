@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.vectors import STORE_DTYPES, WindowVectors
+from serving.vectors import STORE_DTYPES, Float32Spill, WindowVectors
 from serving.window_store import TrackInfo, TrackWindows, WindowHits
 
 log = logging.getLogger(__name__)
@@ -426,13 +426,16 @@ class WindowIndex:
 
     def add(self, embeddings: np.ndarray, track_rows_local: np.ndarray, offsets_s: np.ndarray,
             tracks: Sequence[TrackInfo], *, model_version: str | None = None,
-            config: SearcherConfig | None = None) -> "WindowIndex":
+            config: SearcherConfig | None = None, scratch_dir: str | os.PathLike[str] | None = None
+            ) -> "WindowIndex":
         """A new index = this one + a new release; this index is left unchanged.
 
         track_rows_local index into the new `tracks`. The existing embeddings are reused as stored
         (never re-embedded); the searcher is rebuilt (and re-tuned) over all windows and the result
-        gets a new version. Raises DuplicateTrackError when a new track id is already indexed, and
-        IndexBuildError when `model_version` (if given) differs from the index's model.
+        gets a new version. With `scratch_dir` (local disk, kept until the new index is saved) the old
+        and new windows are joined in a file there, chunk by chunk, instead of one array in memory.
+        Raises DuplicateTrackError when a new track id is already indexed, and IndexBuildError when
+        `model_version` (if given) differs from the index's model.
         """
         if model_version is not None and model_version != self.metadata.model_version:
             raise IndexBuildError(f"the new release was embedded with model {model_version!r} but the index "
@@ -446,7 +449,7 @@ class WindowIndex:
         new_emb, new_rows, new_off, tracks = self._validated(embeddings, track_rows_local, offsets_s, tracks)
         if new_emb.shape[1] != self.dim:
             raise IndexBuildError(f"new embeddings have dim {new_emb.shape[1]}, the index has {self.dim}")
-        all_emb = np.concatenate([self.vectors.rows(slice(None)), new_emb])
+        all_emb = self._joined(new_emb, scratch_dir)
         all_rows = np.concatenate([self.track_rows, new_rows + self.num_tracks]).astype(np.int32)
         all_off = np.concatenate([self.offsets_s, new_off]).astype(np.float32)
         releases = list(self.metadata.extra.get("releases") or [
@@ -462,6 +465,15 @@ class WindowIndex:
                          "parent": self.version})
         built.metadata.extra["releases"] = releases
         return built
+
+    def _joined(self, new_emb: np.ndarray, scratch_dir: str | os.PathLike[str] | None) -> np.ndarray:
+        """float32 [this index's windows + new ones, dim]: in memory, or a memmap in `scratch_dir`."""
+        if scratch_dir is None:
+            return np.concatenate([self.vectors.rows(slice(None)), new_emb])
+        spill = Float32Spill(Path(scratch_dir) / f"add-{uuid.uuid4().hex[:8]}.f32")
+        spill.append_chunked(self.vectors)
+        spill.append_chunked(new_emb)
+        return spill.finish()
 
     # -- searching -------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int | None = None

@@ -115,4 +115,42 @@ class WindowVectors:
         return WindowVectors(np.load(directory / FLOAT_FILE, mmap_mode=mode))
 
 
-__all__ = ["STORE_DTYPES", "WindowVectors", "quantize_int8"]
+class Float32Spill:
+    """A float32 [n, dim] matrix assembled block by block in a raw file on local disk, then mapped back
+    read-only (`finish`): a builder that receives the windows in parts (the Beam driver's embedding
+    shards, `WindowIndex.add`'s old + new windows) never holds the whole matrix in anonymous memory,
+    only one part, while the file's pages stay reclaimable page cache."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows = 0
+        self.dim: int | None = None
+        self._file = self.path.open("wb")
+
+    def append(self, block: np.ndarray) -> None:
+        """Append float32 rows [m, dim] (every block the same dim)."""
+        block = np.ascontiguousarray(block, np.float32)
+        if block.ndim != 2:
+            raise ValueError(f"blocks must be [m, dim], got {block.shape}")
+        if self.dim is None:
+            self.dim = int(block.shape[1])
+        elif block.shape[1] != self.dim:
+            raise ValueError(f"block dim {block.shape[1]} != {self.dim}")
+        self._file.write(memoryview(block).cast("B"))
+        self.rows += int(block.shape[0])
+
+    def append_chunked(self, x: np.ndarray, chunk: int = 1 << 18) -> None:
+        """Append a large source chunk by chunk: anything sliced into float32 rows (an array, a memmap,
+        a `WindowVectors`, whose int8 rows come back dequantized)."""
+        for a in range(0, x.shape[0], chunk):
+            self.append(x[a : a + chunk])
+
+    def finish(self) -> np.ndarray:
+        """Close the file -> its rows as a read-only float32 memmap [n, dim] (an empty array if none)."""
+        self._file.close()
+        if self.rows == 0:
+            return np.zeros((0, self.dim or 0), np.float32)
+        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.rows, self.dim))
+
+
+__all__ = ["STORE_DTYPES", "Float32Spill", "WindowVectors", "quantize_int8"]

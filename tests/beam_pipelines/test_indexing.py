@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines.indexing import EmbedTracks, IndexPipelineError, TrackRef, build_index
+from beam_pipelines.indexing import EmbedBatchFn, EmbedTracks, IndexPipelineError, TrackRef, build_index
 from data_gen import constants as C
 from data_gen.manifest import read_catalogue
 from tests.beam_pipelines.conftest import IN_PROCESS, make_tiny_catalogue
@@ -47,8 +47,74 @@ def test_embed_tracks_embeds_every_window_and_reports_bad_tracks(catalogue, untr
 @pytest.fixture(scope="module")
 def built(catalogue, untrained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("index") / "idx"
-    build_index(catalogue, untrained_model, out, runner_args=IN_PROCESS)
+    # one track per shard: the driver streams several shards into its spill file
+    build_index(catalogue, untrained_model, out, runner_args=IN_PROCESS, tracks_per_shard=1)
     return out
+
+
+def test_the_index_holds_the_in_process_indexers_embeddings(built, catalogue, untrained_model):
+    """Beam (front-end once per master, cross-track body batches, shards spilled to disk) and
+    serving.indexer.embed_catalogue give the same windows, offsets and embeddings."""
+    from serving.embedder import Embedder
+    from serving.index import WindowIndex
+    from serving.indexer import embed_catalogue
+
+    index = WindowIndex.load(built)
+    want = embed_catalogue(Embedder(untrained_model), read_catalogue(catalogue), progress=False)
+    assert [t.track_id for t in index.tracks] == [t.track_id for t in want.tracks]
+    np.testing.assert_array_equal(index.track_rows, want.track_rows)
+    np.testing.assert_array_equal(index.offsets_s, want.offsets_s)
+    np.testing.assert_allclose(np.asarray(index.embeddings), want.embeddings, atol=1e-5)
+
+
+class _FailsInBatches:
+    """An embedder whose batches fail and which cannot embed one given master."""
+
+    def __init__(self, real, bad: np.ndarray):
+        self.real, self.bad = real, bad
+
+    def embed_masters(self, audios):
+        if len(audios) > 1:
+            raise RuntimeError("batch failed")
+        return self.real.embed_masters(audios)
+
+    def embed_master(self, audio):
+        if audio is self.bad:
+            raise RuntimeError("this master breaks the model")
+        return self.real.embed_master(audio)
+
+
+@pytest.mark.parametrize("split_frontend", [True, False])
+def test_embed_batch_gives_the_in_process_embeddings_and_retries_one_by_one(catalogue, untrained_model,
+                                                                             split_frontend):
+    """EmbedBatchFn batches across tracks through Embedder.embed_masters (or the per-window fallback of
+    an export without the front-end signatures); a failing batch is retried track by track."""
+    from serving.embedder import Embedder
+    from serving.indexer import embed_catalogue, load_master
+
+    tracks = [t for t in read_catalogue(catalogue) if t.track_id != "bad"]
+    embedder = Embedder(untrained_model)
+    want = embed_catalogue(embedder, tracks, progress=False)
+    if not split_frontend:
+        embedder._log_power_fn = None  # as loaded from an older SavedModel
+        assert not embedder.splits_frontend
+    fn = EmbedBatchFn(str(untrained_model), 64, 25)
+    fn.setup()
+    fn.embedder = embedder
+    audios = [load_master(t.path) for t in tracks]
+    batch = [(TrackRef(i, t.track_id, str(t.path)), a, a.shape[0] / C.SAMPLE_RATE)
+             for i, (t, a) in enumerate(zip(tracks, audios))]
+    got = list(fn.process(batch))
+    assert [e.track_id for e in got] == [t.track_id for t in tracks]
+    for i, e in enumerate(got):
+        np.testing.assert_array_equal(e.offsets_s, want.offsets_s[want.track_rows == i])
+        np.testing.assert_allclose(e.embeddings, want.embeddings[want.track_rows == i], atol=1e-5)
+    fn.embedder = _FailsInBatches(embedder, audios[0])
+    out = list(fn.process(batch))
+    assert [o.value["track_id"] for o in out if isinstance(o, beam.pvalue.TaggedOutput)] == [tracks[0].track_id]
+    ok = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [e.track_id for e in ok] == [t.track_id for t in tracks[1:]]
+    np.testing.assert_allclose(ok[0].embeddings, got[1].embeddings, atol=1e-6)
 
 
 def test_build_index_skips_the_bad_track_and_finds_every_window(built, catalogue, untrained_model):

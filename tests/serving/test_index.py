@@ -349,3 +349,88 @@ def test_int8_store_quarters_the_vectors_and_keeps_the_neighbours(tmp_path):
     bigger = loaded.add(emb[:20], np.repeat([0, 1], 10), np.tile(np.arange(10.0), 2),
                         [TrackInfo("new-a"), TrackInfo("new-b")])
     assert bigger.vectors.dtype == "int8" and bigger.num_windows == 3020
+
+
+@pytest.fixture
+def scann_inputs(monkeypatch) -> list[np.ndarray]:
+    """The data handed to each ScaNN builder (one per shard), recorded in build order."""
+    import types
+
+    import serving.index as ix
+
+    real, fed = ix._scann(), []
+
+    def builder(data, *args):
+        fed.append(data)
+        return real.builder(data, *args)
+
+    fake = types.SimpleNamespace(builder=builder, load_searcher=real.load_searcher)
+    monkeypatch.setattr(ix, "_scann", lambda: fake)
+    return fed
+
+
+@pytest.mark.parametrize("config", [
+    SearcherConfig(mode="brute_force", max_shard_windows=700),
+    SearcherConfig(mode="tree_ah", max_shard_windows=1000, tune_queries=100),
+    SearcherConfig(mode="tree_ah", tune_queries=100, store_dtype="int8"),
+], ids=["brute_force-3-shards", "tree_ah-2-shards", "tree_ah-int8"])
+def test_a_build_streamed_from_a_spill_file_answers_as_the_in_memory_build(tmp_path, config, scann_inputs):
+    """The Beam driver's path: windows appended part by part to a float32 file and the index built from
+    its memmap (each ScaNN shard from its slice of the file, the tuning queries sampled from it), and a
+    release added through a scratch file, give the same index as one array in memory: ScaNN is fed the
+    same data, the layout and stored vectors are equal, and so are the answers where the searcher is
+    reproducible (brute force; ScaNN's tree training differs from run to run even in memory, so a
+    tree-AH index is checked for its recall instead)."""
+    from serving.vectors import Float32Spill
+
+    emb = synthetic_chunk(SMALL, 0, 200)  # 2000 windows
+    rows, offsets, tracks = synthetic_layout(200, SMALL.windows_per_track)
+    spill = Float32Spill(tmp_path / "emb.f32")
+    for a in range(0, emb.shape[0], 300):
+        spill.append(emb[a : a + 300])
+    streamed_emb = spill.finish()
+    assert isinstance(streamed_emb, np.memmap) and streamed_emb.shape == emb.shape
+    q = perturbed_queries(emb[::37], 0.7, np.random.default_rng(2))
+    exact = config.mode == "brute_force"
+
+    def build_both(in_ram_build, streamed_build) -> tuple[WindowIndex, WindowIndex]:
+        scann_inputs.clear()
+        in_ram = in_ram_build()
+        fed_in_ram = list(scann_inputs)
+        scann_inputs.clear()
+        streamed = streamed_build()
+        assert len(scann_inputs) == len(fed_in_ram) == len(streamed.metadata.config["shards"])
+        for x, y in zip(scann_inputs, fed_in_ram):
+            assert isinstance(x, np.memmap)  # a slice of the file, no copy in anonymous memory
+            np.testing.assert_array_equal(x, y)
+        same(streamed, in_ram)
+        return in_ram, streamed
+
+    def same(a: WindowIndex, b: WindowIndex) -> None:
+        keys = ("kind", "shards", "num_leaves", "searcher") + (("leaves_to_search",) if exact else ())
+        assert {k: a.metadata.config.get(k) for k in keys} == {k: b.metadata.config.get(k) for k in keys}
+        np.testing.assert_array_equal(a.vectors.rows(slice(None)), b.vectors.rows(slice(None)))
+        np.testing.assert_array_equal(a.track_rows, b.track_rows)
+        np.testing.assert_array_equal(a.offsets_s, b.offsets_s)
+        if exact:
+            assert a.metadata.recall_at_10 == b.metadata.recall_at_10 == 1.0
+            for x, y in zip(a.search(q, 10), b.search(q, 10)):
+                np.testing.assert_array_equal(x, y)
+        else:
+            assert min(a.metadata.recall_at_10, b.metadata.recall_at_10) >= 0.95
+            assert min(a.measure_recall(q), b.measure_recall(q)) >= 0.95
+
+    in_ram, streamed = build_both(lambda: WindowIndex.build(emb, rows, offsets, tracks, "m", config),
+                                  lambda: WindowIndex.build(streamed_emb, rows, offsets, tracks, "m", config))
+    streamed.save(tmp_path / "streamed")
+    loaded = WindowIndex.load(tmp_path / "streamed")
+    same(loaded, in_ram)
+    np.testing.assert_array_equal(loaded.search(q, 10)[0], streamed.search(q, 10)[0])
+
+    new_emb = synthetic_chunk(SyntheticConfig(windows_per_track=10, clusters=20, seed=4), 0, 5)
+    new_rows, new_off, _ = synthetic_layout(5, 10)
+    new_tracks = [TrackInfo(f"new{i}") for i in range(5)]
+    (tmp_path / "scratch").mkdir()
+    _, added = build_both(lambda: in_ram.add(new_emb, new_rows, new_off, new_tracks),
+                          lambda: loaded.add(new_emb, new_rows, new_off, new_tracks, scratch_dir=tmp_path / "scratch"))
+    assert added.num_windows == 2050 and [p.suffix for p in (tmp_path / "scratch").iterdir()] == [".f32"]
