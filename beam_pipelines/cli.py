@@ -14,6 +14,7 @@ import logging
 import sys
 
 from beam_pipelines.options import QUERY_KINDS, SPLITS, DatagenConfig, IndexConfig
+from serving.arg_types import positive_float
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ix.add_argument("--store-dtype", default="float32", choices=("float32", "int8"),
                     help="the index's one stored copy of the window embeddings: float32 (512 B per window) "
                          "or int8 with a scale per window (132 B; similarities within ~1e-3); default float32")
+    ix.add_argument("--master-hop-seconds", type=positive_float, default=_IX["master_hop_seconds"], metavar="S",
+                    help="master windows start S seconds apart (default %(default)g); 2 halves the index's "
+                         "windows and bytes at some cost in accuracy (see the README figures); --add-to "
+                         "needs the old index's hop")
     ix.add_argument("--log-every", type=int, default=_IX["log_every"])
     from serving.milvus_index import add_backend_arguments
 
@@ -228,6 +233,7 @@ def run_index_cli(args: argparse.Namespace) -> int:
         batch_tracks=args.batch_tracks, embed_batch=args.embed_batch,
         tracks_per_shard=args.tracks_per_shard, limit=args.limit, log_every=args.log_every,
         backend=args.backend, milvus_uri=args.uri, milvus_collection=args.collection, replace=args.replace,
+        master_hop_seconds=args.master_hop_seconds,
     )
     from serving.index import SearcherConfig
 

@@ -2,7 +2,8 @@
 
     catalogue manifest (data_gen.manifest.read_catalogue) -> Track records
       | EmbedTracks    decode (load_audio rules, at most MAX_MASTER_SECONDS), embed the overlapping
-                       master windows in cross-track batches with the exported encoder
+                       master windows (every IndexConfig.master_hop_seconds, recorded in the index's
+                       metadata) in cross-track batches with the exported encoder
                        (serving.embedder.Embedder.embed_masters, as the in-process indexer does:
                        front-end once per master; loaded once per worker in DoFn.setup)
       | WriteEmbeddingShards   WORK/embeddings/embeddings-IIIII-of-NNNNN.npz
@@ -93,9 +94,11 @@ def shared_embedder(model_dir: str, batch_size: int):
 
 class DecodeTrackFn(beam.DoFn):
     """TrackRef -> (TrackRef, audio [samples] float32, seconds) | errors. The windows are not cut
-    here: the embedder slices them from one front-end pass over the whole master."""
+    here: the embedder slices them from one front-end pass over the whole master (counted here, at
+    `master_hop_seconds`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS) -> None:
+        self.hop = int(round(master_hop_seconds * C.SAMPLE_RATE))
         self.decoded = Metrics.counter(NAMESPACE, "tracks_decoded")
         self.audio_ms = Metrics.counter(NAMESPACE, "audio_ms")
         self.windows = Metrics.counter(NAMESPACE, "windows")
@@ -115,18 +118,21 @@ class DecodeTrackFn(beam.DoFn):
             return
         self.decoded.inc()
         self.audio_ms.inc(int(round(1000 * audio.shape[0] / C.SAMPLE_RATE)))
-        self.windows.inc(int(window_starts(audio.shape[0], C.MASTER_WINDOW_HOP).size))
+        self.windows.inc(int(window_starts(audio.shape[0], self.hop).size))
         yield t, audio, audio.shape[0] / C.SAMPLE_RATE
 
 
 class EmbedBatchFn(beam.DoFn):
     """[(TrackRef, audio, seconds)] -> TrackEmbeddings per track | errors, with
     `Embedder.embed_masters` (the in-process indexer's path): the front-end once per master, the
-    body over every window of the batch together (cross-track batching). A failing batch is retried
-    track by track, so one bad track does not take the others down."""
+    body over every window of the batch together (cross-track batching), windows every
+    `master_hop_seconds`. A failing batch is retried track by track, so one bad track does not take
+    the others down."""
 
-    def __init__(self, model_dir: str, embed_batch: int, log_every: int):
+    def __init__(self, model_dir: str, embed_batch: int, log_every: int,
+                 master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS):
         self.model_dir, self.embed_batch, self.log_every = model_dir, embed_batch, log_every
+        self.hop_s = float(master_hop_seconds)
         self.embedded = Metrics.counter(NAMESPACE, "tracks_embedded")
         self.err = Metrics.counter(NAMESPACE, "errors_embed")
 
@@ -136,7 +142,7 @@ class EmbedBatchFn(beam.DoFn):
 
     def process(self, batch: Sequence[tuple]) -> Iterator:
         try:
-            embedded = self.embedder.embed_masters([audio for _, audio, _ in batch])
+            embedded = self.embedder.embed_masters([audio for _, audio, _ in batch], self.hop_s)
         except Exception as e:  # noqa: BLE001 - a batch failing: retry track by track
             log.warning("batch of %d tracks failed (%s); embedding them one by one", len(batch), e)
             yield from self._one_by_one(batch)
@@ -153,7 +159,7 @@ class EmbedBatchFn(beam.DoFn):
     def _one_by_one(self, batch: Sequence[tuple]) -> Iterator:
         for t, audio, seconds in batch:
             try:
-                yield self._ok(t, *self.embedder.embed_master(audio), seconds)
+                yield self._ok(t, *self.embedder.embed_master(audio, self.hop_s), seconds)
             except Exception as e:  # noqa: BLE001
                 _log_unexpected(e, (ValueError, RuntimeError), t.track_id)
                 self.err.inc()
@@ -164,17 +170,19 @@ class EmbedTracks(beam.PTransform):
     """PCollection[TrackRef] -> outputs (main: TrackEmbeddings, errors: error records)."""
 
     def __init__(self, model_dir: str, batch_tracks: int = 8, embed_batch: int = 64,
-                 log_every: int = 25):
+                 log_every: int = 25, master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS):
         super().__init__()
         self.model_dir, self.batch_tracks = str(model_dir), batch_tracks
         self.embed_batch, self.log_every = embed_batch, log_every
+        self.master_hop_seconds = float(master_hop_seconds)
 
     def expand(self, tracks):
-        decoded = tracks | "Decode" >> beam.ParDo(DecodeTrackFn()).with_outputs(ERRORS, main=MAIN)
+        hop = self.master_hop_seconds
+        decoded = tracks | "Decode" >> beam.ParDo(DecodeTrackFn(hop)).with_outputs(ERRORS, main=MAIN)
         embedded = (
             decoded.main
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_tracks)
-            | "Embed" >> beam.ParDo(EmbedBatchFn(self.model_dir, self.embed_batch, self.log_every))
+            | "Embed" >> beam.ParDo(EmbedBatchFn(self.model_dir, self.embed_batch, self.log_every, hop))
             .with_outputs(ERRORS, main=MAIN)
         )
         errors = (decoded.errors, embedded.errors) | "Errors" >> beam.Flatten()
@@ -443,7 +451,8 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
     model = ModelMetadata.read(config.model_dir)
     if config.add_to:
         writer, first_row = open_release_writer(uri, collection, model_version=model.version,
-                                                track_ids=[t.track_id for t in tracks])
+                                                track_ids=[t.track_id for t in tracks],
+                                                master_hop_seconds=config.master_hop_seconds)
     else:
         writer = MilvusWriter(uri, collection, dim=model.embedding_dim, model_version=model.version,
                               config=milvus_config or MilvusIndexConfig(), overwrite=config.replace)
@@ -463,7 +472,8 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
         pipeline
         | "Tracks" >> beam.Create(refs)
         | "Distribute" >> beam.Reshuffle()
-        | "EmbedTracks" >> EmbedTracks(config.model_dir, config.batch_tracks, config.embed_batch, config.log_every)
+        | "EmbedTracks" >> EmbedTracks(config.model_dir, config.batch_tracks, config.embed_batch, config.log_every,
+                                       config.master_hop_seconds)
     )
     tracks_file = outputs.join(work, "milvus_tracks.jsonl")
     if driver_writes:
@@ -503,7 +513,8 @@ def _run_index_milvus(config: IndexConfig, runner_args: Sequence[str], work_dir:
             f"{errors[0]['reason'] if errors else 'none'})")
     writer.add_tracks((row, TrackInfo(tid, by_id[tid].title, by_id[tid].artist)) for row, tid in sorted(done))
     extra = {"pipeline": {"catalogue": str(Path(config.catalogue).resolve()), "tracks_in": len(tracks),
-                          "tracks_indexed": len(done), "errors": len(errors), "embed_seconds": round(t_embed, 3)}}
+                          "tracks_indexed": len(done), "errors": len(errors), "embed_seconds": round(t_embed, 3)},
+             "master_hop_seconds": config.master_hop_seconds}
     md = writer.finish(extra, windows_per_track=counts or None)
     t_build = time.monotonic() - t1
     writer.client.close()
@@ -546,6 +557,9 @@ def run_index(config: IndexConfig, runner_args: Sequence[str] = (), *, work_dir:
             raise IndexPipelineError(
                 f"{config.add_to} holds embeddings of model {old.metadata.model_version!r} but "
                 f"{config.model_dir} is {model.version!r}; rebuild the index instead of adding to it")
+        from serving.index import check_master_hop
+
+        check_master_hop(old.metadata.master_hop_seconds, config.master_hop_seconds, str(config.add_to))
         clash = sorted({t.track_id for t in tracks} & {t.track_id for t in old.tracks})
         if clash:
             raise IndexPipelineError(
@@ -569,7 +583,7 @@ def run_index(config: IndexConfig, runner_args: Sequence[str] = (), *, work_dir:
         | "Tracks" >> beam.Create(refs)
         | "Distribute" >> beam.Reshuffle()
         | "EmbedTracks" >> EmbedTracks(config.model_dir, config.batch_tracks, config.embed_batch,
-                                       config.log_every)
+                                       config.log_every, config.master_hop_seconds)
     )
     embedded[MAIN] | "WriteShards" >> WriteEmbeddingShards(work, count, config.tracks_per_shard)
     embedded[ERRORS] | "WriteErrors" >> WriteTrackErrors(work)
@@ -593,11 +607,13 @@ def run_index(config: IndexConfig, runner_args: Sequence[str] = (), *, work_dir:
         infos = [TrackInfo(tid, by_id[tid].title, by_id[tid].artist) for _, tid in done]
         extra = {"pipeline": {"catalogue": str(Path(config.catalogue).resolve()),
                               "tracks_in": len(tracks), "tracks_indexed": len(done),
-                              "errors": len(errors), "embed_seconds": round(t_embed, 3)}}
+                              "errors": len(errors), "embed_seconds": round(t_embed, 3)},
+                 "master_hop_seconds": config.master_hop_seconds}
         t1 = time.monotonic()
         if old is not None:
             index = old.add(shards.embeddings, shards.track_rows, shards.offsets_s, infos,
-                            model_version=model.version, config=searcher_config, scratch_dir=spill)
+                            model_version=model.version, config=searcher_config, scratch_dir=spill,
+                            master_hop_seconds=config.master_hop_seconds)
         else:
             index = WindowIndex.build(shards.embeddings, shards.track_rows, shards.offsets_s, infos,
                                       model.version, searcher_config, extra=extra)

@@ -136,6 +136,8 @@ class IndexConfig:
     tracks_per_shard: tracks per embedding shard (.npz) file.
     limit:          only the first N tracks of the manifest (None: all).
     log_every:      progress line every N tracks (per worker).
+    master_hop_seconds: master windows start this many seconds apart (recorded in the index's
+                    metadata; a release added to an index must use the index's hop).
     """
 
     catalogue: str
@@ -158,6 +160,14 @@ class IndexConfig:
     """milvus: the workers write the windows (WriteMilvusWindowsFn) instead of the driver from the
     embedding shards. None: yes for a server URI, no for a Milvus Lite file (one process at a time;
     True works for Lite only with an in-process runner)."""
+    master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS
+    """How far apart the master windows start: 2 s halves the index (windows, bytes, search time)
+    against 1 s; the README has the accuracy it costs."""
+
+    def __post_init__(self) -> None:
+        from serving.embedder import master_hop_samples
+
+        master_hop_samples(self.master_hop_seconds)  # ValueError unless positive
 
     def num_shards(self, num_tracks: int) -> int:
         return max(1, math.ceil(num_tracks / max(1, self.tracks_per_shard)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.windows import cut_master_windows, cut_query_views, tempo_view, window_starts
+from data_gen.windows import cut_query_views, cut_windows, tempo_view, window_starts
 from serving.retrieval_types import QueryEmbedding
 
 log = logging.getLogger(__name__)
@@ -183,22 +184,26 @@ class Embedder:
         return logp, offsets, view_ids
 
     # -- recordings ------------------------------------------------------------------------------
-    def embed_master(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_master(self, audio: np.ndarray, hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Whole master [time] -> (embeddings [n, dim], window offsets in seconds [n])."""
-        return self.embed_masters([audio])[0]
+        return self.embed_masters([audio], hop_seconds)[0]
 
-    def embed_masters(self, audios: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Whole masters [time] -> per master (embeddings [n, dim], window offsets in seconds [n]).
+    def embed_masters(self, audios: Sequence[np.ndarray], hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Whole masters [time] -> per master (embeddings [n, dim], window offsets in seconds [n]),
+        windows starting every `hop_seconds` (the index's master hop: 2 s halves the windows).
 
         The one master-embedding path (in-process indexer and Beam workers): the front-end runs once
         per master, the body over all the masters' windows in shared batches (cross-track batching);
         an export without the split signatures embeds the cut windows instead."""
+        hop = master_hop_samples(hop_seconds)
         if self.splits_frontend:
-            logp, starts_of = self.window_log_power(audios, C.MASTER_WINDOW_HOP)
+            logp, starts_of = self.window_log_power(audios, hop)
             emb = self.embed_log_power(logp)
             offsets = [(s / C.SAMPLE_RATE).astype(np.float32) for s in starts_of]
         else:
-            cut = [cut_master_windows(a) for a in audios]
+            cut = [cut_windows(a, hop) for a in audios]
             emb = self.embed_windows(np.concatenate([w for w, _ in cut]) if cut
                                      else np.zeros((0, C.WINDOW_SAMPLES), np.float32))
             offsets = [o for _, o in cut]
@@ -212,6 +217,14 @@ class Embedder:
             return QueryEmbedding(self.embed_log_power(logp), offsets, views)
         windows, offsets, views = cut_query_views(audio, tuple(tempo_rates))
         return QueryEmbedding(self.embed_windows(windows), offsets, views)
+
+
+def master_hop_samples(hop_seconds: float) -> int:
+    """A master hop in seconds -> samples (ValueError unless it is at least one sample)."""
+    seconds = float(hop_seconds)
+    if not math.isfinite(seconds) or round(seconds * C.SAMPLE_RATE) < 1:
+        raise ValueError(f"the master hop must be a positive number of seconds, got {hop_seconds!r}")
+    return int(round(seconds * C.SAMPLE_RATE))
 
 
 def _split_rows(emb: np.ndarray, offsets: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -18,7 +18,9 @@ The searcher is sized to the data (`SearcherConfig.mode = "auto"`):
 
 Index directory layout (format "earworm-index/1"):
     metadata.json   format, version, model_version, created, num_tracks, num_windows, dim,
-                    config (searcher kind and parameters), recall_at_10, extra (tuning, releases)
+                    config (searcher kind and parameters), recall_at_10, extra (tuning, releases,
+                    master_hop_seconds: how far apart the master windows start; absent: the
+                    MASTER_WINDOW_HOP_SECONDS of older indexes, 1 s)
     tracks.csv      track_id,title,artist (row i = track row i)
     windows.npz     track_row int32 [n], offset_s float32 [n]
     embeddings.npy  float32 [n, dim] (or, with SearcherConfig.store_dtype "int8", embeddings.int8.npy
@@ -54,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from data_gen import constants as C
 from serving.vectors import STORE_DTYPES, Float32Spill, WindowVectors
 from serving.window_store import TrackInfo, TrackWindows, WindowHits
 
@@ -184,6 +187,13 @@ class IndexMetadata:
     recall_at_10: float | None = None
     """Measured recall@10 of the searcher against exact brute force (perturbed own-vector queries)."""
 
+    @property
+    def master_hop_seconds(self) -> float:
+        """How far apart the master windows start (`extra["master_hop_seconds"]`, recorded by the
+        builders; indexes made before the option existed used MASTER_WINDOW_HOP_SECONDS). The
+        retriever sets its alignment grids from it."""
+        return float(self.extra.get("master_hop_seconds", C.MASTER_WINDOW_HOP_SECONDS))
+
     def to_json(self) -> dict[str, Any]:
         return {"format": INDEX_FORMAT, **asdict(self)}
 
@@ -196,6 +206,15 @@ class IndexMetadata:
             extra=dict(d.get("extra") or {}),
             recall_at_10=None if d.get("recall_at_10") is None else float(d["recall_at_10"]),
         )
+
+
+def check_master_hop(index_hop: float, release_hop: float | None, where: str) -> None:
+    """Refuse (IndexBuildError) a release cut at another master hop than the index's (None: not
+    stated, accepted): the retriever aligns every window of an index on one grid."""
+    if release_hop is not None and not math.isclose(float(release_hop), float(index_hop), abs_tol=1e-6):
+        raise IndexBuildError(f"the new release's master windows start every {float(release_hop):g} s but {where} "
+                              f"was built at {float(index_hop):g} s; embed the release at that hop "
+                              f"(--master-hop-seconds {float(index_hop):g}) or rebuild the index")
 
 
 # --- numpy helpers ------------------------------------------------------------------------------
@@ -426,8 +445,8 @@ class WindowIndex:
 
     def add(self, embeddings: np.ndarray, track_rows_local: np.ndarray, offsets_s: np.ndarray,
             tracks: Sequence[TrackInfo], *, model_version: str | None = None,
-            config: SearcherConfig | None = None, scratch_dir: str | os.PathLike[str] | None = None
-            ) -> "WindowIndex":
+            config: SearcherConfig | None = None, scratch_dir: str | os.PathLike[str] | None = None,
+            master_hop_seconds: float | None = None) -> "WindowIndex":
         """A new index = this one + a new release; this index is left unchanged.
 
         track_rows_local index into the new `tracks`. The existing embeddings are reused as stored
@@ -435,11 +454,13 @@ class WindowIndex:
         gets a new version. With `scratch_dir` (local disk, kept until the new index is saved) the old
         and new windows are joined in a file there, chunk by chunk, instead of one array in memory.
         Raises DuplicateTrackError when a new track id is already indexed, and IndexBuildError when
-        `model_version` (if given) differs from the index's model.
+        `model_version` or `master_hop_seconds` (if given) differs from the index's: one index has
+        one window grid, which the retriever's alignment relies on.
         """
         if model_version is not None and model_version != self.metadata.model_version:
             raise IndexBuildError(f"the new release was embedded with model {model_version!r} but the index "
                                   f"holds {self.metadata.model_version!r} embeddings; rebuild instead")
+        check_master_hop(self.metadata.master_hop_seconds, master_hop_seconds, f"index {self.version}")
         tracks = list(tracks)
         clash = [t.track_id for t in tracks if t.track_id in self._track_index]
         if clash:
@@ -458,8 +479,9 @@ class WindowIndex:
         cfg = config or self._searcher_config
         built = WindowIndex.build(all_emb, all_rows, all_off, self.tracks + tracks,
                                   self.metadata.model_version, cfg,
-                                  extra={k: v for k, v in self.metadata.extra.items()
-                                         if k not in ("releases", "tuning", "build_seconds")})
+                                  extra={**{k: v for k, v in self.metadata.extra.items()
+                                            if k not in ("releases", "tuning", "build_seconds")},
+                                         "master_hop_seconds": self.metadata.master_hop_seconds})
         releases.append({"version": built.version, "created": built.metadata.created,
                          "tracks_added": len(tracks), "windows_added": int(new_emb.shape[0]),
                          "parent": self.version})
@@ -815,6 +837,6 @@ def with_searcher_config(index: WindowIndex, config: SearcherConfig) -> WindowIn
 
 __all__ = [
     "CALIBRATION_FILE", "DuplicateTrackError", "IndexBuildError", "IndexLoadError", "IndexMetadata",
-    "IndexSaveError", "SearcherConfig", "TrackInfo", "WindowIndex", "brute_force_search",
+    "IndexSaveError", "SearcherConfig", "TrackInfo", "WindowIndex", "brute_force_search", "check_master_hop",
     "perturbed_queries", "recall_at_k", "shard_bounds", "with_searcher_config",
 ]

@@ -3,8 +3,8 @@
 Per track (the same rules as the Beam indexing pipeline, `beam_pipelines/indexing.py`, which batches
 many tracks' windows through the model on many workers): decode the master with the `load_audio`
 rules, at most `MAX_MASTER_SECONDS`, and embed its windows (`Embedder.embed_master`: 4 s windows every
-`MASTER_WINDOW_HOP_SECONDS`). A master that cannot be read is skipped and named, never fatal,
-unless nothing at all could be read.
+`master_hop_seconds`, default MASTER_WINDOW_HOP_SECONDS, recorded in the index's metadata). A master
+that cannot be read is skipped and named, never fatal, unless nothing at all could be read.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def load_master(source: Any) -> np.ndarray:
     return load_audio(source, max_seconds=C.MAX_MASTER_SECONDS)
 
 
-def embed_catalogue(embedder: Any, tracks: Sequence[Any], *, progress: bool = True) -> CatalogueEmbeddings:
-    """Embed every readable master of `tracks` (data_gen.manifest.Track: track_id, title, artist, path)."""
+def embed_catalogue(embedder: Any, tracks: Sequence[Any], *, progress: bool = True,
+                    master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS) -> CatalogueEmbeddings:
+    """Embed every readable master of `tracks` (data_gen.manifest.Track: track_id, title, artist, path),
+    its windows starting every `master_hop_seconds`."""
     from tqdm import tqdm
 
     embs, rows, offs, infos, skipped = [], [], [], [], {}
@@ -59,7 +61,7 @@ def embed_catalogue(embedder: Any, tracks: Sequence[Any], *, progress: bool = Tr
             log.warning("not indexing %s: %s", t.track_id, e)
             skipped[t.track_id] = str(e)
             continue
-        e, o = embedder.embed_master(audio)
+        e, o = embedder.embed_master(audio, master_hop_seconds)
         embs.append(e)
         offs.append(o)
         rows.append(np.full(len(e), len(infos), np.int32))
@@ -69,13 +71,18 @@ def embed_catalogue(embedder: Any, tracks: Sequence[Any], *, progress: bool = Tr
     return CatalogueEmbeddings(np.concatenate(embs), np.concatenate(rows), np.concatenate(offs), infos, skipped)
 
 
-def index_catalogue(embedder: Any, tracks: Sequence[Any], config: Any = None, *, progress: bool = True) -> Any:
-    """A `WindowIndex` (searcher `config`, default sized to the data) over the readable masters."""
+def index_catalogue(embedder: Any, tracks: Sequence[Any], config: Any = None, *, progress: bool = True,
+                    master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS) -> Any:
+    """A `WindowIndex` (searcher `config`, default sized to the data) over the readable masters,
+    windows every `master_hop_seconds` (recorded in metadata.extra for the retriever's grids)."""
     from serving.index import WindowIndex
 
-    cat = embed_catalogue(embedder, tracks, progress=progress)
+    cat = embed_catalogue(embedder, tracks, progress=progress, master_hop_seconds=master_hop_seconds)
+    extra: dict[str, Any] = {"master_hop_seconds": float(master_hop_seconds)}
+    if cat.skipped:
+        extra["skipped_tracks"] = cat.skipped
     return WindowIndex.build(cat.embeddings, cat.track_rows, cat.offsets_s, cat.tracks, embedder.version, config,
-                             extra={"skipped_tracks": cat.skipped} if cat.skipped else None)
+                             extra=extra)
 
 
 __all__ = ["CatalogueEmbeddings", "NothingToIndexError", "embed_catalogue", "index_catalogue", "load_master"]

@@ -15,8 +15,9 @@ Layout (format "earworm-milvus/1") for a collection NAME:
                       Collection properties: "earworm.format", "earworm.metadata" (serving.index
                       IndexMetadata as JSON: version, model_version, num_tracks, num_windows, dim,
                       config {backend, index_type, index_params, search_params}, created, extra
-                      {releases, next_track_row}), "earworm.calibration" (the calibration.json
-                      document of serving.calibration: the no-match threshold travels with the data).
+                      {releases, next_track_row, master_hop_seconds}), "earworm.calibration" (the
+                      calibration.json document of serving.calibration: the no-match threshold
+                      travels with the data).
     NAME_tracks       the track table: track_row INT64 primary key, track_id, title, artist VARCHAR,
                       num_windows INT64, and a 2-d placeholder vector (Milvus requires one vector
                       field per collection).
@@ -29,8 +30,10 @@ when it sees the property change (`read_collection_version`).
 
 Releases: `add_release` appends new tracks only (a track id already present raises
 DuplicateTrackError, like `WindowIndex.add`); `remove_tracks` deletes tracks' windows and rows. Both
-refuse embeddings of another model (IndexBuildError), and every reader compares the metadata's
-model_version with its embedder (`serving.retrieval_types.ModelMismatchError`, the server's check).
+refuse embeddings of another model (IndexBuildError), `add_release` also windows cut at another
+master hop than the collection's (`IndexMetadata.master_hop_seconds`), and every reader compares the
+metadata's model_version with its embedder (`serving.retrieval_types.ModelMismatchError`, the
+server's check).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from serving.index import (DuplicateTrackError, IndexBuildError, IndexLoadError, IndexMetadata, _new_version,
-                           _now, perturbed_queries)
+                           _now, check_master_hop, perturbed_queries)
 from serving.window_store import TrackInfo, TrackWindows, WindowHits
 
 log = logging.getLogger(__name__)
@@ -665,22 +668,25 @@ def copy_index(index: Any, uri: str, collection: str, config: MilvusIndexConfig 
                 else np.asarray(index.embeddings[a : a + step], np.float32))
         writer.write(index.track_rows[a : a + step], index.offsets_s[a : a + step], part)
     writer.add_tracks(enumerate(index.tracks))
-    writer.finish({**(extra or {}), "copied_from": {"version": index.version, "path": str(index.path or "")}})
+    writer.finish({**(extra or {}), "master_hop_seconds": index.metadata.master_hop_seconds,
+                   "copied_from": {"version": index.version, "path": str(index.path or "")}})
     return MilvusWindowStore.open(uri, collection, client=writer.client)
 
 
 def open_release_writer(uri: str, collection: str = DEFAULT_COLLECTION, *, model_version: str,
-                        track_ids: Sequence[str], token: str | None = None, client: Any = None
-                        ) -> tuple[MilvusWriter, int]:
+                        track_ids: Sequence[str], token: str | None = None, client: Any = None,
+                        master_hop_seconds: float | None = None) -> tuple[MilvusWriter, int]:
     """A writer that adds a release to an existing collection, and the first free track row.
 
-    Refuses (IndexBuildError) a release embedded with another model, and (DuplicateTrackError)
-    track ids already in the collection: a release only adds tracks."""
+    Refuses (IndexBuildError) a release embedded with another model or (when given) cut at another
+    master hop, and (DuplicateTrackError) track ids already in the collection: a release only adds
+    tracks."""
     store = MilvusWindowStore.open(uri, collection, token=token, client=client)
     md = store.metadata
     if md.model_version != model_version:
         raise IndexBuildError(f"the release was embedded with model {model_version!r} but collection "
                               f"{collection!r} holds {md.model_version!r} embeddings; rebuild instead")
+    check_master_hop(md.master_hop_seconds, master_hop_seconds, f"collection {collection!r} ({md.version})")
     clash = sorted({t for t in track_ids if t in store._track_index})
     if clash:
         raise DuplicateTrackError(
@@ -698,11 +704,13 @@ def open_release_writer(uri: str, collection: str = DEFAULT_COLLECTION, *, model
 
 def add_release(uri: str, collection: str, embeddings: np.ndarray, track_rows_local: np.ndarray,
                 offsets_s: np.ndarray, tracks: Sequence[TrackInfo], *, model_version: str,
-                token: str | None = None) -> MilvusWindowStore:
-    """Add a release in place (like `WindowIndex.add`: new tracks only, same model); new version."""
+                token: str | None = None, master_hop_seconds: float | None = None) -> MilvusWindowStore:
+    """Add a release in place (like `WindowIndex.add`: new tracks only, same model and, when given,
+    same master hop); new version."""
     tracks = list(tracks)
     writer, first = open_release_writer(uri, collection, model_version=model_version,
-                                        track_ids=[t.track_id for t in tracks], token=token)
+                                        track_ids=[t.track_id for t in tracks], token=token,
+                                        master_hop_seconds=master_hop_seconds)
     writer.write(np.asarray(track_rows_local, np.int64) + first, offsets_s, embeddings)
     writer.add_tracks((first + i, t) for i, t in enumerate(tracks))
     writer.finish()

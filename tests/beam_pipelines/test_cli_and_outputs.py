@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from beam_pipelines import outputs
 from beam_pipelines.cli import register
 from beam_pipelines.options import DEFAULT_RUNNER_ARGS, DatagenConfig, with_default_runner_args
@@ -26,6 +28,11 @@ def test_own_flags_are_parsed_and_beam_flags_pass_through():
     ix = parser().parse_args(["index", "--catalogue", "c.csv", "--out", "i", "--add-to", "old",
                               "--direct_num_workers=4"])
     assert ix.add_to == "old" and ix.beam_args == ["--direct_num_workers=4"]
+    assert ix.master_hop_seconds == 1.0
+    assert parser().parse_args(["index", "--catalogue", "c.csv", "--out", "i",
+                                "--master-hop-seconds", "2"]).master_hop_seconds == 2.0
+    with pytest.raises(SystemExit):
+        parser().parse_args(["index", "--catalogue", "c.csv", "--out", "i", "--master-hop-seconds", "-1"])
 
 
 def test_local_runner_defaults_apply_only_when_not_chosen():

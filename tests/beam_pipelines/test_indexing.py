@@ -73,15 +73,15 @@ class _FailsInBatches:
     def __init__(self, real, bad: np.ndarray):
         self.real, self.bad = real, bad
 
-    def embed_masters(self, audios):
+    def embed_masters(self, audios, hop_seconds=C.MASTER_WINDOW_HOP_SECONDS):
         if len(audios) > 1:
             raise RuntimeError("batch failed")
-        return self.real.embed_masters(audios)
+        return self.real.embed_masters(audios, hop_seconds)
 
-    def embed_master(self, audio):
+    def embed_master(self, audio, hop_seconds=C.MASTER_WINDOW_HOP_SECONDS):
         if audio is self.bad:
             raise RuntimeError("this master breaks the model")
-        return self.real.embed_master(audio)
+        return self.real.embed_master(audio, hop_seconds)
 
 
 @pytest.mark.parametrize("split_frontend", [True, False])
@@ -126,6 +126,7 @@ def test_build_index_skips_the_bad_track_and_finds_every_window(built, catalogue
     assert index.metadata.model_version == Embedder(untrained_model).version
     assert index.metadata.recall_at_10 == pytest.approx(1.0)
     assert index.metadata.extra["pipeline"]["errors"] == 1
+    assert index.metadata.extra["master_hop_seconds"] == index.metadata.master_hop_seconds == 1.0
     errors = [json.loads(x) for x in (built / "errors-00000-of-00001.jsonl").read_text().splitlines()]
     assert [(e["track_id"], e["stage"]) for e in errors] == [("bad", "decode")]
     # windows are in track order with increasing offsets; each window finds itself first
@@ -151,6 +152,38 @@ def test_add_a_release_without_re_embedding_the_old_catalogue(built, untrained_m
     # the same tracks cannot be added twice
     with pytest.raises(IndexPipelineError, match="already in"):
         build_index(new_cat, untrained_model, tmp_path / "idx3", add_to=out, runner_args=IN_PROCESS)
+
+
+def test_a_2s_hop_index_agrees_with_the_in_process_indexer_and_refuses_a_1s_release(catalogue, untrained_model,
+                                                                                   built, tmp_path):
+    """--master-hop-seconds 2: Beam and serving.indexer cut and embed the same windows (0, 2, 4 s and
+    the end-aligned last one of a 9 s master), the hop is recorded, the retriever's grids follow it,
+    and neither a 1 s release added to it nor a 2 s release added to a 1 s index is accepted."""
+    from serving.embedder import Embedder
+    from serving.index import IndexBuildError, WindowIndex
+    from serving.indexer import embed_catalogue
+    from serving.retrieval import Retriever
+
+    out = tmp_path / "idx-hop2"
+    build_index(catalogue, untrained_model, out, runner_args=IN_PROCESS, master_hop_seconds=2.0)
+    index = WindowIndex.load(out)
+    embedder = Embedder(untrained_model)
+    want = embed_catalogue(embedder, read_catalogue(catalogue), progress=False, master_hop_seconds=2.0)
+    np.testing.assert_array_equal(index.track_rows, want.track_rows)
+    np.testing.assert_array_equal(index.offsets_s, want.offsets_s)
+    np.testing.assert_allclose(np.asarray(index.embeddings), want.embeddings, atol=1e-5)
+    np.testing.assert_array_equal(index.offsets_s[index.track_rows == 0], [0.0, 2.0, 4.0, 5.0])
+    assert index.num_windows < WindowIndex.load(built).num_windows
+    assert index.metadata.master_hop_seconds == 2.0
+    assert Retriever(embedder, index).config.offset_bin_seconds == 1.0
+    release = make_tiny_catalogue(tmp_path / "release", ("t9",))
+    with pytest.raises(IndexBuildError, match="every 1 s .* built at 2 s"):
+        build_index(release, untrained_model, tmp_path / "bad1", add_to=out, runner_args=IN_PROCESS)
+    with pytest.raises(IndexBuildError, match="every 2 s .* built at 1 s"):
+        build_index(release, untrained_model, tmp_path / "bad2", add_to=built, runner_args=IN_PROCESS,
+                    master_hop_seconds=2.0)
+    with pytest.raises(ValueError, match="master hop"):
+        build_index(release, untrained_model, tmp_path / "bad3", runner_args=IN_PROCESS, master_hop_seconds=0.0)
 
 
 def test_a_master_stored_as_an_mp3_cut_mid_frame_is_indexed(catalogue, untrained_model, tmp_path):

@@ -53,3 +53,8 @@ def test_an_export_without_the_split_signatures_embeds_per_window(embedder, untr
     audio = _hum(6.0, 2)
     np.testing.assert_allclose(old.embed_query(audio, (1.0, 1.25)).emb,
                                embedder.embed_query(audio, (1.0, 1.25)).emb, atol=1e-5)
+    master = _hum(9.0, 3)
+    (emb, off), (want_emb, want_off) = old.embed_master(master, 2.0), embedder.embed_master(master, 2.0)
+    np.testing.assert_array_equal(off, [0.0, 2.0, 4.0, 5.0])  # the 2 s grid + the end-aligned window
+    np.testing.assert_array_equal(off, want_off)
+    np.testing.assert_allclose(emb, want_emb, atol=1e-5)

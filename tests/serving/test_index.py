@@ -269,6 +269,25 @@ def test_add_refuses_duplicate_track_ids_and_other_models():
         index.add(np.ones((10, 8), np.float32) / np.sqrt(8), rows, offsets, [TrackInfo("fresh")])
 
 
+def test_the_master_hop_is_recorded_carried_and_a_release_at_another_hop_refused(tmp_path):
+    """An index's master hop lives in metadata.extra (absent: the 1 s of indexes made before the
+    option); add() keeps it and refuses windows cut on another grid."""
+    index, emb = small_index(num_tracks=4)
+    assert "master_hop_seconds" not in index.metadata.extra and index.metadata.master_hop_seconds == 1.0
+    rows, offsets, tracks = synthetic_layout(4, 10)
+    hop2 = WindowIndex.build(emb, rows, 2.0 * offsets, tracks, "model-a", extra={"master_hop_seconds": 2.0})
+    hop2.save(tmp_path / "hop2")
+    loaded = WindowIndex.load(tmp_path / "hop2")
+    assert loaded.metadata.master_hop_seconds == 2.0
+    new_rows, new_off, _ = synthetic_layout(1, 10)
+    with pytest.raises(IndexBuildError, match="every 1 s .* built at 2 s"):
+        loaded.add(emb[:10], new_rows, new_off, [TrackInfo("fresh")], master_hop_seconds=1.0)
+    bigger = loaded.add(emb[:10], new_rows, 2.0 * new_off, [TrackInfo("fresh")], master_hop_seconds=2.0)
+    assert bigger.metadata.master_hop_seconds == 2.0 and bigger.num_tracks == 5
+    assert index.add(emb[:10], new_rows, new_off, [TrackInfo("fresh")],  # an old index: 1 s, now recorded
+                     master_hop_seconds=1.0).metadata.extra["master_hop_seconds"] == 1.0
+
+
 def test_synthetic_chunks_are_deterministic_and_clustered():
     cfg = SyntheticConfig(windows_per_track=15, clusters=10, seed=1)
     a = synthetic_chunk(cfg, 100, 20)

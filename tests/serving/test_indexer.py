@@ -35,3 +35,28 @@ def test_unreadable_masters_are_skipped_and_named(tmp_path, embedder, masters, m
     assert index.num_tracks == len(masters) and set(index.metadata.extra["skipped_tracks"]) == {"broken", "gone"}
     with pytest.raises(NothingToIndexError, match="nothing to index"):
         embed_catalogue(embedder, [tracks[1], tracks[-1]], progress=False)
+
+
+def test_a_2s_master_hop_halves_the_windows_and_sets_the_retrievers_grids(tmp_path, embedder, masters):
+    """index_catalogue(master_hop_seconds=2): windows at 0, 2, 4, ... s (half of the 1 s grid's, the same
+    vectors where they coincide), the hop recorded, the retriever's alignment grids at half of it."""
+    from serving.indexer import index_catalogue
+    from serving.retrieval import Retriever
+    from serving.retrieval_types import RetrievalConfig
+
+    tid, audio = next(iter(masters.items()))
+    sf.write(tmp_path / "m.wav", audio, C.SAMPLE_RATE, subtype="FLOAT")
+    tracks = [Track(tid, "T", "A", tmp_path / "m.wav")]
+    one = index_catalogue(embedder, tracks, progress=False)
+    two = index_catalogue(embedder, tracks, progress=False, master_hop_seconds=2.0)
+    assert one.metadata.master_hop_seconds == 1.0 and two.metadata.extra["master_hop_seconds"] == 2.0
+    np.testing.assert_array_equal(one.offsets_s, np.arange(17, dtype=np.float32))  # 20 s master, 4 s windows
+    np.testing.assert_array_equal(two.offsets_s, np.arange(0, 17, 2, dtype=np.float32))
+    np.testing.assert_allclose(np.asarray(two.embeddings), np.asarray(one.embeddings)[::2], atol=1e-5)
+    grids = Retriever(embedder, two).config
+    assert (grids.offset_bin_seconds, grids.rerank_step_seconds, grids.rerank_tolerance_seconds) == (1.0, 1.0, 1.0)
+    assert Retriever(embedder, one).config.offset_bin_seconds == 0.5
+    kept = Retriever(embedder, two, RetrievalConfig(rerank_step_seconds=0.25)).config
+    assert kept.rerank_step_seconds == 0.25 and kept.offset_bin_seconds == 1.0
+    with pytest.raises(ValueError, match="master hop"):
+        embedder.embed_master(audio, 0.0)

@@ -109,6 +109,11 @@ def test_releases_duplicates_removal_and_the_model_check(make_index, master_embe
                     model_version=embedder.version)
     with pytest.raises(IndexBuildError, match="model"):
         add_release(lite, "releases", e, np.zeros(len(e), np.int64), o, [TrackInfo("other")], model_version="m-other")
+    # the collection keeps the copied index's master hop, and a release cut at another is refused
+    assert s1.metadata.extra["master_hop_seconds"] == s1.metadata.master_hop_seconds == 1.0
+    with pytest.raises(IndexBuildError, match="every 2 s .* built at 1 s"):
+        add_release(lite, "releases", e, np.zeros(len(e), np.int64), o, [TrackInfo("other")],
+                    model_version=embedder.version, master_hop_seconds=2.0)
     # a reader that has not reloaded keeps its own track list: the new release's windows are not served
     assert TRACK_IDS[2] not in {s0.tracks[t].track_id for t in s0.search_windows(e[:3], 5).track_rows.ravel() if t >= 0}
 

@@ -68,6 +68,7 @@ def run_eval(args: argparse.Namespace) -> int:
             tempo_view_penalty=args.tempo_view_penalty, explain=args.explain,
             backend=args.backend, milvus_uri=args.uri, milvus_collection=args.collection,
             milvus_index_type=args.milvus_index_type, milvus_search_params=args.milvus_search_params,
+            master_hop_seconds=args.master_hop_seconds,
         )
         report = evaluate(config)
     except (ValueError, ManifestError, EvalError, AudioError, FileNotFoundError) as e:
@@ -84,6 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from serving.arg_types import positive_float
     from serving.retrieval_types import parse_tempo_rates
     from training.evaluation.runner import INDEXERS, EvalConfig
 
@@ -101,6 +103,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="an index of some of the catalogue's tracks (same model): embed only the others")
     p.add_argument("--indexer", default=d.indexer, choices=INDEXERS,
                    help="how a missing index is built: the Beam pipeline, in-process, or auto")
+    p.add_argument("--master-hop-seconds", type=positive_float, default=d.master_hop_seconds, metavar="S",
+                   help="master windows of the index the evaluation builds start S seconds apart (default "
+                        "%(default)g; part of the OUT/index cache key); an --index keeps its own hop")
     p.add_argument("--baselines", default="", help="comma list: note_histogram,melody_dtw")
     p.add_argument("--aggregation", default=",".join(d.aggregations), help="comma list: temporal,vote")
     p.add_argument("--crop-seconds", type=_floats, default=d.crop_seconds,

@@ -105,6 +105,9 @@ class EvalConfig:
     milvus_collection: str = "earworm_windows"
     milvus_index_type: str = "FLAT"
     milvus_search_params: dict[str, Any] | None = None
+    master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS
+    """How far apart the master windows of an index the evaluation builds start (part of the cache
+    key); a given --index keeps its own hop, which the retriever reads from its metadata."""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -129,6 +132,9 @@ class EvalConfig:
             raise ValueError(f"backend must be scann or milvus, got {self.backend!r}")
         if self.backend == "milvus" and not self.milvus_uri:
             raise ValueError("the milvus backend needs a Milvus URI (--uri)")
+        from serving.embedder import master_hop_samples
+
+        master_hop_samples(self.master_hop_seconds)  # ValueError unless positive
 
 
 @dataclass
@@ -175,12 +181,12 @@ def catalogue_fingerprint(catalogue: Path, tracks: Sequence[Track]) -> str:
 
 
 # --- index ---------------------------------------------------------------------------------------
-def _embed_catalogue(embedder: Any, tracks: Sequence[Track]):
+def _embed_catalogue(embedder: Any, tracks: Sequence[Track], master_hop_seconds: float):
     """In-process indexing (`serving.indexer`, the one path): build() arguments of every readable master."""
     from serving.indexer import NothingToIndexError, embed_catalogue
 
     try:
-        cat = embed_catalogue(embedder, tracks)
+        cat = embed_catalogue(embedder, tracks, master_hop_seconds=master_hop_seconds)
     except NothingToIndexError as e:
         raise EvalError(str(e)) from e
     return cat.embeddings, cat.track_rows, cat.offsets_s, cat.tracks
@@ -197,9 +203,7 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
         info = {"source": "given", "path": str(config.index_dir)}
     else:
         index_dir = config.out_dir / INDEX_SUBDIR
-        key = {"catalogue": catalogue_fingerprint(config.catalogue, inputs.tracks),
-               "model_version": embedder.version,
-               "master_window_hop_s": C.MASTER_WINDOW_HOP_SECONDS, "window_s": C.WINDOW_SECONDS}
+        key = _index_key(config, inputs, embedder)
         key_file = config.out_dir / INDEX_KEY_FILE
         cached = None
         if key_file.is_file() and (index_dir / "metadata.json").is_file():
@@ -246,13 +250,16 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
         inputs.warnings.append(f"the index holds {extra} track(s) that are not in the catalogue manifest")
     info.update(version=index.metadata.version, num_tracks=index.metadata.num_tracks,
                 num_windows=index.metadata.num_windows, kind=index.metadata.config.get("kind"),
-                recall_at_10=getattr(index.metadata, "recall_at_10", None))
+                recall_at_10=getattr(index.metadata, "recall_at_10", None),
+                master_hop_seconds=getattr(index.metadata, "master_hop_seconds", C.MASTER_WINDOW_HOP_SECONDS))
     return index, info
 
 
 def _index_key(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> dict[str, Any]:
+    """What a cached index (OUT/index, a Milvus collection) must have been built for: this catalogue,
+    model and master hop (a 2 s index is never served for a 1 s run)."""
     return {"catalogue": catalogue_fingerprint(config.catalogue, inputs.tracks), "model_version": embedder.version,
-            "master_window_hop_s": C.MASTER_WINDOW_HOP_SECONDS, "window_s": C.WINDOW_SECONDS}
+            "master_window_hop_s": float(config.master_hop_seconds), "window_s": C.WINDOW_SECONDS}
 
 
 def _milvus_store(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> tuple[Any, dict[str, Any]]:
@@ -290,9 +297,9 @@ def _milvus_store(config: EvalConfig, inputs: EvalInputs, embedder: Any) -> tupl
         info = {"source": f"copied from {source.path}", **where}
     else:
         log.info("embedding the catalogue into Milvus collection %s at %s", name, uri)
-        emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks)
+        emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks, config.master_hop_seconds)
         store = build_collection(uri, name, emb, rows, offs, infos, embedder.version, mcfg, overwrite=True,
-                                 extra={"eval_key": key})
+                                 extra={"eval_key": key, "master_hop_seconds": config.master_hop_seconds})
         info = {"source": "built", **where}
     if config.milvus_search_params:
         store = MilvusWindowStore.open(uri, name, search_params=config.milvus_search_params, client=store._client)
@@ -334,12 +341,14 @@ def _build_index(config: EvalConfig, inputs: EvalInputs, embedder: Any, index_di
         return _extend_index(config, inputs, embedder, index_dir)
     if build_index is not None:
         log.info("building the index with beam_pipelines.indexing.build_index")
-        path = build_index(config.catalogue, config.model_dir, index_dir, searcher_config=_searcher_config(config))
+        path = build_index(config.catalogue, config.model_dir, index_dir, searcher_config=_searcher_config(config),
+                           master_hop_seconds=config.master_hop_seconds)
         return WindowIndex.load(path)
-    log.info("building the index in-process")
-    emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks)
+    log.info("building the index in-process (master hop %g s)", config.master_hop_seconds)
+    emb, rows, offs, infos = _embed_catalogue(embedder, inputs.tracks, config.master_hop_seconds)
     index = WindowIndex.build(emb, rows, offs, infos, model_version=embedder.version,
-                              config=_searcher_config(config))
+                              config=_searcher_config(config),
+                              extra={"master_hop_seconds": config.master_hop_seconds})
     index.save(index_dir)
     return index
 
@@ -353,6 +362,10 @@ def _extend_index(config: EvalConfig, inputs: EvalInputs, embedder: Any, index_d
     if base.metadata.model_version != embedder.version:
         raise EvalError(f"--base-index {base_dir} holds model {base.metadata.model_version!r}, "
                         f"the model is {embedder.version!r}")
+    if not math.isclose(base.metadata.master_hop_seconds, config.master_hop_seconds, abs_tol=1e-6):
+        raise EvalError(f"--base-index {base_dir} was built at a master hop of "
+                        f"{base.metadata.master_hop_seconds:g} s, this run's is {config.master_hop_seconds:g} s "
+                        "(--master-hop-seconds)")
     catalogue_ids = {t.track_id for t in inputs.tracks}
     extra = [t.track_id for t in base.tracks if t.track_id not in catalogue_ids]
     if extra:
@@ -370,10 +383,11 @@ def _extend_index(config: EvalConfig, inputs: EvalInputs, embedder: Any, index_d
 
         release = config_release_manifest(index_dir)
         write_catalogue(release, missing)
-        build_index(release, embedder.model_dir, index_dir, add_to=base_dir)
+        build_index(release, embedder.model_dir, index_dir, add_to=base_dir,
+                    master_hop_seconds=config.master_hop_seconds)
         return WindowIndex.load(index_dir)
-    emb, rows, offs, infos = _embed_catalogue(embedder, missing)
-    index = base.add(emb, rows, offs, infos)
+    emb, rows, offs, infos = _embed_catalogue(embedder, missing, config.master_hop_seconds)
+    index = base.add(emb, rows, offs, infos, master_hop_seconds=config.master_hop_seconds)
     index.save(index_dir)
     return WindowIndex.load(index_dir)
 

@@ -66,6 +66,30 @@ def test_eval_end_to_end_writes_metrics_report_and_plots(tiny_bench, untrained_m
     assert evaluate(_config(tiny_bench, out, model_dir=untrained_model, plots=False))["index"]["source"] == "cached"
 
 
+def test_eval_master_hop_flag_builds_that_index_and_keys_its_cache(tiny_bench, untrained_model, tmp_path, capsys):
+    """`earworm eval --master-hop-seconds 2`: the index it builds has the 2 s grid and the cache key
+    records it, so a 1 s run on the same OUT rebuilds instead of reusing the 2 s index."""
+    from serving.apps.earworm import main
+
+    out = tmp_path / "eval"
+    args = ["eval", "--catalogue", str(tiny_bench["catalogue"]), "--queries", str(tiny_bench["queries"]),
+            "--model", str(untrained_model), "--indexer", "inprocess", "--out", str(out)]
+
+    def run(*extra: str) -> dict:
+        assert main(args + list(extra)) == 0, capsys.readouterr().err
+        return json.loads((out / "metrics.json").read_text())["index"]
+
+    two = run("--master-hop-seconds", "2")
+    assert two["source"] == "built" and two["master_hop_seconds"] == 2.0
+    assert json.loads((out / "eval_index_key.json").read_text())["master_window_hop_s"] == 2.0
+    assert run("--master-hop-seconds", "2")["source"] == "cached"
+    one = run()
+    assert one["source"] == "built" and one["master_hop_seconds"] == 1.0
+    assert two["num_windows"] < one["num_windows"]
+    with pytest.raises(SystemExit):  # argparse refuses a non-positive hop
+        main(args + ["--master-hop-seconds", "0"])
+
+
 def test_malformed_manifest_is_a_manifest_error(tiny_bench, tmp_path):
     bad = tmp_path / "queries.csv"
     bad.write_text("query_id,file\nq1,a.wav\n")
@@ -113,3 +137,5 @@ def test_config_validation(tiny_bench, tmp_path):
         _config(tiny_bench, tmp_path, model_dir=tmp_path, aggregations=("max",))
     with pytest.raises(ValueError, match="rerank_candidates"):
         _config(tiny_bench, tmp_path, model_dir=tmp_path, rerank_candidates=-1)
+    with pytest.raises(ValueError, match="master hop"):
+        _config(tiny_bench, tmp_path, model_dir=tmp_path, master_hop_seconds=0.0)
