@@ -4,7 +4,8 @@ This is the only module that imports ScaNN. An index holds, for each master wind
 embedding, the row of its track in `tracks` and its start offset in the master (seconds).
 
 The searcher is sized to the data (`SearcherConfig.mode = "auto"`):
-- up to `brute_force_max_windows` windows: exact brute-force scoring (float32);
+- up to `brute_force_max_windows` windows: exact brute-force scoring, straight from the stored vectors
+  (`_StoredVectorSearcher`: nothing of ScaNN's, so no second copy of the vectors);
 - above: a k-means tree (about sqrt(n) leaves) + anisotropic asymmetric hashing (2 dims per block,
   threshold 0.2) + re-scoring of the best `reorder_factor * k` candidates from the stored vectors. The number of
   leaves searched per query is auto-tuned at build time on a sample of the index's own vectors used as
@@ -27,7 +28,8 @@ Index directory layout (format "earworm-index/1"):
                     + embeddings.scales.npy: `serving.vectors`): the one stored copy, which re-scores
                     the searcher's candidates, feeds the re-ranking and lets a release be added
                     without re-embedding
-    scann/          the serialized ScaNN searcher (relative asset paths: the folder can be moved);
+    scann/          the serialized ScaNN tree-AH searcher (relative asset paths: the folder can be moved;
+                    a brute-force index has none: it searches embeddings.npy itself);
                     a sharded index has scann/shard-000/, scann/shard-001/, ... instead
     calibration.json  (optional, written by serving.calibration) the no-match threshold
 
@@ -565,6 +567,8 @@ class WindowIndex:
         try:
             tmp.mkdir()
             for i, searcher in enumerate(self._searchers):
+                if isinstance(searcher, _StoredVectorSearcher):
+                    continue  # it is the stored vectors: nothing of its own to write
                 shard_dir = _shard_dir(tmp / SEARCHER_DIR, i, len(self._searchers))
                 shard_dir.mkdir(parents=True)
                 searcher.serialize(str(shard_dir), relative_path=True)
@@ -656,8 +660,11 @@ class WindowIndex:
             problems.append(f"shards {shards} do not cover the {n} windows")
         if problems:
             raise IndexLoadError(f"{index_dir} is inconsistent: " + "; ".join(problems))
-        searchers = [_load_searcher(_shard_dir(index_dir / SEARCHER_DIR, i, len(shards)))
-                     for i in range(len(shards))]
+        if metadata.config.get("kind") == "brute_force":  # an older index's scann/ copy is not read
+            searchers = [_StoredVectorSearcher(vectors, a, b) for a, b in shards]
+        else:
+            searchers = [_load_searcher(_shard_dir(index_dir / SEARCHER_DIR, i, len(shards)))
+                         for i in range(len(shards))]
         return cls(searchers, vectors, track_rows, offsets_s, tracks, metadata, path=index_dir)
 
 
@@ -751,10 +758,36 @@ def _load_searcher(searcher_dir: Path) -> Any:
         raise IndexLoadError(f"{searcher_dir}: ScaNN cannot load the searcher ({e})") from e
 
 
+class _VectorRange:
+    """Rows [start, end) of the stored vectors, as float32 (what `brute_force_search` reads)."""
+
+    def __init__(self, vectors: WindowVectors, start: int, end: int):
+        self.vectors, self.start, self.end = vectors, start, end
+        self.shape = (end - start, vectors.shape[1])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        a, b, _ = rows.indices(self.shape[0])
+        return self.vectors.rows(slice(self.start + a, self.start + b))
+
+
+class _StoredVectorSearcher:
+    """The brute-force searcher of one shard: exact dot products with the index's stored vectors
+    (dequantized when int8). ScaNN's brute force would keep a second float32 copy of the shard; this
+    keeps none and has nothing to serialize. Same call shape as a ScaNN searcher; rows are shard-local."""
+
+    def __init__(self, vectors: WindowVectors, start: int, end: int):
+        self._range = _VectorRange(vectors, start, end)
+
+    def search_batched(self, queries: np.ndarray, final_num_neighbors: int, **_: Any
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        return brute_force_search(queries, self._range, final_num_neighbors)
+
+    search_batched_parallel = search_batched
+
+
 def _build_one(sp: Any, data: np.ndarray, kind: str, num_leaves: int, default_search: int,
                cfg: SearcherConfig) -> Any:
-    if kind == "brute_force":
-        return sp.builder(data, RECALL_K, "dot_product").score_brute_force().build()
+    """A tree + AH ScaNN searcher over one shard."""
     n = data.shape[0]
     sample = int(min(n, max(cfg.training_sample_size, num_leaves * 10)))
     return (sp.builder(data, RECALL_K, "dot_product")
@@ -788,7 +821,8 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
     for i, (a, b) in enumerate(shards):
         if len(shards) > 1:
             log.info("building %s shard %d/%d (%d windows)", kind, i + 1, len(shards), b - a)
-        searchers.append(_build_one(sp, embeddings[a:b], kind, num_leaves, default_search, cfg))
+        searchers.append(_StoredVectorSearcher(vectors, a, b) if kind == "brute_force"
+                         else _build_one(sp, embeddings[a:b], kind, num_leaves, default_search, cfg))
     # measure (and for tree_ah without a fixed leaves_to_search: tune) on perturbed own vectors
     m = min(cfg.tune_queries, n)
     rows = np.sort(rng.choice(n, size=m, replace=False))

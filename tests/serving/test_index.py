@@ -187,11 +187,17 @@ def test_load_errors(tmp_path):
     d = broken("tracks", lambda d: (d / "tracks.csv").write_text("track_id,title,artist\nx,y,z\n"))
     with pytest.raises(IndexLoadError, match="tracks"):
         WindowIndex.load(d)
-    d = broken("noscann", lambda d: shutil.rmtree(d / "scann"))
+    tree, _ = small_index(num_tracks=60, config=SearcherConfig(mode="tree_ah", tune_queries=50))
+    tree.save(tmp_path / "tree")
+    d = tmp_path / "noscann"
+    shutil.copytree(tmp_path / "tree", d)
+    shutil.rmtree(d / "scann")
     with pytest.raises(IndexLoadError, match="ScaNN searcher missing"):
         WindowIndex.load(d)
-    d = broken("scannfile", lambda d: (d / "scann" / "dataset.npy").unlink())
-    with pytest.raises(IndexLoadError, match="dataset.npy"):
+    d = tmp_path / "scannfile"
+    shutil.copytree(tmp_path / "tree", d)
+    (d / "scann" / "hashed_dataset.npy").unlink()
+    with pytest.raises(IndexLoadError, match="hashed_dataset.npy"):
         WindowIndex.load(d)
     d = broken("nowindows", lambda d: (d / "windows.npz").unlink())
     with pytest.raises(IndexLoadError, match="cannot read"):
@@ -418,7 +424,8 @@ def test_a_build_streamed_from_a_spill_file_answers_as_the_in_memory_build(tmp_p
         fed_in_ram = list(scann_inputs)
         scann_inputs.clear()
         streamed = streamed_build()
-        assert len(scann_inputs) == len(fed_in_ram) == len(streamed.metadata.config["shards"])
+        # brute force searches the stored vectors and hands ScaNN nothing; tree-AH gets one slice per shard
+        assert len(scann_inputs) == len(fed_in_ram) == (0 if exact else len(streamed.metadata.config["shards"]))
         for x, y in zip(scann_inputs, fed_in_ram):
             assert isinstance(x, np.memmap)  # a slice of the file, no copy in anonymous memory
             np.testing.assert_array_equal(x, y)
@@ -453,3 +460,19 @@ def test_a_build_streamed_from_a_spill_file_answers_as_the_in_memory_build(tmp_p
     _, added = build_both(lambda: in_ram.add(new_emb, new_rows, new_off, new_tracks),
                           lambda: loaded.add(new_emb, new_rows, new_off, new_tracks, scratch_dir=tmp_path / "scratch"))
     assert added.num_windows == 2050 and [p.suffix for p in (tmp_path / "scratch").iterdir()] == [".f32"]
+
+
+def test_a_brute_force_index_searches_its_stored_vectors_and_keeps_no_second_copy(tmp_path):
+    """Up to brute_force_max_windows the searcher is exact dot products with the stored vectors:
+    nothing of ScaNN's is saved (its brute force would keep another float32 copy of every window)."""
+    index, emb = small_index(num_tracks=30)
+    assert index.kind == "brute_force"
+    index.save(tmp_path / "idx")
+    assert not (tmp_path / "idx" / "scann").exists()
+    loaded = WindowIndex.load(tmp_path / "idx")
+    q = perturbed_queries(emb[::7], 0.7, np.random.default_rng(3))
+    rows, scores = loaded.search(q, 10)
+    true_rows, true_scores = brute_force_search(q, emb, 10)
+    np.testing.assert_array_equal(rows, true_rows)
+    np.testing.assert_allclose(scores, true_scores, rtol=1e-5, atol=1e-6)
+
