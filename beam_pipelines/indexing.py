@@ -98,7 +98,9 @@ class DecodeTrackFn(beam.DoFn):
     `master_hop_seconds`)."""
 
     def __init__(self, master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS) -> None:
-        self.hop = int(round(master_hop_seconds * C.SAMPLE_RATE))
+        from serving.embedder import master_hop_samples
+
+        self.hop = master_hop_samples(master_hop_seconds)  # the embedder's own conversion and check
         self.decoded = Metrics.counter(NAMESPACE, "tracks_decoded")
         self.audio_ms = Metrics.counter(NAMESPACE, "audio_ms")
         self.windows = Metrics.counter(NAMESPACE, "windows")

@@ -762,7 +762,7 @@ class _VectorRange:
     """Rows [start, end) of the stored vectors, as float32 (what `brute_force_search` reads)."""
 
     def __init__(self, vectors: WindowVectors, start: int, end: int):
-        self.vectors, self.start, self.end = vectors, start, end
+        self.vectors, self.start = vectors, start
         self.shape = (end - start, vectors.shape[1])
 
     def __getitem__(self, rows: slice) -> np.ndarray:
@@ -803,9 +803,9 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
                      ) -> tuple[list[Any], dict[str, Any], float]:
     """Build one searcher per shard (and for tree_ah, tune leaves_to_search over all of them).
     Returns (searchers, build facts, recall@10)."""
-    sp = _scann()
     n = embeddings.shape[0]
     kind = cfg.kind_for(n)
+    sp = _scann() if kind == "tree_ah" else None  # brute force searches the stored vectors: no ScaNN
     rng = np.random.default_rng(cfg.seed)
     shards = shard_bounds(n, cfg.max_shard_windows)
     info: dict[str, Any] = {"kind": kind, "shards": [list(b) for b in shards]}
