@@ -6,6 +6,8 @@ window holding the same melody line up. Offsets are in seconds from the recordin
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from data_gen import constants as C
@@ -44,18 +46,21 @@ def cut_query_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cut_windows(audio, C.QUERY_WINDOW_HOP)
 
 
+def tempo_fraction(rate: float) -> Fraction:
+    """A tempo view's rate as the fraction the views use (denominator at most 20): 1 means as sung."""
+    if not rate > 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    return Fraction(rate).limit_denominator(20)
+
+
 def tempo_view(audio: np.ndarray, rate: float) -> np.ndarray:
     """The recording played `rate` times slower (`rate` > 1: longer, slower and lower; < 1: shorter,
     faster and higher), by band-limited resampling (`scipy.signal.resample_poly`, `rate` approximated
     by a fraction with a denominator of at most 20). Changing the speed moves the pitch too, which a
     key-invariant encoder does not mind; rate 1 returns the audio itself."""
-    from fractions import Fraction
-
     from scipy.signal import resample_poly
 
-    if rate <= 0:
-        raise ValueError(f"rate must be positive, got {rate}")
-    frac = Fraction(rate).limit_denominator(20)
+    frac = tempo_fraction(rate)
     if frac == 1:
         return audio
     return resample_poly(audio, frac.numerator, frac.denominator).astype(np.float32, copy=False)

@@ -5,7 +5,8 @@ One implementation for the server, the evaluation and the benchmarks:
 0. the melody gate (`serving.melody_gate`): a query with no melody in it (a steady tone, noise,
    clicks, speech) is answered "no melody" (reason NO_MELODY, no candidates) and never embedded;
 1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`),
-   once per tempo view (`query_tempo_rates`: the query resampled to play 0.8x / 1x / 1.25x as long, so
+   once per tempo view (`query_tempo_rates`: the query played 0.8x / 1x / 1.25x as long, its spectrogram
+   stretched along time (`Embedder.stretched_view`), so
    that one view is close to the master's tempo; see `RetrievalConfig.query_tempo_rates`); steps 2-4
    run on each view and a track keeps its best view's score, a changed tempo paying
    `tempo_view_penalty` x |ln rate| (the singer is more likely at the record's tempo than not);

@@ -40,7 +40,7 @@ from data_gen.audio import (
     decode_audio,
     pcm_to_audio,
 )
-from data_gen.windows import cut_query_views, tempo_view, window_starts
+from data_gen.windows import cut_query_views, tempo_fraction, tempo_view, window_starts
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import EmbeddingTimeout
@@ -629,34 +629,53 @@ class _StreamSession:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
 
     def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Embeddings of the query windows of `audio` in each tempo view (as `cut_query_views`):
-        (emb [n, dim], offsets [n] s, views [n]), re-using windows embedded earlier."""
+        """Embeddings of the query windows of `audio` in each tempo view (as `query_features`):
+        (emb [n, dim], offsets [n] s, views [n]), re-using windows embedded earlier. With a model that
+        splits its front-end the other views are stretched from the spectrogram, as for Identify."""
         rates = self.state.retriever.config.query_tempo_rates
-        wanted: list[tuple[int, int]] = []  # (tempo view, window start sample), in cut_query_views order
-        todo: dict[tuple[int, int], np.ndarray] = {}
+        features_of = self.state.features_of
+        stretch = bool(getattr(features_of, "splits_frontend", False))
+        # audio resampled to SAMPLE_RATE may still change near its end as more arrives: cache only settled windows
+        settle = 0 if self.sample_rate == C.SAMPLE_RATE else C.SAMPLE_RATE // 2
+        wanted: list[tuple[int, int]] = []  # (tempo view, window start sample), in query_features order
+        todo: dict[tuple[int, int], np.ndarray] = {}  # raw windows to embed
+        todo_logp: dict[tuple[int, int], np.ndarray] = {}  # stretched windows' log power to embed
         settled: set[tuple[int, int]] = set()
         offsets, views = [], []
+        source = None
         for v, rate in enumerate(rates):
-            view = tempo_view(audio, rate)
-            starts = window_starts(view.shape[0], C.QUERY_WINDOW_HOP)
-            # Resampled audio may still change near its end as more arrives: cache only settled windows.
-            settle = 0 if self.sample_rate == C.SAMPLE_RATE and rate == 1.0 else C.SAMPLE_RATE // 2
-            padded = view if view.shape[0] >= C.WINDOW_SAMPLES else np.pad(
-                view, (0, C.WINDOW_SAMPLES - view.shape[0]))
-            for st in starts.tolist():
-                wanted.append((v, st))
-                if st + C.WINDOW_SAMPLES <= view.shape[0] - settle:
-                    settled.add((v, st))
-                if (v, st) not in self.cache:
-                    todo[(v, st)] = padded[st : st + C.WINDOW_SAMPLES]
+            if stretch and tempo_fraction(rate) != 1:
+                source = features_of.stretch_source(audio) if source is None else source
+                logp, starts, reads_to = features_of.stretched_view(source, audio.shape[0], rate)
+                for i, st in enumerate(starts.tolist()):
+                    wanted.append((v, st))
+                    if reads_to[i] <= audio.shape[0] - settle:
+                        settled.add((v, st))
+                    if (v, st) not in self.cache:
+                        todo_logp[(v, st)] = logp[i]
+            else:
+                view = tempo_view(audio, rate)
+                starts = window_starts(view.shape[0], C.QUERY_WINDOW_HOP)
+                view_settle = 0 if settle == 0 and tempo_fraction(rate) == 1 else C.SAMPLE_RATE // 2
+                padded = view if view.shape[0] >= C.WINDOW_SAMPLES else np.pad(
+                    view, (0, C.WINDOW_SAMPLES - view.shape[0]))
+                for st in starts.tolist():
+                    wanted.append((v, st))
+                    if st + C.WINDOW_SAMPLES <= view.shape[0] - view_settle:
+                        settled.add((v, st))
+                    if (v, st) not in self.cache:
+                        todo[(v, st)] = padded[st : st + C.WINDOW_SAMPLES]
             offsets.append(starts / C.SAMPLE_RATE)
             views.append(np.full(starts.shape[0], v, np.int64))
         fresh: dict[tuple[int, int], np.ndarray] = {}
-        if todo:
-            windows = np.stack(list(todo.values())).astype(np.float32)
-            emb = self.servicer._embed(self.embedding, window_features(self.state.features_of, windows),
-                                       self.context)
-            fresh = dict(zip(todo, emb))
+        if todo or todo_logp:
+            parts = []
+            if todo:
+                parts.append(window_features(features_of, np.stack(list(todo.values())).astype(np.float32)))
+            if todo_logp:
+                parts.append(np.stack(list(todo_logp.values())))
+            emb = self.servicer._embed(self.embedding, np.concatenate(parts), self.context)
+            fresh = dict(zip([*todo, *todo_logp], emb))
         out = np.stack([fresh[k] if k in fresh else self.cache[k] for k in wanted])
         self.cache.update({k: e for k, e in fresh.items() if k in settled})
         return out, np.concatenate(offsets).astype(np.float32), np.concatenate(views)

@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from data_gen import constants as C
-from serving.embedder import EMBED_LOG_POWER_SIGNATURE, LOG_POWER_SIGNATURE, METADATA_FILE, MODEL_FORMAT, SIGNATURE
+from serving.embedder import (BODY_TFLITE_FILE, EMBED_LOG_POWER_SIGNATURE, LOG_POWER_SIGNATURE, METADATA_FILE,
+                              MODEL_FORMAT, SIGNATURE)
 from training.encoder import EncoderConfig, build_encoder
 from training.frontend import log_power, normalize
 
@@ -78,6 +79,31 @@ def _save_signatures(model: keras.Model, out: Path) -> None:
     tf.saved_model.save(module, str(out), signatures={SIGNATURE: module.embed, "serving_default": module.embed,
                                                       LOG_POWER_SIGNATURE: module.log_power,
                                                       EMBED_LOG_POWER_SIGNATURE: module.embed_log_power})
+    add_tflite_body(out)  # from the saved signature: converting the live Keras module loses its weights
+
+
+def _write_tflite(fn, trackable, path: Path) -> None:
+    """The body half (`embed_log_power`) as a LiteRT flatbuffer with int8 weights (dynamic-range
+    quantization: activations stay float, quantized per batch inside the int8 kernels)."""
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    blob = converter.convert()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
+
+
+def add_tflite_body(model_dir: str | Path) -> Path:
+    """Write `BODY_TFLITE_FILE` into an export made before it existed, from the export's own
+    `embed_log_power` signature (nothing else changes: same SavedModel, same version)."""
+    model_dir = Path(model_dir)
+    loaded = tf.saved_model.load(str(model_dir))
+    if EMBED_LOG_POWER_SIGNATURE not in loaded.signatures:
+        raise ExportError(f"{model_dir} has no {EMBED_LOG_POWER_SIGNATURE!r} signature: run "
+                          "training.export.refresh_signatures on it first")
+    path = model_dir / BODY_TFLITE_FILE
+    _write_tflite(loaded.signatures[EMBED_LOG_POWER_SIGNATURE], loaded, path)
+    return path
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -223,3 +249,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", na
                        metrics=metrics, train_config=cfg.to_dict())
     log.info("exported %s (%s) to %s", run_dir, info["weights"], out)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Maintenance of exported models (`earworm export` exports a run).")
+    p.add_argument("--add-tflite", metavar="MODEL_DIR", required=True,
+                   help=f"write {BODY_TFLITE_FILE} (the body with int8 weights, for the serving runtime) into an "
+                        "older export")
+    args = p.parse_args(argv)
+    print(add_tflite_body(args.add_tflite))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -70,12 +70,15 @@ class LoadResult:
 
 # --- synthetic index ----------------------------------------------------------------------
 def synthetic_index_dir(root: Path, tracks: int, model_version: str, seed: int) -> Path:
-    return root / f"synthetic-{tracks}-{model_version}-s{seed}"
+    # "embl": embedding-like vectors (before 2026-12-04 the folder held independent random vectors)
+    return root / f"synthetic-embl-{tracks}-{model_version}-s{seed}"
 
 
 def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, windows_per_track: int,
                           seed: int) -> Path:
-    """A random index: ~windows_per_track unit vectors per track (reused when already built)."""
+    """A random index: ~windows_per_track vectors per track with the statistics of real window
+    embeddings (`synthetic_embeddings`; reused when already built)."""
+    from serving.apps.synthetic_embeddings import embedding_like_windows
     from serving.index import TrackInfo, WindowIndex
 
     if (out_dir / "metadata.json").exists():
@@ -85,8 +88,7 @@ def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, window
     counts = rng.integers(windows_per_track - 5, windows_per_track + 6, size=tracks)
     track_rows = np.repeat(np.arange(tracks, dtype=np.int32), counts)
     offsets = np.concatenate([np.arange(c) * C.MASTER_WINDOW_HOP_SECONDS for c in counts]).astype(np.float32)
-    emb = rng.standard_normal((track_rows.shape[0], C.EMBEDDING_DIM)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = embedding_like_windows(counts, rng)
     infos = [TrackInfo(f"syn{i:05d}", f"Synthetic track {i}", "Synthetic") for i in range(tracks)]
     log.info("building a synthetic index: %d tracks, %d windows", tracks, emb.shape[0])
     started = time.perf_counter()

@@ -4,8 +4,10 @@ Runs the retrieval path of one request in this process (no gRPC, no decoding) ov
 queries and prints, per stage, the median milliseconds and the share of the total:
 
     melody gate      YIN pitch of the query (is there a melody?)
-    tempo views      resampling the query into its tempo views
-    front-end        log filterbank power: one pass per view (or per window, for an older export)
+    tempo views      the other tempo views' windows stretched along time from the spectrogram
+                     (resampling the audio, for an older export without the split front-end)
+    front-end        log filterbank power: the query as sung, sliced into windows, and one more pass
+                     the stretched views read (or every window's own, for an older export)
     body             the encoder's convolutional body over all windows
     search           the first stage: nearest catalogue windows of every query window (k each)
     aggregation      hits -> time-consistent track scores, per view
@@ -62,15 +64,18 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
                   seed: int = 0) -> QueryBreakdown:
     import tensorflow as tf
 
-    from data_gen.windows import cut_query_views, tempo_view
+    from data_gen.windows import cut_query_views, tempo_fraction, tempo_view
     from data_gen.synth.test_signals import hum_like_audio
     from serving.embedder import Embedder
     from serving.index import WindowIndex
     from serving.retrieval import Retriever
     from serving.retrieval_types import RetrievalConfig
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:  # single-threaded TensorFlow, as one request of a busy server gets (LiteRT runs one thread)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process (a caller's own use)
+        log.warning("TensorFlow is already initialised: its thread pools stay as they are")
     embedder = Embedder(model_dir)
     index = WindowIndex.load(index_dir)
     config = RetrievalConfig()
@@ -93,19 +98,27 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
         if retriever.gate is not None:
             retriever.gate.check(audio)
         rows["melody gate"].append(_ms(t0))
-        t0 = time.perf_counter()
-        views = [tempo_view(audio, float(r)) for r in rates]
-        rows["tempo views"].append(_ms(t0))
-        t0 = time.perf_counter()
-        if embedder.splits_frontend:
-            logp, starts_of = embedder.window_log_power(views, C.QUERY_WINDOW_HOP)
-            offsets = np.concatenate([s / C.SAMPLE_RATE for s in starts_of])
-            view_ids = np.concatenate([np.full(s.shape[0], v) for v, s in enumerate(starts_of)])
+        if embedder.splits_frontend:  # as Embedder.query_log_power, stage by stage
+            t0 = time.perf_counter()
+            as_sung, (sung_starts,) = embedder.window_log_power([audio], C.QUERY_WINDOW_HOP)
+            others = [r for r in rates if tempo_fraction(r) != 1]
+            source = embedder.stretch_source(audio) if others else None
             rows["front-end"].append(_ms(t0))
+            t0 = time.perf_counter()
+            stretched = {r: embedder.stretched_view(source, audio.shape[0], r)[:2] for r in others}
+            rows["tempo views"].append(_ms(t0))
+            parts = [(as_sung, sung_starts) if tempo_fraction(r) == 1 else stretched[r] for r in rates]
+            logp = np.concatenate([p for p, _ in parts])
+            offsets = np.concatenate([s / C.SAMPLE_RATE for _, s in parts])
+            view_ids = np.concatenate([np.full(s.shape[0], v) for v, (_, s) in enumerate(parts)])
             t0 = time.perf_counter()
             emb = embedder.embed_log_power(logp)
             rows["body"].append(_ms(t0))
         else:
+            t0 = time.perf_counter()
+            views = [tempo_view(audio, float(r)) for r in rates]
+            rows["tempo views"].append(_ms(t0))
+            t0 = time.perf_counter()
             w, offsets, view_ids = cut_query_views(audio, rates)
             emb = embedder.embed_windows(w)
             rows["front-end"].append(0.0)

@@ -24,6 +24,18 @@ def test_golden_embedding(embedder):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_the_int8_body_of_the_default_model_stays_close_to_the_golden_embedding(embedder):
+    """The serving runtime (LiteRT, int8 weights) against the exact float32 golden embeddings."""
+    from serving.embedder import Embedder
+
+    golden = np.load(GOLDEN_FILE)
+    int8 = Embedder(DEFAULT_MODEL_DIR, runtime="tflite")
+    windows = golden_windows()
+    got = int8.embed_log_power(int8.log_power(windows))
+    cos = np.sum(got * golden["embedding"], axis=1)
+    assert cos.min() > 0.999, cos
+
+
 def test_default_model_is_small_and_fine_tunable(embedder):
     files = [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 10 * 2**20
