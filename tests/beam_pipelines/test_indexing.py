@@ -93,7 +93,7 @@ def test_embed_batch_gives_the_in_process_embeddings_and_retries_one_by_one(cata
     from serving.indexer import embed_catalogue, load_master
 
     tracks = [t for t in read_catalogue(catalogue) if t.track_id != "bad"]
-    embedder = Embedder(untrained_model)
+    embedder = Embedder(untrained_model, runtime="tensorflow")  # the per-window fallback has no int8 body
     want = embed_catalogue(embedder, tracks, progress=False)
     if not split_frontend:
         embedder._log_power_fn = None  # as loaded from an older SavedModel
