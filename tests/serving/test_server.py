@@ -825,3 +825,11 @@ def test_a_cancelled_stream_is_counted_as_cancelled(server_factory, embedder, in
                 break
             time.sleep(0.02)
     assert server.metrics.snapshot().codes == {"CANCELLED": 1}
+
+
+def test_a_server_runs_blas_on_one_thread_per_call(target):
+    """Requests run in parallel on server threads; OpenBLAS's own helper threads would only spin."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
