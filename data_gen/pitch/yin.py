@@ -37,26 +37,34 @@ class YinConfig:
     frame_length: int = 800
     threshold: float = 0.25
     floor_db: float = 40.0
+    decimate: int = 1
+    """Analyse the audio at SAMPLE_RATE / decimate (band-limited by `resample_poly`): every array and
+    FFT shrinks by that factor. The frames keep their length in seconds and the 10 ms grid."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.fmin < self.fmax < C.SAMPLE_RATE / 2:
-            raise ValueError(f"need 0 < fmin < fmax < Nyquist, got fmin={self.fmin}, fmax={self.fmax}")
+        if self.decimate < 1 or C.PITCH_HOP % self.decimate or self.frame_length % self.decimate:
+            raise ValueError(f"decimate must be >= 1 and divide the hop ({C.PITCH_HOP}) and frame_length "
+                             f"({self.frame_length}), got {self.decimate}")
+        if not 0 < self.fmin < self.fmax < C.SAMPLE_RATE / 2 / self.decimate:
+            raise ValueError(f"need 0 < fmin < fmax < Nyquist, got fmin={self.fmin}, fmax={self.fmax}"
+                             + (f" (at 1/{self.decimate} of the sample rate)" if self.decimate > 1 else ""))
         if C.SAMPLE_RATE / self.fmin >= self.frame_length / 2:
             raise ValueError(f"frame_length {self.frame_length} is too short for fmin {self.fmin} Hz")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
 
-def _frames(audio: np.ndarray, frame_length: int) -> np.ndarray:
-    """Centred frames on the 10 ms grid: [1 + samples // PITCH_HOP, frame_length] (a view). The ends
-    are mirrored (zeros would put a step, i.e. a false pitch, into the edge frames of a loud start)."""
+def _frames(audio: np.ndarray, frame_length: int, hop: int = C.PITCH_HOP, n: int | None = None) -> np.ndarray:
+    """Centred frames on the 10 ms grid (`hop` samples of this audio): [n, frame_length] (a view; n
+    defaults to 1 + samples // hop). The ends are mirrored (zeros would put a step, i.e. a false pitch,
+    into the edge frames of a loud start)."""
     half = frame_length // 2
     padded = np.pad(audio, half, mode="reflect" if audio.size > half else "constant")
-    n = num_pitch_frames(audio.size)
-    need = (n - 1) * C.PITCH_HOP + frame_length
+    n = 1 + audio.size // hop if n is None else n
+    need = (n - 1) * hop + frame_length
     if padded.size < need:
         padded = np.pad(padded, (0, need - padded.size))
-    return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[:: C.PITCH_HOP][:n]
+    return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop][:n]
 
 
 def cmnd(frames: np.ndarray, max_lag: int) -> np.ndarray:
@@ -120,11 +128,23 @@ class YinExtractor(PitchExtractor):
         config = config or YinConfig()
         self.config = dataclasses.replace(config, **options) if options else config
 
+    @property
+    def settle_samples(self) -> int:
+        """How many samples at a recording's end the decimating filter still changes when audio is
+        appended (`resample_poly`'s half-length; 0 without decimation)."""
+        return 10 * self.config.decimate + self.config.decimate if self.config.decimate > 1 else 0
+
     def analyse(self, audio: np.ndarray, first_frame: int = 0) -> YinFrames:
         """The per-frame analysis of frames `first_frame`.. of `audio` (all of them by default),
         BLOCK_FRAMES at a time so that memory stays bounded whatever the length."""
         audio = check_audio(audio)
-        frames = _frames(audio, self.config.frame_length)[first_frame:]
+        d = self.config.decimate
+        n = num_pitch_frames(audio.size)
+        if d > 1:
+            from scipy.signal import resample_poly
+
+            audio = resample_poly(audio, 1, d).astype(np.float32, copy=False)
+        frames = _frames(audio, self.config.frame_length // d, C.PITCH_HOP // d, n)[first_frame:]
         parts = [self._analyse_block(frames[i : i + BLOCK_FRAMES]) for i in range(0, frames.shape[0], BLOCK_FRAMES)]
         if not parts:
             return YinFrames(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
@@ -132,8 +152,9 @@ class YinExtractor(PitchExtractor):
 
     def _analyse_block(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
-        min_lag = max(2, int(np.floor(C.SAMPLE_RATE / cfg.fmax)))
-        max_lag = int(np.ceil(C.SAMPLE_RATE / cfg.fmin))
+        rate = C.SAMPLE_RATE / cfg.decimate
+        min_lag = max(2, int(np.floor(rate / cfg.fmax)))
+        max_lag = int(np.ceil(rate / cfg.fmin))
         band = cmnd(frames, max_lag)[:, min_lag : max_lag + 1]
         # YIN step 4: the first dip below the threshold (its local minimum), else the global minimum
         below = band < cfg.threshold
@@ -154,7 +175,7 @@ class YinExtractor(PitchExtractor):
         with np.errstate(divide="ignore", invalid="ignore"):
             shift = np.where(curve > 1e-12, 0.5 * (left - right) / curve, 0.0)
         period = tau + min_lag + np.clip(shift, -1.0, 1.0)
-        f0 = np.clip(C.SAMPLE_RATE / np.maximum(period, 1.0), cfg.fmin, cfg.fmax)
+        f0 = np.clip(rate / np.maximum(period, 1.0), cfg.fmin, cfg.fmax)
         level = np.std(frames, axis=1, dtype=np.float64)  # AC level: a DC offset is not a sound
         return f0.astype(np.float32), aperiodicity.astype(np.float32), level.astype(np.float32)
 
