@@ -6,8 +6,8 @@ queries and prints, per stage, the median milliseconds and the share of the tota
     melody gate      YIN pitch of the query (is there a melody?)
     tempo views      the other tempo views' windows stretched along time from the spectrogram
                      (resampling the audio, for an older export without the split front-end)
-    front-end        log filterbank power: the query as sung, sliced into windows, and one more pass
-                     the stretched views read (or every window's own, for an older export)
+    front-end        log filterbank power: one pass over the query (and some silence after it) that
+                     the windows of every view are read from (every window's own, for an older export)
     body             the encoder's convolutional body over all windows
     search           the first stage: nearest catalogue windows of every query window (k each)
     aggregation      hits -> time-consistent track scores, per view
@@ -100,9 +100,9 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
         rows["melody gate"].append(_ms(t0))
         if embedder.splits_frontend:  # as Embedder.query_log_power, stage by stage
             t0 = time.perf_counter()
-            as_sung, (sung_starts,) = embedder.window_log_power([audio], C.QUERY_WINDOW_HOP)
             others = [r for r in rates if tempo_fraction(r) != 1]
             source = embedder.stretch_source(audio) if others else None
+            as_sung, (sung_starts,) = embedder.window_log_power([audio], C.QUERY_WINDOW_HOP, wholes=[source])
             rows["front-end"].append(_ms(t0))
             t0 = time.perf_counter()
             stretched = {r: embedder.stretched_view(source, audio.shape[0], r)[:2] for r in others}
