@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +83,23 @@ def _save_signatures(model: keras.Model, out: Path) -> None:
     add_tflite_body(out)  # from the saved signature: converting the live Keras module loses its weights
 
 
-def _write_tflite(fn, trackable, path: Path) -> None:
-    """The body half (`embed_log_power`) as a LiteRT flatbuffer with int8 weights (dynamic-range
-    quantization: activations stay float, quantized per batch inside the int8 kernels)."""
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    blob = converter.convert()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-
-
 def add_tflite_body(model_dir: str | Path) -> Path:
-    """Write `BODY_TFLITE_FILE` into an export made before it existed, from the export's own
-    `embed_log_power` signature (nothing else changes: same SavedModel, same version)."""
+    """Write `BODY_TFLITE_FILE` (the body half, `embed_log_power`, as a LiteRT flatbuffer with int8
+    weights: dynamic-range quantization, activations quantized row by row inside the int8 kernels)
+    from the export's own signature; nothing else changes (same SavedModel, same version). Every
+    export calls it; `--add-tflite` adds the file to an export made before it existed."""
     model_dir = Path(model_dir)
     loaded = tf.saved_model.load(str(model_dir))
     if EMBED_LOG_POWER_SIGNATURE not in loaded.signatures:
         raise ExportError(f"{model_dir} has no {EMBED_LOG_POWER_SIGNATURE!r} signature: run "
                           "training.export.refresh_signatures on it first")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[EMBED_LOG_POWER_SIGNATURE]], loaded)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    blob = converter.convert()
     path = model_dir / BODY_TFLITE_FILE
-    _write_tflite(loaded.signatures[EMBED_LOG_POWER_SIGNATURE], loaded, path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
     return path
 
 
@@ -259,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"write {BODY_TFLITE_FILE} (the body with int8 weights, for the serving runtime) into an "
                         "older export")
     args = p.parse_args(argv)
-    print(add_tflite_body(args.add_tflite))
+    try:
+        print(add_tflite_body(args.add_tflite))
+    except (OSError, ExportError) as e:
+        print(f"error: {args.add_tflite} is not an exported model with a SavedModel ({e})", file=sys.stderr)
+        return 2
     return 0
 
 

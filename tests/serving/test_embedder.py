@@ -184,3 +184,6 @@ def test_runtime_choice_env_and_an_export_without_the_int8_body(untrained_model_
     assert add_tflite_body(older) == older / BODY_TFLITE_FILE
     assert (older / BODY_TFLITE_FILE).read_bytes() == (untrained_model_dir / BODY_TFLITE_FILE).read_bytes()
     assert Embedder(older).runtime == "tflite-int8"
+    from training.export import main as export_main
+
+    assert export_main(["--add-tflite", str(tmp_path / "no-model")]) == 2
