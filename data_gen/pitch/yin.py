@@ -68,31 +68,47 @@ def _frames(audio: np.ndarray, frame_length: int, hop: int = C.PITCH_HOP, n: int
 
 
 def cmnd(frames: np.ndarray, max_lag: int) -> np.ndarray:
-    """YIN's cumulative mean normalised difference d'(tau) for tau = 0..max_lag: [n, max_lag + 1].
+    """YIN's cumulative mean normalised difference d'(tau) for tau = 0..max_lag: [n, max_lag + 1]."""
+    return _cmnd_and_energy(frames, max_lag)[0]
+
+
+def _cmnd_and_energy(frames: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """(d'(tau) [n, max_lag + 1], each mean-removed frame's energy [n] float32).
 
     d(tau) = sum_{j < W} (x_j - x_{j + tau})^2 with W = frame_length - max_lag, computed as
-    e(0) + e(tau) - 2 r(tau) (energies from a cumulative sum, the cross-correlation by FFT)."""
+    e(0) + e(tau) - 2 r(tau) (energies from a cumulative sum, the cross-correlation by FFT). The FFT is
+    one frame long: r(tau) = sum_{j < W} x_j x_{j + tau} never reads past the frame's last sample
+    (W - 1 + max_lag = frame_length - 1), so a circular correlation of that length holds no wrapped
+    terms for tau <= max_lag (1.7x less FFT work than a zero-padded linear correlation)."""
     import scipy.fft
 
     frames = np.asarray(frames, np.float32)
     frames = frames - frames.mean(axis=1, keepdims=True)
     length = frames.shape[1]
     width = length - max_lag
-    n_fft = scipy.fft.next_fast_len(length + width, real=True)
-    spectrum = scipy.fft.rfft(frames, n_fft)
-    head = scipy.fft.rfft(frames[:, :width], n_fft)
-    corr = scipy.fft.irfft(np.conj(head) * spectrum, n_fft)[:, : max_lag + 1]  # r(tau)
-    power = np.zeros((frames.shape[0], length + 1), np.float32)
-    np.cumsum(np.square(frames), axis=1, out=power[:, 1:])
-    energy = power[:, width : width + max_lag + 1] - power[:, : max_lag + 1]  # e(tau)
+    n_fft = scipy.fft.next_fast_len(length, real=True)
+    padded = np.zeros((frames.shape[0], n_fft), np.float32)
+    padded[:, :width] = frames[:, :width]
+    head = scipy.fft.rfft(padded)
+    padded[:, width:length] = frames[:, width:]
+    spectrum = scipy.fft.rfft(padded)
+    np.conjugate(head, out=head)
+    head *= spectrum
+    corr = scipy.fft.irfft(head, n_fft)[:, : max_lag + 1]  # r(tau)
+    # e(tau) = sum_{tau <= j < tau + W} x_j^2: e(0), then one sample enters and one leaves per lag
+    square = np.square(frames)
+    energy = np.empty((frames.shape[0], max_lag + 1), np.float32)
+    energy[:, 0] = square[:, :width].sum(axis=1)
+    np.cumsum(square[:, width:] - square[:, :max_lag], axis=1, out=energy[:, 1:])
+    energy[:, 1:] += energy[:, :1]
     diff = np.maximum(energy[:, :1] + energy - 2.0 * corr, 0.0)
     cumulative = np.cumsum(diff[:, 1:], axis=1)
-    lags = np.arange(1, max_lag + 1)
+    lags = np.arange(1, max_lag + 1, dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = diff[:, 1:] * lags / cumulative
     out = np.ones_like(diff)
     out[:, 1:] = np.where(cumulative > 1e-12, norm, 1.0)
-    return out
+    return out, energy[:, 0] + square[:, width:].sum(axis=1)
 
 
 BLOCK_FRAMES = 512
@@ -155,7 +171,8 @@ class YinExtractor(PitchExtractor):
         rate = C.SAMPLE_RATE / cfg.decimate
         min_lag = max(2, int(np.floor(rate / cfg.fmax)))
         max_lag = int(np.ceil(rate / cfg.fmin))
-        band = cmnd(frames, max_lag)[:, min_lag : max_lag + 1]
+        full, energy = _cmnd_and_energy(frames, max_lag)
+        band = full[:, min_lag : max_lag + 1]
         # YIN step 4: the first dip below the threshold (its local minimum), else the global minimum
         below = band < cfg.threshold
         first = np.where(below.any(axis=1), below.argmax(axis=1), band.argmin(axis=1))
@@ -176,7 +193,7 @@ class YinExtractor(PitchExtractor):
             shift = np.where(curve > 1e-12, 0.5 * (left - right) / curve, 0.0)
         period = tau + min_lag + np.clip(shift, -1.0, 1.0)
         f0 = np.clip(rate / np.maximum(period, 1.0), cfg.fmin, cfg.fmax)
-        level = np.std(frames, axis=1, dtype=np.float64)  # AC level: a DC offset is not a sound
+        level = np.sqrt(energy / frames.shape[1])  # AC level (the std): a DC offset is not a sound
         return f0.astype(np.float32), aperiodicity.astype(np.float32), level.astype(np.float32)
 
     def track(self, frames: YinFrames) -> PitchTrack:
