@@ -172,15 +172,16 @@ def aggregate_temporal(hits: WindowHits, query_offsets: np.ndarray,
     return TrackScores(group_track[first], group_score[first] / q, np.maximum(group_offset[first], 0.0))
 
 
-def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """For sorted window times `key` [W] and their similarities `sims` [W, q]: at each time in `times`
-    ([..., 1] for every query window, or [..., q] one per query window), the best similarity per query
-    window among windows within `tol` of it (0 where none) and that window's position (-1 where none).
-    Returns ([..., q] float32, [..., q] int64)."""
+def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: float,
+                 positions: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """For sorted window times `key` [W] and their similarities `sims` [W, q] (>= 0): at each time in
+    `times` ([..., 1] for every query window, or [..., q] one per query window), the best similarity
+    per query window among windows within `tol` of it (0 where none) and, with `positions`, that
+    window's position (-1 where none; None without). Returns ([..., q] float32, [..., q] int64 | None)."""
     q = sims.shape[1]
     shape = np.broadcast_shapes(times.shape, (q,))
     best = np.zeros(shape, np.float32)
-    best_j = np.full(shape, -1, np.int64)
+    best_j = np.full(shape, -1, np.int64) if positions else None
     first = np.searchsorted(key, times - tol, side="left")
     qi = np.arange(q)
     # a few windows (about 2 * tol / hop + 1, whatever the index's hop) fall in range: stop at the first
@@ -190,6 +191,9 @@ def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: floa
         ok = (first + k < key.size) & (key[j] <= times + tol)
         if not ok.any():
             break
+        if best_j is None:  # similarities are >= 0: a window out of range counts as 0
+            np.maximum(best, np.where(ok, sims[j, qi], 0.0), out=best)
+            continue
         val = np.where(ok, sims[j, qi], -1.0)
         better = val > best
         best = np.where(better, val, best)
@@ -197,8 +201,49 @@ def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: floa
     return best, best_j
 
 
+@dataclass(frozen=True)
+class CandidateWindows:
+    """Every window of some candidate tracks, laid out for `rerank_temporal`: candidates [c] (track
+    rows that have windows), starts [c + 1] (candidate i's windows are rows starts[i]:starts[i + 1]),
+    offsets_s [W] float64 (time order within a candidate), emb [W, d] float32."""
+
+    candidates: np.ndarray
+    starts: np.ndarray
+    offsets_s: np.ndarray
+    emb: np.ndarray
+
+    @staticmethod
+    def of(candidates: np.ndarray, windows: Sequence[TrackWindows], dim: int = 0) -> "CandidateWindows":
+        """From `WindowStore.fetch_tracks(candidates)`; tracks without windows are left out (they
+        cannot align with anything)."""
+        candidates = np.asarray(candidates, np.int64)
+        if len(windows) != candidates.size:
+            raise ValueError(f"{len(windows)} tracks' windows for {candidates.size} candidates")
+        keep = [i for i, w in enumerate(windows) if w.offsets_s.size > 0]
+        sizes = [windows[i].offsets_s.size for i in keep]
+        if not keep:
+            return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
+                                    np.zeros((0, dim), np.float32))
+        return CandidateWindows(candidates[keep], np.cumsum([0] + sizes),
+                                np.concatenate([np.asarray(windows[i].offsets_s, np.float64) for i in keep]),
+                                np.concatenate([np.asarray(windows[i].emb, np.float32) for i in keep]))
+
+    def subset(self, track_rows: np.ndarray) -> "CandidateWindows":
+        """The windows of those of `track_rows` that are candidates here, in `track_rows` order."""
+        where = {int(t): i for i, t in enumerate(self.candidates)}
+        pos = [where[int(t)] for t in track_rows if int(t) in where]
+        if not pos:
+            return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
+                                    np.zeros((0, self.emb.shape[1]), np.float32))
+        pos = np.asarray(pos, np.int64)
+        sizes = self.starts[pos + 1] - self.starts[pos]
+        rows = np.repeat(self.starts[pos] - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
+        return CandidateWindows(self.candidates[pos], np.cumsum(np.r_[0, sizes]), self.offsets_s[rows],
+                                self.emb[rows])
+
+
 def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates: np.ndarray,
-                    windows: Sequence[TrackWindows],
+                    windows: Sequence[TrackWindows] | CandidateWindows,
                     tempo_ratios: Sequence[float] = DEFAULT_TEMPO_RATIOS,
                     step_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2,
                     tolerance_seconds: float = C.MASTER_WINDOW_HOP_SECONDS / 2) -> TrackScores:
@@ -215,24 +260,19 @@ def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates
     earliest start.
 
     query_emb [q, d], query_offsets [q]; candidates [c] track rows; windows[i] every window of track
-    candidates[i] in time order (`WindowStore.fetch_tracks`).
+    candidates[i] in time order (`WindowStore.fetch_tracks`), or those windows already laid out
+    (`CandidateWindows.of(candidates, windows)`, e.g. a `subset` of one fetch shared by several tempo
+    views; then `candidates` is ignored).
     """
-    candidates = np.asarray(candidates, np.int64)
+    cw = windows if isinstance(windows, CandidateWindows) else CandidateWindows.of(candidates, windows)
+    candidates = cw.candidates
     q = query_emb.shape[0]
     c = candidates.size
-    if len(windows) != c:
-        raise ValueError(f"{len(windows)} tracks' windows for {c} candidates")
-    keep = np.array([w.offsets_s.size > 0 for w in windows], bool)
-    if not keep.all():  # a track without windows cannot align with anything
-        windows = [w for w, k in zip(windows, keep) if k]
-        candidates = candidates[keep]
-        c = candidates.size
     if c == 0 or q == 0:
         return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
-    seg = np.repeat(np.arange(c), [w.offsets_s.size for w in windows])
-    m_off = np.concatenate([np.asarray(w.offsets_s, np.float64) for w in windows])
-    emb = np.concatenate([np.asarray(w.emb, np.float32) for w in windows])
-    sims = np.maximum(emb @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
+    seg = np.repeat(np.arange(c), np.diff(cw.starts))
+    m_off = cw.offsets_s
+    sims = np.maximum(cw.emb @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
     ratios = np.asarray(sorted(tempo_ratios, key=lambda r: (abs(np.log(r)), r)), np.float64)
     q_off = np.asarray(query_offsets, np.float64)
     q_off = q_off - q_off.min()
@@ -246,7 +286,8 @@ def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates
     cells = t0 + np.arange(n_starts + int(shifts.max()) + 1) * step
     gap = span + float(ratios.max() * q_off.max()) + 2 * (tol + step) + 10.0
     key = m_off + seg * gap  # the candidates' offsets pushed apart: one searchsorted serves them all
-    f = _best_within(key, sims, (cells[None, :] + (np.arange(c) * gap)[:, None])[:, :, None], tol)[0]  # [c,T,q]
+    f = _best_within(key, sims, (cells[None, :] + (np.arange(c) * gap)[:, None])[:, :, None], tol,
+                     positions=False)[0]  # [c, T, q]
     f = np.ascontiguousarray(f.transpose(2, 0, 1))  # [q, c, T]: the shifted slices below are contiguous
     score = np.empty((c, ratios.size, n_starts), np.float32)
     for r in range(ratios.size):
@@ -323,15 +364,19 @@ class Retriever:
         return self._rerank_count
 
     def _rerank(self, emb: np.ndarray, offsets: np.ndarray, ranked: list[tuple[int, float, float]],
-                tempo_ratios: Sequence[float]) -> list[tuple[int, float, float]]:
+                tempo_ratios: Sequence[float], fetched: CandidateWindows | None = None
+                ) -> list[tuple[int, float, float]]:
         """The first `rerank_candidates` of `ranked` (track row, score, offset), re-scored by
-        `rerank_temporal` and re-sorted (ties: lower track row); the rest keep their order after them."""
+        `rerank_temporal` and re-sorted (ties: lower track row); the rest keep their order after them.
+        `fetched`: windows already fetched for (at least) these tracks, else they are fetched here."""
         head, tail = ranked[: self._rerank_count], ranked[self._rerank_count :]
         if not head:
             return ranked
         cfg = self.config
         candidates = np.array([t for t, _, _ in head], np.int64)
-        exact = rerank_temporal(emb, offsets, candidates, self.index.fetch_tracks(candidates), tempo_ratios,
+        windows = (fetched.subset(candidates) if fetched is not None
+                   else CandidateWindows.of(candidates, self.index.fetch_tracks(candidates)))
+        exact = rerank_temporal(emb, offsets, candidates, windows, tempo_ratios,
                                 cfg.rerank_step_seconds, cfg.rerank_tolerance_seconds)
         order = np.lexsort((exact.track_rows, -exact.scores))
         order = order[exact.scores[order] > 0]
@@ -463,18 +508,19 @@ class Retriever:
                   [(views == v, self._view_penalty(int(v)), float(rates[int(v)])) for v in np.unique(views)])
         return groups, self.config.tempo_ratios if len(groups) == 1 else self.config.view_tempo_ratios
 
-    def _rank_view(self, hits: WindowHits, emb: np.ndarray, offsets: np.ndarray,
-                   depth: int, tempo_ratios: Sequence[float]) -> tuple[list[tuple[int, float, float]], float]:
-        """One tempo view's windows: aggregate their hits, keep the best `depth`, re-rank them.
-        Returns the ranked (track row, score, offset) and the milliseconds spent re-ranking."""
+    def _rank_view(self, hits: WindowHits, offsets: np.ndarray, depth: int,
+                   tempo_ratios: Sequence[float]) -> list[tuple[int, float, float]]:
+        """One tempo view's windows: aggregate their hits and keep the best `depth` (track row, score,
+        offset), before re-ranking."""
         scores = aggregate(hits, offsets, self.config, tempo_ratios)
-        ranked = [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
-                  for j in top_tracks(scores, depth)]
-        if not self._rerank_count:
-            return ranked, 0.0
-        t0 = time.perf_counter()
-        ranked = self._rerank(emb, offsets, ranked, tempo_ratios)
-        return ranked, (time.perf_counter() - t0) * 1e3
+        return [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
+                for j in top_tracks(scores, depth)]
+
+    def _fetch_candidates(self, ranked_views: list[list[tuple[int, float, float]]]) -> CandidateWindows:
+        """One fetch of every track that some view will re-rank (the views share most of them)."""
+        heads = [t for ranked in ranked_views for t, _, _ in ranked[: self._rerank_count]]
+        union = np.unique(np.asarray(heads, np.int64))
+        return CandidateWindows.of(union, self.index.fetch_tracks(union), self.index.dim)
 
     def identify_embeddings_batch(self, queries: Sequence[tuple], top_k: int | None = None
                                   ) -> list[RetrievalResult]:
@@ -512,10 +558,14 @@ class Retriever:
             h = hits[bounds[i] : bounds[i + 1]]
             groups, ratios = self._view_groups(views_of[i])
             best: dict[int, tuple[float, float, float]] = {}
-            rerank_ms = 0.0
-            for m, penalty, rate in groups:
-                ranked_view, ms = self._rank_view(h[m], embs[i][m], offs[i][m], depth, ratios)
-                rerank_ms += ms
+            ranked_views = [self._rank_view(h[m], offs[i][m], depth, ratios) for m, _, _ in groups]
+            t2 = time.perf_counter()
+            if self._rerank_count:
+                fetched = self._fetch_candidates(ranked_views)
+                ranked_views = [self._rerank(embs[i][m], offs[i][m], ranked_view, ratios, fetched)
+                                for ranked_view, (m, _, _) in zip(ranked_views, groups)]
+            rerank_ms = (time.perf_counter() - t2) * 1e3
+            for ranked_view, (m, penalty, rate) in zip(ranked_views, groups):
                 for t, score, offset in ranked_view:
                     if t not in best or score - penalty > best[t][0]:
                         best[t] = (score - penalty, offset, rate)
@@ -538,5 +588,5 @@ __all__ = [
     "AGGREGATIONS", "DEFAULT_NO_MATCH_THRESHOLD", "NO_MATCH_BELOW_THRESHOLD", "NO_MELODY", "DEFAULT_QUERY_TEMPO_RATES", "DEFAULT_TEMPO_RATIOS",
     "DEFAULT_TEMPO_VIEW_PENALTY", "DEFAULT_VIEW_TEMPO_RATIOS", "EmbedderLike", "Match", "ModelMismatchError", "QueryEmbedding",
     "RetrievalConfig", "RetrievalResult", "Retriever", "TrackScores", "aggregate", "aggregate_temporal",
-    "aggregate_vote", "parse_tempo_rates", "rerank_temporal", "top_tracks",
+    "aggregate_vote", "CandidateWindows", "parse_tempo_rates", "rerank_temporal", "top_tracks",
 ]

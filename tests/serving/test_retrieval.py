@@ -15,7 +15,7 @@ from serving.calibration import calibrate_scores, save_calibration
 from serving.index import TrackInfo, WindowIndex
 from serving.window_store import WindowHits
 from tests.conftest import sung_tone
-from serving.retrieval import Retriever, aggregate_temporal, aggregate_vote, rerank_temporal
+from serving.retrieval import CandidateWindows, Retriever, aggregate_temporal, aggregate_vote, rerank_temporal
 from serving.retrieval_types import DEFAULT_NO_MATCH_THRESHOLD, ModelMismatchError, QueryEmbedding, RetrievalConfig, parse_tempo_rates
 
 DIM = C.EMBEDDING_DIM
@@ -280,6 +280,23 @@ def test_rerank_temporal_scores_alignments_with_tempo_and_reports_where(index):
     assert only_same_tempo.scores[0] < 0.7 * 0.75
     empty = rerank_temporal(query, q_off, np.array([], np.int64), [])
     assert empty.track_rows.size == 0
+
+
+def test_one_fetch_shared_by_views_rescores_like_fetching_per_view(index):
+    """The tempo views re-rank overlapping candidates from one fetch (`CandidateWindows.subset`): the
+    same scores and offsets, bit for bit, as each view fetching its own."""
+    rng = np.random.default_rng(3)
+    query = np.stack([e(i) for i in range(Q)]) + rng.normal(0, 0.05, (Q, DIM)).astype(np.float32)
+    q_off = np.arange(Q, dtype=np.float64) * 0.8
+    union = np.array([0, 1, 2, 3], np.int64)
+    fetched = CandidateWindows.of(union, index.fetch_tracks(union))
+    for view in ([3, 0, 2], [1], [2, 3]):
+        want = rerank_temporal(query, q_off, np.array(view), index.fetch_tracks(view))
+        got = rerank_temporal(query, q_off, np.array(view), fetched.subset(np.array(view)))
+        np.testing.assert_array_equal(got.track_rows, want.track_rows)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        np.testing.assert_array_equal(got.offsets_s, want.offsets_s)
+    assert fetched.subset(np.array([9])).candidates.size == 0  # not fetched: nothing to score
 
 
 @pytest.mark.parametrize("bad", [dict(rerank_candidates=-1), dict(rerank_step_seconds=0.0),
