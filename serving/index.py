@@ -699,6 +699,23 @@ def shard_bounds(num_windows: int, max_shard_windows: int) -> list[tuple[int, in
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row of scores [m, n], the positions of the k highest, best first; ties in position order:
+    `np.argsort(-scores, axis=1, kind="stable")[:, :k]` exactly, from a partition and a sort of the k
+    kept (0.78 -> 0.1 ms for 22 x 1,000 re-scored candidates)."""
+    m, n = scores.shape
+    if k >= n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # the k-th highest score of each row
+    above = scores > kth
+    ties = scores == kth  # take the first ones in position order, as many as still needed
+    need = k - above.sum(axis=1, keepdims=True)
+    keep = above | (ties & (np.cumsum(ties, axis=1) <= need))
+    pos = np.nonzero(keep)[1].reshape(m, k)  # row by row, in position order
+    kept = np.take_along_axis(scores, pos, 1)
+    return np.take_along_axis(pos, np.argsort(-kept, axis=1, kind="stable"), 1)
+
+
 def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries: np.ndarray, k: int,
                    leaves: int | None, cfg: SearcherConfig, vectors: WindowVectors
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -726,7 +743,7 @@ def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries:
         scores[missing] = -np.inf
         if leaves is not None:
             scores = vectors.scores(queries, rows)
-            keep = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+            keep = top_k_stable(scores, kk)
             rows = np.take_along_axis(rows, keep, 1)
             scores = np.take_along_axis(scores, keep, 1)
             rows[~np.isfinite(scores)] = -1
@@ -872,5 +889,5 @@ def with_searcher_config(index: WindowIndex, config: SearcherConfig) -> WindowIn
 __all__ = [
     "CALIBRATION_FILE", "DuplicateTrackError", "IndexBuildError", "IndexLoadError", "IndexMetadata",
     "IndexSaveError", "SearcherConfig", "TrackInfo", "WindowIndex", "brute_force_search", "check_master_hop",
-    "perturbed_queries", "recall_at_k", "shard_bounds", "with_searcher_config",
+    "perturbed_queries", "recall_at_k", "shard_bounds", "top_k_stable", "with_searcher_config",
 ]

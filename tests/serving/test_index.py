@@ -23,6 +23,7 @@ from serving.index import (
     brute_force_search,
     perturbed_queries,
     recall_at_k,
+    top_k_stable,
 )
 from serving.retrieval_types import RetrievalConfig
 
@@ -476,3 +477,15 @@ def test_a_brute_force_index_searches_its_stored_vectors_and_keeps_no_second_cop
     np.testing.assert_array_equal(rows, true_rows)
     np.testing.assert_allclose(scores, true_scores, rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_stable_is_a_stable_argsort_cut_to_k(seed):
+    """The re-scored candidates' top k: exactly a stable descending argsort cut to k, ties (repeated
+    windows, e.g. silence in a master) and absent candidates (-inf) included."""
+    rng = np.random.default_rng(seed)
+    m, n = 22, 1000
+    scores = np.round(rng.normal(size=(m, n)), 1 if seed % 2 else 6).astype(np.float32)
+    scores[:, rng.integers(0, n, 300)] = -np.inf
+    for k in (1, 100, 700, 999, 1000):
+        np.testing.assert_array_equal(top_k_stable(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
