@@ -20,6 +20,7 @@ random pairs 0.43 at the 99th percentile, participation ratio 29).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,30 +34,51 @@ WINDOW_CORRELATION = 0.69
 MEAN_NORM = 0.11
 
 
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """Where the windows live: a random SUBSPACE_DIM-d subspace (orthonormal basis [dim, sub]) with the
+    decaying spectrum (std per axis [sub]) and the common direction (mean [dim]). Drawn once; windows
+    of any number of tracks, in any number of chunks, are then drawn in it (`windows`)."""
+
+    basis: np.ndarray
+    scale: np.ndarray
+    mean: np.ndarray
+
+    @staticmethod
+    def draw(rng: np.random.Generator, dim: int = C.EMBEDDING_DIM) -> "EmbeddingSpace":
+        sub = min(SUBSPACE_DIM, dim)
+        basis = np.linalg.qr(rng.standard_normal((dim, sub)))[0].astype(np.float32)  # orthonormal columns
+        scale = np.exp(-np.arange(sub) / SPECTRUM_DECAY / 2).astype(np.float32)  # std along each axis
+        mean = rng.standard_normal(dim).astype(np.float32)
+        mean *= MEAN_NORM / np.linalg.norm(mean)
+        return EmbeddingSpace(basis, scale, mean)
+
+    def windows(self, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Unit float32 [sum(counts), dim]: counts[i] consecutive windows of track i, track-major."""
+        counts = np.asarray(counts, np.int64)
+        sub = self.scale.size
+        # AR(1) along each track, vectorised over tracks: step t of every track that has a window t
+        longest = int(counts.max()) if counts.size else 0
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if counts.size else counts
+        z = rng.standard_normal((int(counts.sum()), sub)).astype(np.float32)
+        x = np.empty_like(z)
+        innovation = math.sqrt(1.0 - WINDOW_CORRELATION**2)
+        for t in range(longest):
+            alive = counts > t
+            rows = starts[alive] + t
+            x[rows] = z[rows] if t == 0 else WINDOW_CORRELATION * x[rows - 1] + innovation * z[rows]
+        v = (x * self.scale) @ self.basis.T
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        v += self.mean
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return v.astype(np.float32, copy=False)
+
+
 def embedding_like_windows(counts: np.ndarray, rng: np.random.Generator, dim: int = C.EMBEDDING_DIM
                            ) -> np.ndarray:
-    """Unit float32 [sum(counts), dim]: counts[i] consecutive windows of track i, track-major."""
-    counts = np.asarray(counts, np.int64)
-    sub = min(SUBSPACE_DIM, dim)
-    basis = np.linalg.qr(rng.standard_normal((dim, sub)))[0].astype(np.float32)  # orthonormal columns
-    scale = np.exp(-np.arange(sub) / SPECTRUM_DECAY / 2).astype(np.float32)  # std along each axis
-    mean = rng.standard_normal(dim).astype(np.float32)
-    mean *= MEAN_NORM / np.linalg.norm(mean)
-    # AR(1) along each track, vectorised over tracks: step t of every track that has a window t
-    longest = int(counts.max()) if counts.size else 0
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if counts.size else counts
-    z = rng.standard_normal((int(counts.sum()), sub)).astype(np.float32)
-    x = np.empty_like(z)
-    innovation = math.sqrt(1.0 - WINDOW_CORRELATION**2)
-    for t in range(longest):
-        alive = counts > t
-        rows = starts[alive] + t
-        x[rows] = z[rows] if t == 0 else WINDOW_CORRELATION * x[rows - 1] + innovation * z[rows]
-    v = (x * scale) @ basis.T
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    v += mean
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return v.astype(np.float32, copy=False)
+    """Unit float32 [sum(counts), dim]: counts[i] consecutive windows of track i, track-major, in a
+    space drawn from `rng` first."""
+    return EmbeddingSpace.draw(rng, dim).windows(counts, rng)
 
 
 def window_stats(emb: np.ndarray, track_rows: np.ndarray, seed: int = 0) -> dict[str, float]:
