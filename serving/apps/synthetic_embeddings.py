@@ -63,10 +63,16 @@ class EmbeddingSpace:
         z = rng.standard_normal((int(counts.sum()), sub)).astype(np.float32)
         x = np.empty_like(z)
         innovation = math.sqrt(1.0 - WINDOW_CORRELATION**2)
-        for t in range(longest):
-            alive = counts > t
-            rows = starts[alive] + t
-            x[rows] = z[rows] if t == 0 else WINDOW_CORRELATION * x[rows - 1] + innovation * z[rows]
+        if counts.size and (counts == longest).all():  # every track as long: strided steps, no gathers
+            xs, zs = x.reshape(counts.size, longest, sub), z.reshape(counts.size, longest, sub)
+            xs[:, 0] = zs[:, 0]
+            for t in range(1, longest):
+                xs[:, t] = WINDOW_CORRELATION * xs[:, t - 1] + innovation * zs[:, t]
+        else:
+            for t in range(longest):
+                alive = counts > t
+                rows = starts[alive] + t
+                x[rows] = z[rows] if t == 0 else WINDOW_CORRELATION * x[rows - 1] + innovation * z[rows]
         v = (x * self.scale) @ self.basis.T
         v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         v += self.mean
