@@ -218,6 +218,11 @@ class CandidateWindows:
     emb: np.ndarray
 
     @staticmethod
+    def none(dim: int) -> "CandidateWindows":
+        return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
+                                np.zeros((0, dim), np.float32))
+
+    @staticmethod
     def of(candidates: np.ndarray, windows: Sequence[TrackWindows], dim: int = 0) -> "CandidateWindows":
         """From `WindowStore.fetch_tracks(candidates)`; tracks without windows are left out (they
         cannot align with anything)."""
@@ -227,8 +232,7 @@ class CandidateWindows:
         keep = [i for i, w in enumerate(windows) if w.offsets_s.size > 0]
         sizes = [windows[i].offsets_s.size for i in keep]
         if not keep:
-            return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
-                                    np.zeros((0, dim), np.float32))
+            return CandidateWindows.none(dim)
         return CandidateWindows(candidates[keep], np.cumsum([0] + sizes),
                                 np.concatenate([np.asarray(windows[i].offsets_s, np.float64) for i in keep]),
                                 np.concatenate([np.asarray(windows[i].emb, np.float32) for i in keep]))
@@ -238,8 +242,7 @@ class CandidateWindows:
         where = {int(t): i for i, t in enumerate(self.candidates)}
         pos = [where[int(t)] for t in track_rows if int(t) in where]
         if not pos:
-            return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
-                                    np.zeros((0, self.emb.shape[1]), np.float32))
+            return CandidateWindows.none(self.emb.shape[1])
         pos = np.asarray(pos, np.int64)
         sizes = self.starts[pos + 1] - self.starts[pos]
         rows = np.repeat(self.starts[pos] - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
@@ -369,19 +372,16 @@ class Retriever:
         return self._rerank_count
 
     def _rerank(self, emb: np.ndarray, offsets: np.ndarray, ranked: list[tuple[int, float, float]],
-                tempo_ratios: Sequence[float], fetched: CandidateWindows | None = None
-                ) -> list[tuple[int, float, float]]:
+                tempo_ratios: Sequence[float], fetched: CandidateWindows) -> list[tuple[int, float, float]]:
         """The first `rerank_candidates` of `ranked` (track row, score, offset), re-scored by
-        `rerank_temporal` and re-sorted (ties: lower track row); the rest keep their order after them.
-        `fetched`: windows already fetched for (at least) these tracks, else they are fetched here."""
+        `rerank_temporal` against their windows in `fetched` (`_fetch_candidates`) and re-sorted (ties:
+        lower track row); the rest keep their order after them."""
         head, tail = ranked[: self._rerank_count], ranked[self._rerank_count :]
         if not head:
             return ranked
         cfg = self.config
         candidates = np.array([t for t, _, _ in head], np.int64)
-        windows = (fetched.subset(candidates) if fetched is not None
-                   else CandidateWindows.of(candidates, self.index.fetch_tracks(candidates)))
-        exact = rerank_temporal(emb, offsets, candidates, windows, tempo_ratios,
+        exact = rerank_temporal(emb, offsets, candidates, fetched.subset(candidates), tempo_ratios,
                                 cfg.rerank_step_seconds, cfg.rerank_tolerance_seconds)
         order = np.lexsort((exact.track_rows, -exact.scores))
         order = order[exact.scores[order] > 0]
