@@ -67,13 +67,9 @@ def _frames(audio: np.ndarray, frame_length: int, hop: int = C.PITCH_HOP, n: int
     return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop][:n]
 
 
-def cmnd(frames: np.ndarray, max_lag: int) -> np.ndarray:
-    """YIN's cumulative mean normalised difference d'(tau) for tau = 0..max_lag: [n, max_lag + 1]."""
-    return _cmnd_and_energy(frames, max_lag)[0]
-
-
-def _cmnd_and_energy(frames: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """(d'(tau) [n, max_lag + 1], each mean-removed frame's energy [n] float32).
+def cmnd(frames: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """YIN's cumulative mean normalised difference d'(tau) for tau = 0..max_lag [n, max_lag + 1], and
+    each mean-removed frame's energy [n] float32.
 
     d(tau) = sum_{j < W} (x_j - x_{j + tau})^2 with W = frame_length - max_lag, computed as
     e(0) + e(tau) - 2 r(tau) (energies from a cumulative sum, the cross-correlation by FFT). The FFT is
@@ -171,7 +167,7 @@ class YinExtractor(PitchExtractor):
         rate = C.SAMPLE_RATE / cfg.decimate
         min_lag = max(2, int(np.floor(rate / cfg.fmax)))
         max_lag = int(np.ceil(rate / cfg.fmin))
-        full, energy = _cmnd_and_energy(frames, max_lag)
+        full, energy = cmnd(frames, max_lag)
         band = full[:, min_lag : max_lag + 1]
         # YIN step 4: the first dip below the threshold (its local minimum), else the global minimum
         below = band < cfg.threshold
