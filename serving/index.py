@@ -702,7 +702,7 @@ def shard_bounds(num_windows: int, max_shard_windows: int) -> list[tuple[int, in
 def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
     """Per row of scores [m, n], the positions of the k highest, best first; ties in position order:
     `np.argsort(-scores, axis=1, kind="stable")[:, :k]` exactly, from a partition and a sort of the k
-    kept (0.78 -> 0.1 ms for 22 x 1,000 re-scored candidates)."""
+    kept (0.78 -> 0.23 ms for 22 x 1,000 re-scored candidates)."""
     m, n = scores.shape
     if k >= n:
         return np.argsort(-scores, axis=1, kind="stable")
@@ -752,7 +752,7 @@ def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries:
     rows = np.concatenate(all_rows, axis=1)
     scores = np.concatenate(all_scores, axis=1)
     if len(searchers) > 1:
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        order = top_k_stable(scores, k)
         rows = np.take_along_axis(rows, order, 1)
         scores = np.take_along_axis(scores, order, 1)
     if rows.shape[1] < k:  # pad to [m, k]
