@@ -75,21 +75,24 @@ class WindowVectors:
         return WindowVectors(codes, scales)
 
     def rows(self, idx: np.ndarray | slice) -> np.ndarray:
-        """float32 vectors of some rows (dequantized for int8)."""
-        if self.scales is None:
-            return np.asarray(self.data[idx], np.float32)
-        return self.data[idx].astype(np.float32) * self.scales[idx][..., None]
+        """float32 vectors of some rows (dequantized for int8): a slice, or an array of row numbers."""
+        if isinstance(idx, slice):
+            data, scales = self.data[idx], None if self.scales is None else self.scales[idx]
+        else:  # `take` gathers from a memory map ~3x faster than fancy indexing
+            data = np.take(self.data, idx, axis=0)
+            scales = None if self.scales is None else np.take(self.scales, idx)
+        if scales is None:
+            return np.asarray(data, np.float32)
+        return data.astype(np.float32) * scales[..., None]
 
     __getitem__ = rows  # float32 rows: lets brute_force_search / recall_at_k read the store
 
     def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Dot products of queries [m, d] with their candidate rows [m, c] (-1 = none: -inf)."""
-        safe = np.maximum(rows, 0)
-        # each stored row read once, in order (memory-mapped pages in order; overlapping query windows
-        # share candidates), then spread to its places: 7.2 -> 5.5 ms for 22 x 1,000 candidates
-        uniq, inverse = np.unique(safe.reshape(-1), return_inverse=True)
-        vec = self.rows(uniq)[inverse]
-        s = np.einsum("mcd,md->mc", vec.reshape(*rows.shape, -1), queries, optimize=True)
+        """Dot products of queries [m, d] with their candidate rows [m, c] (-1 = none: -inf).
+        One gather of every candidate and one batched matmul: 5.6 -> 2.1 ms for 22 x 1,000 candidates
+        (the same bits as the per-candidate dot products)."""
+        vec = self.rows(np.maximum(rows, 0).reshape(-1)).reshape(*rows.shape, self.data.shape[1])
+        s = np.matmul(vec, np.asarray(queries, np.float32)[:, :, None])[..., 0]
         return np.where(rows >= 0, s, -np.inf).astype(np.float32)
 
     def save(self, directory: Path) -> list[str]:

@@ -28,3 +28,15 @@ def test_scores_are_the_dot_products_of_each_query_with_its_candidates(dtype, tm
         assert got.dtype == np.float32 and got.shape == rows.shape
         np.testing.assert_array_equal(np.isinf(got), rows < 0)
         np.testing.assert_allclose(got[rows >= 0], want[rows >= 0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_rows_by_number_match_rows_by_slice_and_empty_candidate_lists_score(dtype, tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    WindowVectors.from_float(x, dtype).save(tmp_path)
+    mapped = WindowVectors.load(tmp_path, dtype, mmap=True)
+    np.testing.assert_array_equal(mapped.rows(np.arange(10, 20)), mapped.rows(slice(10, 20)))
+    assert mapped.rows(np.array([3, 3, 0])).shape == (3, 8)
+    assert mapped.scores(np.ones((2, 8), np.float32), np.zeros((2, 0), np.int64)).shape == (2, 0)
+    assert mapped.scores(np.ones((0, 8), np.float32), np.zeros((0, 5), np.int64)).shape == (0, 5)
