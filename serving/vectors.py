@@ -89,10 +89,15 @@ class WindowVectors:
 
     def scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Dot products of queries [m, d] with their candidate rows [m, c] (-1 = none: -inf).
-        One gather of every candidate and one batched matmul: 5.6 -> 2.1 ms for 22 x 1,000 candidates
-        (the same bits as the per-candidate dot products)."""
-        vec = self.rows(np.maximum(rows, 0).reshape(-1)).reshape(*rows.shape, self.data.shape[1])
+        One gather of every candidate and one batched matmul. 22 x 1,000 candidates of a 10 s query
+        against 300k windows, inside the query path (caches cold after the encoder), memory-mapped:
+        float32 8.7 -> 5.5 ms with the same bits as before; int8 7.3 -> 5.0 ms (its window scales
+        applied to the dot products: the same values up to float rounding)."""
+        flat = np.maximum(rows, 0).reshape(-1)
+        vec = np.take(self.data, flat, axis=0).astype(np.float32, copy=False).reshape(*rows.shape, self.data.shape[1])
         s = np.matmul(vec, np.asarray(queries, np.float32)[:, :, None])[..., 0]
+        if self.scales is not None:  # int8: scale the dot products, not every component (2x faster)
+            s *= np.take(self.scales, flat).reshape(rows.shape)
         return np.where(rows >= 0, s, -np.inf).astype(np.float32)
 
     def save(self, directory: Path) -> list[str]:
