@@ -856,9 +856,11 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
     _, true_scores = brute_force_search(queries, embeddings, max(tune_k, min(RECALL_K, n)))
 
     def recall_with(leaves: int | None, k: int = tune_k) -> float:
-        k = min(k, n)
-        found, _ = _search_shards(searchers, shards, queries, k, leaves, cfg, vectors)
-        return recall_at_k(found, queries, embeddings, true_scores, k)
+        """recall@k of the top k of a search as deep as the retriever's (tune_k neighbours per query
+        window, so as many candidates re-scored): a k = 10 search re-scores 10x fewer and would
+        understate what the server gets."""
+        found, _ = _search_shards(searchers, shards, queries, max(tune_k, min(RECALL_K, n)), leaves, cfg, vectors)
+        return recall_at_k(found, queries, embeddings, true_scores, min(k, n))
 
     if kind == "brute_force":
         return searchers, info, round(float(recall_with(None, RECALL_K)), 4)
