@@ -258,7 +258,8 @@ def run_suite(args: argparse.Namespace) -> int:
             bench_dir=Path(args.bench).resolve() if args.bench else None,
             sets=_csv(args.sets), baselines=_csv(args.baselines), aggregations=_csv(args.aggregation),
             crop_seconds=args.crop_seconds, crop_baselines=args.crop_baselines,
-            build_missing=not args.no_build, limit=args.limit, indexer=args.indexer)
+            build_missing=not args.no_build, limit=args.limit, indexer=args.indexer,
+            master_hop_seconds=args.master_hop_seconds, store_dtype=args.store_dtype)
         table_md = suite(cfg)
     except (ValueError, ManifestError, EvalError, FileNotFoundError) as e:
         return _fail(str(e))
@@ -267,6 +268,7 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 def _add_suite(sub: argparse._SubParsersAction) -> None:
+    from serving.arg_types import positive_float
     from training.evaluation.runner import INDEXERS
     from training.evaluation.suite import SuiteConfig
 
@@ -285,6 +287,11 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing benchset")
     p.add_argument("--indexer", default=d.indexer, choices=INDEXERS,
                    help="how missing indexes are built: the Beam pipeline, in-process, or auto (Beam)")
+    p.add_argument("--master-hop-seconds", type=positive_float, default=d.master_hop_seconds, metavar="S",
+                   help="master windows of the indexes the suite builds start S seconds apart (default "
+                        "%(default)g; an index of OUT built at another hop is built anew)")
+    p.add_argument("--store-dtype", default=d.store_dtype, choices=("float32", "int8"),
+                   help="the stored vectors of the indexes the suite builds (default %(default)s)")
     p.set_defaults(func=run_suite)
 
 

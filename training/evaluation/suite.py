@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_gen import constants as C
+from serving.vectors import STORE_DTYPES
 from training.evaluation import benchsets
 from training.evaluation.metrics import DEFAULT_TARGET_FAR
 from training.evaluation.report import fmt, ms, pct, table
@@ -58,11 +60,20 @@ class SuiteConfig:
     indexer: str = "auto"
     """How indexes are built (see EvalConfig.indexer)."""
     target_far: float = DEFAULT_TARGET_FAR
+    master_hop_seconds: float = C.MASTER_WINDOW_HOP_SECONDS
+    """Master windows of the indexes the suite builds start this far apart (the hop trade-off:
+    accuracy against index bytes; EvalConfig.master_hop_seconds)."""
+    store_dtype: str = "float32"
+    """The stored vectors of the indexes the suite builds (EvalConfig.store_dtype)."""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sets if s not in SETS]
         if bad:
             raise ValueError(f"unknown benchmark set(s) {', '.join(bad)}; choose from {', '.join(SETS)}")
+        if not self.master_hop_seconds > 0:
+            raise ValueError(f"master_hop_seconds must be > 0, got {self.master_hop_seconds}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {STORE_DTYPES}, got {self.store_dtype!r}")
 
 
 def _bench(cfg: SuiteConfig) -> Path:
@@ -129,13 +140,27 @@ def _eval(cfg: SuiteConfig, name: str, catalogue: Path, queries: Path, **kw: Any
     log.info("eval-suite: %s", name)
     ecfg = EvalConfig(catalogue=catalogue, queries=queries, out_dir=cfg.out_dir / name, model_dir=cfg.model_dir,
                       baselines=cfg.baselines, aggregations=cfg.aggregations, cache_dir=cfg.out_dir / "cache",
-                      limit=cfg.limit, target_far=cfg.target_far, indexer=cfg.indexer, **kw)
+                      limit=cfg.limit, target_far=cfg.target_far, indexer=cfg.indexer,
+                      master_hop_seconds=cfg.master_hop_seconds, store_dtype=cfg.store_dtype, **kw)
     return evaluate(ecfg)
 
 
 def _index_of(cfg: SuiteConfig, name: str) -> Path | None:
+    """The index an earlier set of this run (or an earlier run into the same OUT) built, when it was
+    built the way this run builds: the same master hop and stored vectors (else None: built anew)."""
+    from serving.index import IndexMetadata
+
     p = cfg.out_dir / name / "index"
-    return p if (p / "metadata.json").is_file() else None
+    try:
+        meta = IndexMetadata.from_json(json.loads((p / "metadata.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    store = meta.config.get("searcher", {}).get("store_dtype", "float32")
+    if abs(meta.master_hop_seconds - cfg.master_hop_seconds) > 1e-9 or store != cfg.store_dtype:
+        log.info("eval-suite: not reusing %s (master hop %g s, %s store; this run: %g s, %s)", p,
+                 meta.master_hop_seconds, store, cfg.master_hop_seconds, cfg.store_dtype)
+        return None
+    return p
 
 
 def run_suite(cfg: SuiteConfig) -> str:
@@ -244,7 +269,8 @@ def suite_markdown(reports: dict[str, dict[str, Any]], cfg: SuiteConfig, elapsed
     lines = ["# Earworm retrieval benchmarks", ""]
     if model:
         lines.append(f"Model `{model['version']}`; {time.strftime('%Y-%m-%d', time.gmtime())}; "
-                     f"suite took {elapsed_s / 60:.0f} min on this machine (CPU).")
+                     f"suite took {elapsed_s / 60:.0f} min on this machine (CPU); indexes built with "
+                     f"master windows every {cfg.master_hop_seconds:g} s, {cfg.store_dtype} vectors.")
         lines.append("")
     lines += [table(header, rows), ""]
     for name, why in (skipped or {}).items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from training.evaluation import metrics as M
 from training.evaluation.plots import write_plots
 from training.evaluation.report import write_report
@@ -44,6 +46,38 @@ def test_suite_table_rows(tmp_path: Path):
     assert "| openset | 1,000 | `melody_dtw` | 1 | – | – | – | – | – | 100.0% / 100.0% |" in text
     assert "synthetic-10k: not run — being built" in text
     assert "MRR@10 against query length" in text
+
+
+def test_suite_reuses_an_index_only_when_built_at_its_hop_and_store(tmp_path: Path):
+    import json
+
+    from serving.index import IndexMetadata
+    from training.evaluation.suite import _index_of
+
+    def write(hop: float, store: str) -> None:
+        meta = IndexMetadata("v", "m", 1, 1, 4, {"searcher": {"store_dtype": store}}, "now",
+                             {"master_hop_seconds": hop})
+        (tmp_path / "synthetic-1k" / "index").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "synthetic-1k" / "index" / "metadata.json").write_text(json.dumps(meta.to_json()))
+
+    assert _index_of(SuiteConfig(model_dir=tmp_path, out_dir=tmp_path), "synthetic-1k") is None  # none yet
+    write(1.0, "float32")
+    assert _index_of(SuiteConfig(model_dir=tmp_path, out_dir=tmp_path), "synthetic-1k") is not None
+    assert _index_of(SuiteConfig(model_dir=tmp_path, out_dir=tmp_path, master_hop_seconds=2.0), "synthetic-1k") is None
+    assert _index_of(SuiteConfig(model_dir=tmp_path, out_dir=tmp_path, store_dtype="int8"), "synthetic-1k") is None
+    write(2.0, "int8")
+    assert _index_of(SuiteConfig(model_dir=tmp_path, out_dir=tmp_path, master_hop_seconds=2.0,
+                                 store_dtype="int8"), "synthetic-1k") is not None
+    with pytest.raises(ValueError):
+        SuiteConfig(model_dir=tmp_path, out_dir=tmp_path, store_dtype="float16")
+
+
+def test_eval_suite_cli_takes_the_hop_and_store(tmp_path: Path):
+    from serving.apps.earworm import build_parser
+
+    args = build_parser().parse_args(["eval-suite", "--out", str(tmp_path), "--master-hop-seconds", "2",
+                                      "--store-dtype", "int8"])
+    assert args.master_hop_seconds == 2.0 and args.store_dtype == "int8"
 
 
 def test_cli_lists_the_commands(capsys):
