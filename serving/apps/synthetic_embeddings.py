@@ -1,7 +1,7 @@
 """Random window embeddings with the statistics of the real ones, for the load and query benchmarks.
 
 Independent random unit vectors are the worst case for a tree index: no structure, so the searcher's
-auto-tuning (recall@100 >= 0.98) must search every leaf, and a benchmark on them measures a search
+auto-tuning must search (nearly) every leaf, and a benchmark on them measures a search
 that a real catalogue never pays. The stage-H model's window embeddings of a real catalogue (300
 rendered masters and the 20 zalo songs, 9,352 windows, measured 2026-12-04) instead:
 

@@ -15,7 +15,7 @@ def test_bench_scale_measures_a_sharded_tree_index_of_embedding_like_windows(tmp
     res = json.loads(out.read_text())["results"][0]
     assert res["windows"] == 30_000 and res["searcher"]["kind"] == "tree_ah" and res["searcher"]["shards"] == 2
     assert 1 <= res["searcher"]["leaves_to_search"] <= res["searcher"]["num_leaves"]
-    assert res["recall_at_10"]["0.6"] >= 0.85  # tuned for recall@10 0.9 on queries like these
+    assert res["recall_at_10"]["0.6"] >= 0.9  # tuned for recall@10 0.95 on queries like these
     assert 0 < res["recall_at_100"]["0.6"] <= 1
     assert res["loaded_matches_built"] is True
     assert 100 < res["bytes_per_window"]["total"] < 400  # int8 store (132 B) + tree and AH codes
