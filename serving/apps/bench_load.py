@@ -82,8 +82,7 @@ def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, window
     from serving.index import TrackInfo, WindowIndex
 
     if (out_dir / "metadata.json").exists():
-        log.info("reusing synthetic index %s", out_dir)
-        return out_dir
+        return _current_searcher(out_dir)
     rng = np.random.default_rng(seed)
     counts = rng.integers(windows_per_track - 5, windows_per_track + 6, size=tracks)
     track_rows = np.repeat(np.arange(tracks, dtype=np.int32), counts)
@@ -98,6 +97,28 @@ def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, window
     index.save(tmp)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _current_searcher(index_dir: Path) -> Path:
+    """A built synthetic index, its searcher rebuilt from its stored vectors when it was tuned under
+    other settings than today's defaults (an index cached before the tuning changed)."""
+    from serving.index import SearcherConfig, WindowIndex, with_searcher_config
+
+    index = WindowIndex.load(index_dir)
+    if index.metadata.config.get("searcher") == SearcherConfig().to_dict():
+        log.info("reusing synthetic index %s", index_dir)
+        return index_dir
+    log.info("synthetic index %s was tuned under other settings: rebuilding its searcher", index_dir)
+    tmp = index_dir.with_name(index_dir.name + ".tmp")
+    with_searcher_config(index, SearcherConfig()).save(tmp)
+    del index
+    old = index_dir.with_name(index_dir.name + ".old")
+    index_dir.rename(old)
+    tmp.rename(index_dir)
+    import shutil
+
+    shutil.rmtree(old, ignore_errors=True)
+    return index_dir
 
 
 def synthetic_index_for_model(model_dir: Path, tracks: int, *, root: Path | None = None, seed: int = 0,

@@ -33,6 +33,17 @@ def test_synthetic_index_has_the_model_version_and_is_reused(tmp_path):
     mtime = (path / "metadata.json").stat().st_mtime
     assert build_synthetic_index(path, 40, "m-123", 15, 1) == path
     assert (path / "metadata.json").stat().st_mtime == mtime
+    # one cached under older searcher settings gets today's searcher over the same windows
+    import json
+
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["config"]["searcher"]["target_recall"] = 0.5
+    (path / "metadata.json").write_text(json.dumps(meta))
+    assert build_synthetic_index(path, 40, "m-123", 15, 1) == path
+    again = WindowIndex.load(path)
+    assert again.metadata.config["searcher"]["target_recall"] == 0.95
+    np.testing.assert_array_equal(again.embeddings, index.embeddings)
+    assert not path.with_name("syn.tmp").exists() and not path.with_name("syn.old").exists()
 
 
 def test_run_load_reports_requests_errors_memory_and_server_view(server_factory, embedder, index_dir):
