@@ -53,7 +53,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -839,7 +839,6 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
     n = embeddings.shape[0]
     kind = cfg.kind_for(n)
     sp = _scann() if kind == "tree_ah" else None  # brute force searches the stored vectors: no ScaNN
-    rng = np.random.default_rng(cfg.seed)
     shards = shard_bounds(n, cfg.max_shard_windows)
     info: dict[str, Any] = {"kind": kind, "shards": [list(b) for b in shards]}
     shard_n = max(b - a for a, b in shards)
@@ -856,7 +855,17 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
             log.info("building %s shard %d/%d (%d windows)", kind, i + 1, len(shards), b - a)
         searchers.append(_StoredVectorSearcher(vectors, a, b) if kind == "brute_force"
                          else _build_one(sp, embeddings[a:b], kind, num_leaves, default_search, cfg))
-    # measure (and for tree_ah without a fixed leaves_to_search: tune) on perturbed own vectors
+    tuned, recall = _tune(searchers, shards, kind, num_leaves, default_search, embeddings, cfg, vectors)
+    return searchers, {**info, **tuned}, recall
+
+
+def _tune(searchers: list[Any], shards: list[tuple[int, int]], kind: str, num_leaves: int, default_search: int,
+          embeddings: np.ndarray | WindowVectors, cfg: SearcherConfig, vectors: WindowVectors
+          ) -> tuple[dict[str, Any], float]:
+    """Measure built searchers (and for tree_ah without a fixed leaves_to_search: tune how many leaves a
+    query searches) on perturbed own vectors. Returns (build facts: leaves_to_search, tuning; recall@10)."""
+    n = int(embeddings.shape[0])
+    rng = np.random.default_rng(cfg.seed)
     m = min(cfg.tune_queries, n)
     rows = np.sort(rng.choice(n, size=m, replace=False))
     queries = perturbed_queries(np.asarray(embeddings[rows], np.float32), cfg.tune_query_similarity, rng)
@@ -872,11 +881,13 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
         return recall_at_k(found, queries, embeddings, true_scores, min(k, n))
 
     if kind == "brute_force":
-        return searchers, info, round(float(recall_with(None, RECALL_K)), 4)
+        return {}, round(float(recall_with(None, RECALL_K)), 4)
+    info: dict[str, Any] = {}
     if cfg.num_leaves_to_search is not None:
-        recall = recall_with(default_search)
+        chosen = default_search
+        recall = recall_with(chosen)
         info["tuning"] = {"fixed": True, "queries": m, "k": tune_k, "depth": depth,
-                          "curve": [[default_search, round(recall, 4)]]}
+                          "curve": [[chosen, round(recall, 4)]]}
     else:
         candidates = sorted({max(1, min(num_leaves, int(round(num_leaves * f)))) for f in
                              (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)})
@@ -891,18 +902,54 @@ def _build_searchers(embeddings: np.ndarray, cfg: SearcherConfig, vectors: Windo
         if recall < cfg.target_recall:
             log.warning("searching all %d leaves reaches recall@%d %.3f < target %.2f (AH quantization too "
                         "coarse for this data?)", num_leaves, tune_k, recall, cfg.target_recall)
-        info["leaves_to_search"] = chosen
         info["tuning"] = {"fixed": False, "queries": m, "query_similarity": cfg.tune_query_similarity,
                           "k": tune_k, "depth": depth, "target_recall": cfg.target_recall, "curve": curve}
+    info["leaves_to_search"] = chosen
     # the recorded figure stays recall@10 (comparable across indexes whatever their tuning)
-    return searchers, info, round(float(recall_with(info["leaves_to_search"], RECALL_K)), 4)
+    return info, round(float(recall_with(chosen, RECALL_K)), 4)
+
+
+_TUNING_FIELDS = frozenset({"num_leaves_to_search", "target_recall", "tune_k", "tune_depth", "tune_queries",
+                            "tune_query_similarity", "reorder_factor", "reorder_min", "reorder_dtype", "seed"})
+"""SearcherConfig fields that only the search and its tuning read (not the ScaNN build, not the store):
+an index whose config differs from another only in these is re-tuned, not rebuilt."""
 
 
 def with_searcher_config(index: WindowIndex, config: SearcherConfig) -> WindowIndex:
-    """Rebuild `index`'s searcher with another config (same windows, tracks and model); new version."""
+    """`index` (same windows, tracks and model) searched under another config; new version. When only
+    the search and its tuning change (`_TUNING_FIELDS`: e.g. the target recall), the built searchers are
+    re-tuned in seconds; otherwise the searcher is rebuilt from the stored vectors (minutes at
+    millions of windows)."""
+    old = index.metadata.config.get("searcher")
+    new = config.to_dict()
+    if isinstance(old, dict) and set(old) == set(new) and all(
+            old[k] == new[k] for k in new if k not in _TUNING_FIELDS):
+        return _retuned(index, config)
     built = WindowIndex.build(np.asarray(index.embeddings), index.track_rows, index.offsets_s, index.tracks,
                               index.metadata.model_version, config, extra=dict(index.metadata.extra))
     return built
+
+
+def _retuned(index: WindowIndex, config: SearcherConfig) -> WindowIndex:
+    """The index's own searchers under `config`'s search settings, tuned anew."""
+    t0 = time.perf_counter()
+    meta = index.metadata
+    kind = meta.config.get("kind", "brute_force")
+    num_leaves = int(meta.config.get("num_leaves") or 0)
+    default_search = min(num_leaves, int(config.num_leaves_to_search or 0)) if num_leaves else 0
+    tuned, recall = _tune(index._searchers, index._shards, kind, num_leaves, default_search, index.vectors,
+                          config, index.vectors)
+    created = _now()
+    metadata = replace(
+        meta, version=_new_version(meta.model_version, meta.num_tracks, meta.num_windows, created),
+        config={**meta.config, "searcher": config.to_dict(), **{k: v for k, v in tuned.items() if k in _CONFIG_KEYS}},
+        created=created, extra={**meta.extra, **{k: v for k, v in tuned.items() if k not in _CONFIG_KEYS},
+                                "retuned_seconds": round(time.perf_counter() - t0, 3)},
+        recall_at_10=recall)
+    log.info("re-tuned index %s -> %s: leaves searched %s -> %s, recall@10 %.3f", meta.version, metadata.version,
+             meta.config.get("leaves_to_search"), metadata.config.get("leaves_to_search"), recall)
+    return WindowIndex(index._searchers, index.vectors, index.track_rows, index.offsets_s, list(index.tracks),
+                       metadata)
 
 
 __all__ = [

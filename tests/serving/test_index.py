@@ -498,3 +498,26 @@ def test_top_k_stable_is_a_stable_argsort_cut_to_k(seed):
     scores[:, rng.integers(0, n, 300)] = -np.inf
     for k in (1, 100, 700, 999, 1000):
         np.testing.assert_array_equal(top_k_stable(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+
+
+def test_a_change_of_search_settings_re_tunes_the_built_searchers_without_rebuilding(tmp_path):
+    index, emb = small_index(num_tracks=400, config=SearcherConfig(mode="tree_ah", tune_queries=200,
+                                                                   tune_k=100, target_recall=0.98))
+    before = index.metadata.config["leaves_to_search"]
+    retuned = with_searcher_config(index, SearcherConfig(mode="tree_ah", tune_queries=200))
+    assert retuned._searchers == index._searchers  # the same ScaNN trees: nothing rebuilt
+    assert retuned.metadata.version != index.metadata.version
+    assert retuned.metadata.config["leaves_to_search"] < before
+    assert retuned.metadata.config["searcher"]["target_recall"] == 0.95
+    tuning = retuned.metadata.extra["tuning"]
+    assert tuning["k"] == 10 and tuning["curve"][-1] == [retuned.metadata.config["leaves_to_search"],
+                                                         pytest.approx(retuned.metadata.recall_at_10, abs=1e-4)]
+    assert retuned.metadata.recall_at_10 >= 0.95 and "retuned_seconds" in retuned.metadata.extra
+    retuned.save(tmp_path / "retuned")
+    loaded = WindowIndex.load(tmp_path / "retuned")
+    q = perturbed_queries(emb[::41], 0.7, np.random.default_rng(3))
+    np.testing.assert_array_equal(loaded.search(q, 100)[0], retuned.search(q, 100)[0])
+    assert loaded.metadata.config["leaves_to_search"] == retuned.metadata.config["leaves_to_search"]
+    # a build setting (the AH blocks) rebuilds the searcher
+    rebuilt = with_searcher_config(index, SearcherConfig(mode="tree_ah", tune_queries=200, dims_per_block=4))
+    assert rebuilt._searchers != index._searchers and "retuned_seconds" not in rebuilt.metadata.extra
