@@ -25,6 +25,7 @@ from serving.index import (
     perturbed_queries,
     recall_at_k,
     top_k_stable,
+    with_searcher_config,
 )
 from serving.retrieval_types import RetrievalConfig
 
@@ -521,3 +522,28 @@ def test_a_change_of_search_settings_re_tunes_the_built_searchers_without_rebuil
     # a build setting (the AH blocks) rebuilds the searcher
     rebuilt = with_searcher_config(index, SearcherConfig(mode="tree_ah", tune_queries=200, dims_per_block=4))
     assert rebuilt._searchers != index._searchers and "retuned_seconds" not in rebuilt.metadata.extra
+
+
+def test_index_retune_command_re_tunes_an_index_directory_in_place(tmp_path, capsys):
+    from serving.apps.earworm import main
+
+    index, emb = small_index(num_tracks=400, config=SearcherConfig(mode="tree_ah", tune_queries=200,
+                                                                   tune_k=100, target_recall=0.98))
+    path = tmp_path / "idx"
+    index.save(path)
+    assert main(["index-retune", "--index", str(path)]) == 0
+    assert "leaves searched" in capsys.readouterr().out
+    after = WindowIndex.load(path)
+    assert after.version != index.version and after.metadata.config["searcher"]["target_recall"] == 0.95
+    assert after.metadata.config["leaves_to_search"] < index.metadata.config["leaves_to_search"]
+    assert after.metadata.extra["releases"][-1] == {"version": after.version, "created": after.metadata.created,
+                                                    "retuned": True, "parent": index.version}
+    np.testing.assert_array_equal(after.embeddings, index.embeddings)
+    assert main(["index-retune", "--index", str(path), "--leaves-to-search", "3"]) == 0
+    fixed = WindowIndex.load(path)
+    assert fixed.metadata.config["leaves_to_search"] == 3 and fixed.metadata.extra["tuning"]["fixed"] is True
+    assert main(["index-retune", "--index", str(path), "--leaves-to-search", "100000"]) == 2
+    assert main(["index-retune", "--index", str(tmp_path / "absent")]) == 2
+    with pytest.raises(SystemExit):
+        main(["index-retune", "--index", str(path), "--target-recall", "1.5"])
+    assert WindowIndex.load(path).version == fixed.version  # refused calls changed nothing
