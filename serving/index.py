@@ -538,7 +538,7 @@ class WindowIndex:
         tracks = np.asarray(track_rows, np.int64).reshape(-1)
         if tracks.size == 0:
             return []
-        if (tracks.min() < 0 or tracks.max() >= self.num_tracks):
+        if tracks.min() < 0 or tracks.max() >= self.num_tracks:
             raise IndexError(f"track rows must be in [0, {self.num_tracks})")
         first, end = self._track_bounds[tracks], self._track_bounds[tracks + 1]
         sizes = end - first
@@ -920,11 +920,11 @@ def with_searcher_config(index: WindowIndex, config: SearcherConfig) -> WindowIn
     the search and its tuning change (`_TUNING_FIELDS`: e.g. the target recall), the built searchers are
     re-tuned in seconds; otherwise the searcher is rebuilt from the stored vectors (minutes at
     millions of windows)."""
-    old = index.metadata.config.get("searcher")
-    new = config.to_dict()
-    if isinstance(old, dict) and set(old) == set(new) and all(
-            old[k] == new[k] for k in new if k not in _TUNING_FIELDS):
-        return _retuned(index, config)
+    stored = index.metadata.config.get("searcher")
+    if isinstance(stored, dict):  # settings an older index did not record read as the index reads them
+        old, new = SearcherConfig.from_dict(stored).to_dict(), config.to_dict()
+        if all(old[k] == new[k] for k in new if k not in _TUNING_FIELDS):
+            return _retuned(index, config)
     built = WindowIndex.build(np.asarray(index.embeddings), index.track_rows, index.offsets_s, index.tracks,
                               index.metadata.model_version, config, extra=dict(index.metadata.extra))
     return built

@@ -100,15 +100,16 @@ def build_synthetic_index(out_dir: Path, tracks: int, model_version: str, window
 
 
 def _current_searcher(index_dir: Path) -> Path:
-    """A built synthetic index, its searcher rebuilt from its stored vectors when it was tuned under
-    other settings than today's defaults (an index cached before the tuning changed)."""
+    """A built synthetic index, its searcher re-tuned (or, for other build settings, rebuilt from its
+    stored vectors) when it was made under other settings than today's defaults (an index cached
+    before the tuning changed)."""
     from serving.index import SearcherConfig, WindowIndex, with_searcher_config
 
     index = WindowIndex.load(index_dir)
     if index.metadata.config.get("searcher") == SearcherConfig().to_dict():
         log.info("reusing synthetic index %s", index_dir)
         return index_dir
-    log.info("synthetic index %s was tuned under other settings: rebuilding its searcher", index_dir)
+    log.info("synthetic index %s was made under other searcher settings: re-tuning it", index_dir)
     tmp = index_dir.with_name(index_dir.name + ".tmp")
     with_searcher_config(index, SearcherConfig()).save(tmp)
     del index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -519,6 +520,11 @@ def test_a_change_of_search_settings_re_tunes_the_built_searchers_without_rebuil
     q = perturbed_queries(emb[::41], 0.7, np.random.default_rng(3))
     np.testing.assert_array_equal(loaded.search(q, 100)[0], retuned.search(q, 100)[0])
     assert loaded.metadata.config["leaves_to_search"] == retuned.metadata.config["leaves_to_search"]
+    # an index built before `tune_depth` existed (not in its recorded settings) is re-tuned too
+    older = WindowIndex(index._searchers, index.vectors, index.track_rows, index.offsets_s, list(index.tracks),
+                        replace(index.metadata, config={**index.metadata.config, "searcher": {
+                            k: v for k, v in index.metadata.config["searcher"].items() if k != "tune_depth"}}))
+    assert with_searcher_config(older, SearcherConfig(mode="tree_ah", tune_queries=200))._searchers == index._searchers
     # a build setting (the AH blocks) rebuilds the searcher
     rebuilt = with_searcher_config(index, SearcherConfig(mode="tree_ah", tune_queries=200, dims_per_block=4))
     assert rebuilt._searchers != index._searchers and "retuned_seconds" not in rebuilt.metadata.extra
