@@ -376,6 +376,12 @@ class WindowIndex:
         tests and small indexes; large readers use `vectors`)."""
         return self.vectors.data if self.vectors.scales is None else self.vectors.rows(slice(None))
 
+    def searcher_made_with(self, config: SearcherConfig) -> bool:
+        """Whether the searcher was built and tuned with exactly `config` (False for an index made
+        under other settings, or before a setting existed: every field must have been recorded)."""
+        stored = self.metadata.config.get("searcher")
+        return isinstance(stored, dict) and stored == config.to_dict()
+
     def windows_of(self, track_row: int) -> np.ndarray:
         """Index rows of one track's windows, in time order."""
         return self._by_track[self._track_bounds[track_row] : self._track_bounds[track_row + 1]]
@@ -920,9 +926,9 @@ def with_searcher_config(index: WindowIndex, config: SearcherConfig) -> WindowIn
     the search and its tuning change (`_TUNING_FIELDS`: e.g. the target recall), the built searchers are
     re-tuned in seconds; otherwise the searcher is rebuilt from the stored vectors (minutes at
     millions of windows)."""
-    stored = index.metadata.config.get("searcher")
-    if isinstance(stored, dict):  # settings an older index did not record read as the index reads them
-        old, new = SearcherConfig.from_dict(stored).to_dict(), config.to_dict()
+    if isinstance(index.metadata.config.get("searcher"), dict):
+        # settings an older index did not record compare as the index reads them (its _searcher_config)
+        old, new = index._searcher_config.to_dict(), config.to_dict()
         if all(old[k] == new[k] for k in new if k not in _TUNING_FIELDS):
             return _retuned(index, config)
     built = WindowIndex.build(np.asarray(index.embeddings), index.track_rows, index.offsets_s, index.tracks,

@@ -106,19 +106,11 @@ def _current_searcher(index_dir: Path) -> Path:
     from serving.index import SearcherConfig, WindowIndex, with_searcher_config
 
     index = WindowIndex.load(index_dir)
-    if index.metadata.config.get("searcher") == SearcherConfig().to_dict():
+    if index.searcher_made_with(SearcherConfig()):
         log.info("reusing synthetic index %s", index_dir)
-        return index_dir
-    log.info("synthetic index %s was made under other searcher settings: re-tuning it", index_dir)
-    tmp = index_dir.with_name(index_dir.name + ".tmp")
-    with_searcher_config(index, SearcherConfig()).save(tmp)
-    del index
-    old = index_dir.with_name(index_dir.name + ".old")
-    index_dir.rename(old)
-    tmp.rename(index_dir)
-    import shutil
-
-    shutil.rmtree(old, ignore_errors=True)
+    else:
+        log.info("synthetic index %s was made under other searcher settings: re-tuning it", index_dir)
+        with_searcher_config(index, SearcherConfig()).save(index_dir)  # save swaps it in atomically
     return index_dir
 
 

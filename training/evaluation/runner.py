@@ -212,7 +212,7 @@ def build_or_load_index(config: EvalConfig, inputs: EvalInputs, embedder: Any) -
                     cached = WindowIndex.load(index_dir)
             except (OSError, ValueError, RuntimeError) as e:  # corrupt / partial index: rebuild it
                 log.warning("cached index in %s unusable (%s); rebuilding", index_dir, e)
-        if cached is not None and _stale_searcher(cached, _searcher_config(config)):
+        if cached is not None and not cached.searcher_made_with(_searcher_config(config)):
             # same windows and embeddings, searcher tuned by older settings: re-tune it, no re-embedding
             from serving.index import with_searcher_config
 
@@ -311,13 +311,6 @@ def _searcher_config(config: EvalConfig) -> Any:
     from serving.index import SearcherConfig
 
     return SearcherConfig(store_dtype=config.store_dtype)
-
-
-def _stale_searcher(index: Any, wanted: Any) -> bool:
-    """True when `index`'s searcher was built with settings other than `wanted` (e.g. an index cached
-    before the tuning changed, or before a setting existed: every field must have been recorded)."""
-    stored = index.metadata.config.get("searcher")
-    return not isinstance(stored, dict) or stored != wanted.to_dict()
 
 
 def _beam_build_index(config: EvalConfig):
