@@ -331,7 +331,8 @@ def retune_index_dir(index_dir: str, target_recall: float | None = None, leaves_
         raise IndexBuildError(f"--leaves-to-search must be in [1, {index.metadata.config.get('num_leaves') or 0}] "
                               f"(the index's tree leaves; a brute-force index has none)")
     config = replace(stored, target_recall=today.target_recall if target_recall is None else target_recall,
-                     tune_k=today.tune_k, tune_depth=today.tune_depth, num_leaves_to_search=leaves_to_search)
+                     tune_k=today.tune_k, tune_depth=today.tune_depth, tune_precision=today.tune_precision,
+                     num_leaves_to_search=leaves_to_search)
     new = with_searcher_config(index, config)
     new.metadata.extra["releases"] = list(index.metadata.extra.get("releases") or []) + [
         {"version": new.version, "created": new.metadata.created, "retuned": True, "parent": index.version}]

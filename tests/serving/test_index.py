@@ -103,8 +103,12 @@ def test_tree_ah_path_reaches_target_recall_on_clustered_data():
     assert md.recall_at_10 >= 0.95
     assert md.extra["tuning"]["k"] == 10
     curve = md.extra["tuning"]["curve"]
-    assert curve[-1][0] == md.config["leaves_to_search"] and curve[-1][1] == pytest.approx(md.recall_at_10)
-    assert all(r < 0.95 for _, r in curve[:-1])  # the smallest setting that reaches the target
+    chosen = md.config["leaves_to_search"]
+    assert [leaves for leaves, _ in curve] == sorted({leaves for leaves, _ in curve})
+    assert dict(curve)[chosen] == pytest.approx(md.recall_at_10) and md.recall_at_10 >= 0.95
+    assert all(r < 0.95 for leaves, r in curve if leaves < chosen)  # the smallest setting that reaches it
+    # bisected between the grid's last setting below the target and its first one above it
+    assert max(leaves for leaves, r in curve if leaves < chosen) >= chosen - max(1, chosen // 16)
     # independent queries (another seed) measured against numpy brute force
     rng = np.random.default_rng(99)
     q = perturbed_queries(emb[rng.choice(len(emb), 300, replace=False)], 0.8, rng)
@@ -126,8 +130,8 @@ def test_tuning_measures_recall_at_10_of_a_search_as_deep_as_the_retriever_s():
     old, _ = small_index(num_tracks=400, config=SearcherConfig(mode="tree_ah", tune_queries=200, tune_k=100,
                                                                target_recall=0.98))
     tuning = index.metadata.extra["tuning"]
-    assert (tuning["k"], tuning["depth"]) == (10, 100) and tuning["curve"][-1][1] >= 0.95
     leaves = index.metadata.config["leaves_to_search"]
+    assert (tuning["k"], tuning["depth"]) == (10, 100) and dict(tuning["curve"])[leaves] >= 0.95
     assert leaves < old.metadata.config["leaves_to_search"]
     # independent queries: the top 10 of a 100-deep search at the tuned leaves reach about the target
     rng = np.random.default_rng(5)
@@ -135,7 +139,24 @@ def test_tuning_measures_recall_at_10_of_a_search_as_deep_as_the_retriever_s():
     _, true_scores = index.search_brute_force(q, 10)
     deep = recall_at_k(index.search(q, 100)[0], q, emb, true_scores, 10)
     assert deep >= 0.9, deep
-    assert index.metadata.recall_at_10 == pytest.approx(tuning["curve"][-1][1])  # the same measurement
+    assert index.metadata.recall_at_10 == pytest.approx(dict(tuning["curve"])[leaves])  # the same measurement
+
+
+def test_tuning_bisects_the_grid_to_the_fewest_leaves_that_reach_the_target():
+    cfg = SearcherConfig(mode="tree_ah", tune_queries=200)
+    index, _ = small_index(num_tracks=400, config=cfg)
+    grid = with_searcher_config(index, replace(cfg, tune_precision=0))  # the grid's own setting
+    bisected, on_grid = index.metadata.config["leaves_to_search"], grid.metadata.config["leaves_to_search"]
+    assert bisected <= on_grid and index.metadata.recall_at_10 >= 0.95 and grid.metadata.recall_at_10 >= 0.95
+    assert len(index.metadata.extra["tuning"]["curve"]) > len(grid.metadata.extra["tuning"]["curve"])
+    # an index tuned before the bisection existed (no tune_precision recorded) is not today's: re-tuned
+    older = replace(index.metadata, config={**index.metadata.config, "searcher": {
+        k: v for k, v in index.metadata.config["searcher"].items() if k != "tune_precision"}})
+    assert index.searcher_made_with(cfg)
+    assert not WindowIndex(index._searchers, index.vectors, index.track_rows, index.offsets_s, list(index.tracks),
+                           older).searcher_made_with(cfg)
+    with pytest.raises(ValueError, match="tune_precision"):
+        SearcherConfig(tune_precision=-1)
 
 
 def test_fixed_leaves_to_search_is_respected():
@@ -512,8 +533,8 @@ def test_a_change_of_search_settings_re_tunes_the_built_searchers_without_rebuil
     assert retuned.metadata.config["leaves_to_search"] < before
     assert retuned.metadata.config["searcher"]["target_recall"] == 0.95
     tuning = retuned.metadata.extra["tuning"]
-    assert tuning["k"] == 10 and tuning["curve"][-1] == [retuned.metadata.config["leaves_to_search"],
-                                                         pytest.approx(retuned.metadata.recall_at_10, abs=1e-4)]
+    assert tuning["k"] == 10 and dict(tuning["curve"])[retuned.metadata.config["leaves_to_search"]] == \
+        pytest.approx(retuned.metadata.recall_at_10, abs=1e-4)
     assert retuned.metadata.recall_at_10 >= 0.95 and "retuned_seconds" in retuned.metadata.extra
     retuned.save(tmp_path / "retuned")
     loaded = WindowIndex.load(tmp_path / "retuned")
