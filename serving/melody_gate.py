@@ -3,7 +3,7 @@
 The encoder maps *any* audio somewhere, and some audio with no melody (a steady tone, a constant
 signal, two samples stretched over seconds) lands close to many masters: a 440 Hz sine scored 0.8,
 above real hums and the calibrated threshold. So every query is pitch-tracked first (the fast YIN
-backend, `data_gen.pitch.yin`, at 8 kHz: ~8 ms per 10 s) and described by a few numbers a person can read:
+backend, `data_gen.pitch.yin`, at 8 kHz, every other 10 ms frame: ~5 ms per 10 s) and described by a few numbers a person can read:
 
 - voiced_seconds / voiced_fraction: how much of it is pitched (noise, clicks, coughs, silence: little);
 - pitch_range_semitones: the spread of its pitch (5th to 95th percentile of the voiced frames);
@@ -35,10 +35,13 @@ class MelodyGateConfig:
     min_voiced_seconds: float = 1.0
     min_distinct_notes: int = 3
     min_pitch_range_semitones: float = 2.0
-    min_phrase_seconds: float = 0.125
-    """Speech breaks its pitch into syllables (0.08-0.11 s measured on espeak-ng speech); hums,
-    whistles and singing hold it longer (0.2-5 s), fast staccato reels down to 0.14 s (0.18 stopped
-    5 of synthetic-1k's 200 queries, all fast reels with 6-10 distinct notes)."""
+    min_phrase_seconds: float = 0.155
+    """Speech breaks its pitch into syllables; hums, whistles and singing hold it longer. Measured with
+    the gate's YIN (8 kHz, every other frame analysed, `GATE_FRAME_STEP`), 2026-12-04: the espeak-ng
+    sentences that must stop 0.08-0.145 s; the real hums and sung clips at least 0.258 s (qbh_demo),
+    0.371 s (zalo_mini), 0.280 s (MIR-1K); synthetic-1k's 200 queries at least 0.168 s (fast staccato
+    reels). Analysing every frame measures phrases ~15 % shorter (speech up to 0.114 s, synthetic
+    reels from 0.141 s), where 0.125 s was the threshold."""
     min_note_seconds: float = 0.1
     """A note counts when the (median-smoothed) pitch stays on one semitone at least this long."""
     smooth_frames: int = 5
@@ -124,6 +127,12 @@ GATE_DECIMATE = 2
 (median), and `earworm gate-check` lets the same queries through (README)."""
 
 
+GATE_FRAME_STEP = 2
+"""The gate's YIN analyses every other 10 ms frame and holds it over the next (`YinConfig.frame_step`):
+half its pitch work (8 -> 5 ms per 10 s query). The gate's figures are about tenths of a second (notes of
+at least 0.1 s, phrases of 0.155 s), which 20 ms frames resolve (README, the round of 20:11)."""
+
+
 class MelodyGate:
     """Pitch-tracks a query and tells whether it holds a melody. Thread-safe (stateless)."""
 
@@ -131,7 +140,7 @@ class MelodyGate:
         from data_gen.pitch.yin import YinExtractor
 
         self.config = config
-        self.extractor = YinExtractor(decimate=GATE_DECIMATE)
+        self.extractor = YinExtractor(decimate=GATE_DECIMATE, frame_step=GATE_FRAME_STEP)
 
     def check(self, audio: np.ndarray) -> MelodyCheck:
         """audio float32 [time] mono at SAMPLE_RATE -> MelodyCheck."""

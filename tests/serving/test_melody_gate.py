@@ -119,3 +119,19 @@ def test_yin_analysis_of_a_long_recording_is_blockwise_and_identical():
     assert len(whole) > BLOCK_FRAMES
     tail = yin.analyse(long, first_frame=BLOCK_FRAMES + 7)
     np.testing.assert_array_equal(tail.f0_hz, whole.f0_hz[BLOCK_FRAMES + 7 :])
+
+
+def test_yin_with_a_frame_step_analyses_every_other_frame_and_holds_it():
+    from data_gen.pitch.yin import YinExtractor
+
+    full = YinExtractor(decimate=2).analyse(TUNE)
+    stepped = YinExtractor(decimate=2, frame_step=2).analyse(TUNE)
+    assert len(stepped) == len(full)
+    for a, b in zip((stepped.f0_hz, stepped.aperiodicity, stepped.level), (full.f0_hz, full.aperiodicity, full.level)):
+        np.testing.assert_array_equal(a[0::2], b[0::2])  # the analysed frames are the full analysis's own
+        np.testing.assert_array_equal(a[1::2], a[0::2][: a[1::2].size])  # and held over the next
+    for first in (1, 2, 101, len(full) - 1, len(full), len(full) + 5):  # pieces of a stream
+        tail = YinExtractor(decimate=2, frame_step=2).analyse(TUNE, first_frame=first)
+        np.testing.assert_array_equal(tail.f0_hz, stepped.f0_hz[first:])
+    with pytest.raises(ValueError, match="frame_step"):
+        YinExtractor(frame_step=0)
