@@ -42,8 +42,10 @@ def cut_master_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cut_windows(audio, C.MASTER_WINDOW_HOP)
 
 
-def cut_query_windows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return cut_windows(audio, C.QUERY_WINDOW_HOP)
+def view_window_hop(rate: float) -> int:
+    """Samples between the windows of the tempo view `rate` (in the view's own time): the view as
+    sung every QUERY_WINDOW_HOP, the other views every TEMPO_VIEW_WINDOW_HOP."""
+    return C.QUERY_WINDOW_HOP if tempo_fraction(rate) == 1 else C.TEMPO_VIEW_WINDOW_HOP
 
 
 def tempo_fraction(rate: float) -> Fraction:
@@ -68,12 +70,13 @@ def tempo_view(audio: np.ndarray, rate: float) -> np.ndarray:
 
 def cut_query_views(audio: np.ndarray, rates: tuple[float, ...] = (1.0,)
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Query windows of each tempo view (`tempo_view(audio, rate)` for every rate), concatenated:
+    """Query windows of each tempo view (`tempo_view(audio, rate)` for every rate, windows every
+    `view_window_hop(rate)`), concatenated:
     (windows [n, WINDOW_SAMPLES] float32, offsets_seconds [n] float32 in their view's own time,
     views [n] int64: index into `rates`)."""
     windows, offsets, views = [], [], []
     for v, rate in enumerate(rates):
-        w, o = cut_query_windows(tempo_view(audio, rate))
+        w, o = cut_windows(tempo_view(audio, rate), view_window_hop(rate))
         windows.append(w)
         offsets.append(o)
         views.append(np.full(o.shape[0], v, np.int64))

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data_gen import constants as C
 from serving.index import CALIBRATION_FILE
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ class Calibration:
     (one view, the query as sung)."""
     tempo_view_penalty: float | None = None
     """The retriever's score penalty of the tempo views (None: made before tempo views existed)."""
+    tempo_view_hop_seconds: float | None = None
+    """How far apart the windows of the other tempo views start (`C.TEMPO_VIEW_WINDOW_HOP_SECONDS` of
+    the code that calibrated); None: made when they were cut every QUERY_WINDOW_HOP_SECONDS (1 s)."""
 
     def retrieval_differs(self, config: "RetrievalConfig") -> str | None:
         """Why scores of a retriever with this config are not on this calibration's scale (None: they are)."""
@@ -88,6 +92,10 @@ class Calibration:
         if len(views) > 1 and (self.tempo_view_penalty or 0.0) != tempo_view_penalty:
             return (f"it was made with tempo-view penalty {self.tempo_view_penalty}, the retriever uses "
                     f"{tempo_view_penalty}")
+        hop = C.QUERY_WINDOW_HOP_SECONDS if self.tempo_view_hop_seconds is None else self.tempo_view_hop_seconds
+        if len(views) > 1 and hop != C.TEMPO_VIEW_WINDOW_HOP_SECONDS:
+            return (f"it was made with the tempo views' windows every {hop:g} s, the retriever cuts them "
+                    f"every {C.TEMPO_VIEW_WINDOW_HOP_SECONDS:g} s")
         return None
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +118,8 @@ class Calibration:
                 else tuple(float(r) for r in d["query_tempo_rates"]),
                 tempo_view_penalty=None if d.get("tempo_view_penalty") is None
                 else float(d["tempo_view_penalty"]),
+                tempo_view_hop_seconds=None if d.get("tempo_view_hop_seconds") is None
+                else float(d["tempo_view_hop_seconds"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CalibrationError(f"incomplete calibration entry ({e!r})") from e
@@ -207,7 +217,7 @@ def calibrate_scores(
         model_version=model_version, index_version=index_version,
         neighbors_per_window=neighbors_per_window, rerank_candidates=rerank_candidates,
         query_tempo_rates=None if query_tempo_rates is None else tuple(float(r) for r in query_tempo_rates),
-        tempo_view_penalty=tempo_view_penalty,
+        tempo_view_penalty=tempo_view_penalty, tempo_view_hop_seconds=C.TEMPO_VIEW_WINDOW_HOP_SECONDS,
     )
 
 

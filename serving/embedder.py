@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
-from data_gen.windows import cut_query_views, cut_windows, tempo_fraction, window_starts
+from data_gen.windows import cut_query_views, cut_windows, tempo_fraction, view_window_hop, window_starts
 from serving.retrieval_types import QueryEmbedding
 
 log = logging.getLogger(__name__)
@@ -280,14 +280,15 @@ class Embedder:
         """The tempo view `rate` (`rate` times as long, as `tempo_view`) of a recording of `num_samples`
         samples, from its `stretch_source`: each window frame is interpolated linearly along time
         between the two source frames around the instant it hears. Returns (log power [n,
-        window_frames, bins], window starts [n] in view samples (`window_starts` of the view's length),
+        window_frames, bins], window starts [n] in view samples (`window_starts` of the view's length, every
+        `view_window_hop(rate)`),
         reads_to [n]: the recording samples each window's frames read up to; a window is final once the
         recording holds that many samples)."""
         frac = tempo_fraction(rate)
         hop, n_fft = self._frame_hop, self._n_fft
         frames_per_window = self._window_frames
         view_len = -(-num_samples * frac.numerator // frac.denominator)  # resample_poly's output length
-        starts = window_starts(view_len, C.QUERY_WINDOW_HOP)
+        starts = window_starts(view_len, view_window_hop(rate))
         centres = starts[:, None] + np.arange(frames_per_window)[None, :] * hop + n_fft / 2  # view samples
         pos = np.clip((centres * (frac.denominator / frac.numerator) - n_fft / 2) / hop, 0, source.shape[0] - 1)
         lo = np.floor(pos).astype(np.int64)

@@ -4,7 +4,8 @@ One implementation for the server, the evaluation and the benchmarks:
 
 0. the melody gate (`serving.melody_gate`): a query with no melody in it (a steady tone, noise,
    clicks, speech) is answered "no melody" (reason NO_MELODY, no candidates) and never embedded;
-1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS) and embedded (`Embedder.embed_query`),
+1. the query is cut into windows (hop QUERY_WINDOW_HOP_SECONDS as sung, TEMPO_VIEW_WINDOW_HOP_SECONDS in
+   the other views: `data_gen.windows.view_window_hop`) and embedded (`Embedder.embed_query`),
    once per tempo view (`query_tempo_rates`: the query played 0.8x / 1x / 1.25x as long, its spectrogram
    stretched along time (`Embedder.stretched_view`), so
    that one view is close to the master's tempo; see `RetrievalConfig.query_tempo_rates`); steps 2-4

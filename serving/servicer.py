@@ -40,7 +40,7 @@ from data_gen.audio import (
     decode_audio,
     pcm_to_audio,
 )
-from data_gen.windows import cut_query_views, tempo_fraction, tempo_view, window_starts
+from data_gen.windows import cut_query_views, tempo_fraction, tempo_view, view_window_hop, window_starts
 from protos.earworm.v1 import recognizer_pb2 as pb
 from protos.earworm.v1 import recognizer_pb2_grpc as pb_grpc
 from serving.batching import EmbeddingTimeout
@@ -655,7 +655,7 @@ class _StreamSession:
                         todo_logp[(v, st)] = logp[i]
             else:
                 view = tempo_view(audio, rate)
-                starts = window_starts(view.shape[0], C.QUERY_WINDOW_HOP)
+                starts = window_starts(view.shape[0], view_window_hop(rate))
                 view_settle = 0 if settle == 0 and tempo_fraction(rate) == 1 else C.SAMPLE_RATE // 2
                 padded = view if view.shape[0] >= C.WINDOW_SAMPLES else np.pad(
                     view, (0, C.WINDOW_SAMPLES - view.shape[0]))

@@ -4,7 +4,7 @@ import pytest
 from data_gen import constants as C
 from data_gen.manifest import (ManifestError, Query, Track, read_catalogue, read_queries,
                                write_catalogue, write_queries)
-from data_gen.windows import cut_query_views, cut_windows, tempo_view, window_starts
+from data_gen.windows import cut_query_views, cut_windows, tempo_view, view_window_hop, window_starts
 
 
 def test_window_starts_cover_the_end():
@@ -44,8 +44,10 @@ def test_tempo_view_plays_rate_times_longer_at_a_scaled_pitch():
 def test_query_views_concatenate_the_windows_of_every_view():
     audio = np.random.default_rng(0).standard_normal(10 * C.SAMPLE_RATE).astype(np.float32)
     windows, offsets, views = cut_query_views(audio, (1.0, 0.8, 1.25))
-    per_view = [cut_windows(tempo_view(audio, r), C.QUERY_WINDOW_HOP)[1] for r in (1.0, 0.8, 1.25)]
-    assert [int((views == v).sum()) for v in range(3)] == [len(o) for o in per_view] == [7, 5, 10]
+    hops = [C.QUERY_WINDOW_HOP, C.TEMPO_VIEW_WINDOW_HOP, C.TEMPO_VIEW_WINDOW_HOP]  # as sung 1 s, the others 2 s
+    assert [view_window_hop(r) for r in (1.0, 0.8, 1.25)] == hops
+    per_view = [cut_windows(tempo_view(audio, r), hop)[1] for r, hop in zip((1.0, 0.8, 1.25), hops)]
+    assert [int((views == v).sum()) for v in range(3)] == [len(o) for o in per_view] == [7, 3, 6]
     assert windows.shape == (len(views), C.WINDOW_SAMPLES) and offsets.shape == views.shape
     np.testing.assert_array_equal(windows[views == 0], cut_windows(audio, C.QUERY_WINDOW_HOP)[0])
     np.testing.assert_allclose(offsets[views == 2], per_view[2])

@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from data_gen import constants as C
+
 from serving.calibration import (
     CALIBRATION_FORMAT,
     Calibration,
@@ -100,6 +102,11 @@ def test_a_calibration_knows_the_retrieval_settings_its_scores_came_from(tmp_pat
     old = calibrate_scores([0.1], aggregation="temporal", rerank_candidates=50)
     assert old.retrieval_differs(replace(views, query_tempo_rates=(1.0,))) is None
     assert old.retrieval_differs(replace(views, query_tempo_rates=(1.0, 0.8))) is not None
+    # one made when the other tempo views' windows were 1 s apart (before they were 2 s) no longer fits
+    assert loaded.tempo_view_hop_seconds == C.TEMPO_VIEW_WINDOW_HOP_SECONDS == 2.0
+    one_second = replace(loaded, tempo_view_hop_seconds=None)
+    assert "windows every 1 s" in one_second.retrieval_differs(views)
+    assert replace(old, tempo_view_hop_seconds=None).retrieval_differs(replace(views, query_tempo_rates=(1.0,))) is None
 
 
 def test_corrupt_calibration_file(tmp_path):

@@ -80,7 +80,7 @@ def test_a_stretched_view_reads_the_right_frames(tf_embedder):
     np.testing.assert_allclose(logp[on_grid], sliced[on_grid], atol=1e-4)
     # rate 2: frame k of the window at view sample s hears the recording at (s + k * hop + n_fft / 2) / 2
     logp, starts, reads_to = embedder.stretched_view(source, audio.size, 2.0)
-    np.testing.assert_array_equal(starts, window_starts(2 * audio.size, C.QUERY_WINDOW_HOP))
+    np.testing.assert_array_equal(starts, window_starts(2 * audio.size, C.TEMPO_VIEW_WINDOW_HOP))  # 2 s apart
     s, k = int(starts[3]), 10
     pos = ((s + k * hop + n_fft / 2) / 2 - n_fft / 2) / hop
     lo = int(np.floor(pos))

@@ -492,7 +492,7 @@ def test_micro_batching_server_gives_the_same_answers(server_factory, embedder, 
     assert {tid: r.matches[0].track_id for tid, r in results.items()} == {tid: tid for tid in queries}
     stats = server._embedding.stats()
     per_query = cut_query_views(queries[TRACK_IDS[0]], RetrievalConfig().query_tempo_rates)[0].shape[0]
-    assert per_query == 5 + 4 + 7  # 8 s as sung, played 0.8x and 1.25x as long
+    assert per_query == 5 + 3 + 4  # 8 s as sung (windows 1 s apart), played 0.8x and 1.25x as long (2 s apart)
     assert stats["embed_requests"] == 3 and stats["embed_windows"] == 3 * per_query
 
 
