@@ -645,7 +645,7 @@ class _StreamSession:
         source = None
         for v, rate in enumerate(rates):
             if stretch and tempo_fraction(rate) != 1:
-                source = features_of.stretch_source(audio) if source is None else source
+                source = features_of.stretch_source(audio, rates) if source is None else source
                 logp, starts, reads_to = features_of.stretched_view(source, audio.shape[0], rate)
                 for i, st in enumerate(starts.tolist()):
                     wanted.append((v, st))

@@ -101,7 +101,7 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
         if embedder.splits_frontend:  # as Embedder.query_log_power, stage by stage
             t0 = time.perf_counter()
             others = [r for r in rates if tempo_fraction(r) != 1]
-            source = embedder.stretch_source(audio) if others else None
+            source = embedder.stretch_source(audio, rates) if others else None
             as_sung, (sung_starts,) = embedder.window_log_power([audio], C.QUERY_WINDOW_HOP, wholes=[source])
             rows["front-end"].append(_ms(t0))
             t0 = time.perf_counter()

@@ -65,12 +65,29 @@ def test_stretched_tempo_views_match_resampled_ones(tf_embedder, seconds):
     assert _cosines(q.emb[~sung], want[~sung]).min() > 0.95
 
 
+def test_the_stretch_source_holds_only_the_silence_the_views_read(tf_embedder, monkeypatch):
+    """The views of a recording read from a source padded just past what their windows reach equal
+    those from one padded with a whole window of silence (the frames are the same), whatever the length."""
+    embedder, rates = tf_embedder, (1.0, 0.8, 1.25)
+    ten = _hum(10.0, 2)
+    assert embedder.stretch_source(ten, rates).shape[0] < embedder.log_power(
+        np.pad(ten, (0, C.WINDOW_SAMPLES + embedder._n_fft))).shape[0] * 0.75
+    short = {s: embedder.query_log_power(_hum(s, 3), rates) for s in (2.0, 3.99, 4.5, 5.01, 10.0)}
+    monkeypatch.setattr(type(embedder), "stretch_source", lambda self, audio, rates: self.log_power(
+        np.pad(np.asarray(audio, np.float32), (0, C.WINDOW_SAMPLES + self._n_fft))))
+    for seconds, (logp, offsets, views) in short.items():
+        old_logp, old_offsets, old_views = embedder.query_log_power(_hum(seconds, 3), rates)
+        np.testing.assert_array_equal(offsets, old_offsets)
+        np.testing.assert_array_equal(views, old_views)
+        np.testing.assert_allclose(logp, old_logp, atol=1e-5, err_msg=str(seconds))
+
+
 def test_a_stretched_view_reads_the_right_frames(tf_embedder):
     from data_gen.windows import window_starts
 
     embedder = tf_embedder
     audio = _hum(9.0, 8)
-    source = embedder.stretch_source(audio)
+    source = embedder.stretch_source(audio, (1.0, 2.0))
     hop, n_fft = embedder._frame_hop, embedder._n_fft
     # rate 1: the frames themselves (on the frame grid), i.e. what window_log_power slices
     logp, starts, reads_to = embedder.stretched_view(source, audio.size, 1.0)
