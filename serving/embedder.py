@@ -35,9 +35,13 @@ BODY_TFLITE_FILE = "body_int8.tflite"
 """The `embed_log_power` half as a LiteRT (TFLite) flatbuffer with int8 weights (dynamic-range
 quantization), written beside the SavedModel by `training.export`: 2.6x faster on this CPU than the
 SavedModel (22 query windows: 26 -> 10 ms), embeddings within cosine 0.999 of it."""
-TFLITE_BATCH = 16
+TFLITE_BATCH = 4
 """Windows per LiteRT call: each thread's interpreter keeps an arena for the largest batch it ran
-(about 13 MB at 16 windows, 51 MB at 64), and batches of 11-16 were the fastest per window here."""
+(about 13 MB at 16 windows, 51 MB at 64). On its own the body costs the same per window at 4, 8 or 16
+(0.38-0.41 ms, 208 windows); inside a request, after the melody gate, the front-end and the rest have
+left the caches cold, 4 beats 16 by 3.4 ms per 10 s query (the whole Identify handler 33.9 against
+37.3 ms, three alternated runs of 150 requests each, 2026-12-04): a 4-window arena stays in the
+core's cache."""
 RUNTIMES = ("auto", "tflite", "tensorflow")
 RUNTIME_ENV = "EARWORM_EMBEDDER_RUNTIME"
 """Environment variable: the default `Embedder` runtime of every command (servers, indexers, evaluation)."""
