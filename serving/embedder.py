@@ -282,8 +282,7 @@ class Embedder:
         reads up to half an FFT and a hop beyond its position. (Until 2026-12-04 one window of silence
         was always added: 40 % more front-end work for a 10 s query, the same frames.)"""
         audio = np.asarray(audio, np.float32)
-        reach = max([audio.shape[0]] + [-(-C.WINDOW_SAMPLES * tempo_fraction(r).denominator // tempo_fraction(r).numerator)
-                                        for r in rates])
+        reach = max([audio.shape[0]] + [math.ceil(C.WINDOW_SAMPLES / tempo_fraction(r)) for r in rates])
         return self.log_power(np.pad(audio, (0, reach - audio.shape[0] + self._n_fft + self._frame_hop)))
 
     def stretched_view(self, source: np.ndarray, num_samples: int, rate: float
@@ -291,9 +290,8 @@ class Embedder:
         """The tempo view `rate` (`rate` times as long, as `tempo_view`) of a recording of `num_samples`
         samples, from its `stretch_source`: each window frame is interpolated linearly along time
         between the two source frames around the instant it hears. Returns (log power [n,
-        window_frames, bins], window starts [n] in view samples (`window_starts` of the view's length, every
-        `view_window_hop(rate)`),
-        reads_to [n]: the recording samples each window's frames read up to; a window is final once the
+        window_frames, bins], window starts [n] in view samples (`window_starts` of the view's length,
+        every `view_window_hop(rate)`), reads_to [n]: the recording samples each window's frames read up to; a window is final once the
         recording holds that many samples)."""
         frac = tempo_fraction(rate)
         hop, n_fft = self._frame_hop, self._n_fft
