@@ -267,7 +267,7 @@ class Embedder:
         source = self.stretch_source(audio, rates) if any(tempo_fraction(r) != 1 for r in rates) else None
         for rate in rates:
             if tempo_fraction(rate) == 1:
-                logp, (starts,) = self.window_log_power([audio], C.QUERY_WINDOW_HOP, wholes=[source])
+                logp, (starts,) = self.window_log_power([audio], view_window_hop(rate), wholes=[source])
             else:
                 logp, starts, _ = self.stretched_view(source, audio.shape[0], rate)
             parts.append(logp)

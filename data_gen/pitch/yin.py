@@ -172,6 +172,8 @@ class YinExtractor(PitchExtractor):
         audio = check_audio(audio)
         d = self.config.decimate
         n = num_pitch_frames(audio.size)
+        if first_frame >= n:
+            return YinFrames(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         if d > 1:
             from scipy.signal import resample_poly
 
@@ -181,8 +183,6 @@ class YinExtractor(PitchExtractor):
         start = first_frame - first_frame % step  # the analysed frame that the first one is held from
         frames = _frames(audio, self.config.frame_length // d, C.PITCH_HOP // d, n)[start::step]
         parts = [self._analyse_block(frames[i : i + BLOCK_FRAMES]) for i in range(0, frames.shape[0], BLOCK_FRAMES)]
-        if not parts or first_frame >= n:
-            return YinFrames(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         held = [np.concatenate(p) for p in zip(*parts)]
         if step > 1:
             held = [np.repeat(a, step)[first_frame - start : n - start] for a in held]
