@@ -142,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "index-retune", help="re-tune how many tree leaves an index directory's searcher visits",
         description="Measure the built ScaNN searcher of --index again and record, under a new index "
         "version, how many leaves a query visits: the fewest that reach --target-recall (recall@10 of a "
-        "100-neighbour search, on perturbed own windows), or exactly --leaves-to-search. Nothing is "
+        "100-neighbour search, on perturbed own windows), or exactly --leaves-to-search; the candidates re-scored per neighbour asked take today's default. Nothing is "
         "re-embedded or rebuilt: seconds where a rebuild takes minutes (an index tuned before "
         "2026-12-04 searched 2-3x more leaves than today's default needs). A running server swaps to the "
         "new version.")
@@ -332,6 +332,7 @@ def retune_index_dir(index_dir: str, target_recall: float | None = None, leaves_
                               f"(the index's tree leaves; a brute-force index has none)")
     config = replace(stored, target_recall=today.target_recall if target_recall is None else target_recall,
                      tune_k=today.tune_k, tune_depth=today.tune_depth, tune_precision=today.tune_precision,
+                     reorder_factor=today.reorder_factor, reorder_min=today.reorder_min,
                      num_leaves_to_search=leaves_to_search)
     new = with_searcher_config(index, config)
     new.metadata.extra["releases"] = list(index.metadata.extra.get("releases") or []) + [

@@ -555,13 +555,15 @@ def test_index_retune_command_re_tunes_an_index_directory_in_place(tmp_path, cap
     from serving.apps.earworm import main
 
     index, emb = small_index(num_tracks=400, config=SearcherConfig(mode="tree_ah", tune_queries=200,
-                                                                   tune_k=100, target_recall=0.98))
+                                                                   tune_k=100, target_recall=0.98,
+                                                                   reorder_factor=10))
     path = tmp_path / "idx"
     index.save(path)
     assert main(["index-retune", "--index", str(path)]) == 0
     assert "leaves searched" in capsys.readouterr().out
     after = WindowIndex.load(path)
     assert after.version != index.version and after.metadata.config["searcher"]["target_recall"] == 0.95
+    assert after.metadata.config["searcher"]["reorder_factor"] == SearcherConfig().reorder_factor != 10
     assert after.metadata.config["leaves_to_search"] < index.metadata.config["leaves_to_search"]
     assert after.metadata.extra["releases"][-1] == {"version": after.version, "created": after.metadata.created,
                                                     "retuned": True, "parent": index.version}
