@@ -6,6 +6,7 @@ window holding the same melody line up. Offsets are in seconds from the recordin
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import numpy as np
@@ -48,8 +49,10 @@ def view_window_hop(rate: float) -> int:
     return C.QUERY_WINDOW_HOP if tempo_fraction(rate) == 1 else C.TEMPO_VIEW_WINDOW_HOP
 
 
+@functools.lru_cache(maxsize=256)
 def tempo_fraction(rate: float) -> Fraction:
-    """A tempo view's rate as the fraction the views use (denominator at most 20): 1 means as sung."""
+    """A tempo view's rate as the fraction the views use (denominator at most 20): 1 means as sung.
+    Remembered per rate: a query asks for its few views' fractions many times (2-9 us each)."""
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
     return Fraction(rate).limit_denominator(20)

@@ -3,7 +3,8 @@
 The encoder maps *any* audio somewhere, and some audio with no melody (a steady tone, a constant
 signal, two samples stretched over seconds) lands close to many masters: a 440 Hz sine scored 0.8,
 above real hums and the calibrated threshold. So every query is pitch-tracked first (the fast YIN
-backend, `data_gen.pitch.yin`, at 8 kHz, every other 10 ms frame: ~5 ms per 10 s) and described by a few numbers a person can read:
+backend, `data_gen.pitch.yin`, at 8 kHz, every other 10 ms frame: ~4.6 ms per 10 s) and described by a few
+numbers a person can read:
 
 - voiced_seconds / voiced_fraction: how much of it is pitched (noise, clicks, coughs, silence: little);
 - pitch_range_semitones: the spread of its pitch (5th to 95th percentile of the voiced frames);

@@ -5,8 +5,8 @@ The service checks every query for a melody before it spends the encoder on it
 10 s here and `librosa.pyin` 60-75 ms (a per-frame Python loop); `librosa.yin` is fast but returns
 no voicing. This backend computes YIN's cumulative-mean-normalised difference for all frames at once
 with FFTs and keeps its minimum as the frame's aperiodicity: confidence = 1 - aperiodicity, voiced =
-aperiodicity below `threshold` and the frame not far below the recording's loudest. About 8 ms for
-10 s of audio at 8 kHz (the melody gate's `decimate=2`) on one core.
+aperiodicity below `threshold` and the frame not far below the recording's loudest. About 5 ms for
+10 s of audio at 8 kHz, every other frame (the melody gate's `decimate=2, frame_step=2`), on one core.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class YinConfig:
     threshold: float = 0.25
     floor_db: float = 40.0
     decimate: int = 1
-    """Analyse the audio at SAMPLE_RATE / decimate (band-limited by `resample_poly`): every array and
+    """Analyse the audio at SAMPLE_RATE / decimate (band-limited as `resample_poly`: `decimate`): every array and
     FFT shrinks by that factor. The frames keep their length in seconds and the 10 ms grid."""
     frame_step: int = 1
     """Analyse every `frame_step`-th frame of the 10 ms grid (those whose index is a multiple of it)
@@ -116,15 +116,41 @@ def cmnd(frames: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _decimation_filter(down: int, dtype: str) -> np.ndarray:
-    """The low-pass FIR `resample_poly(x, 1, down)` designs on every call (its default Kaiser window,
-    in x's dtype), designed once: the same output, 0.4 ms less per 10 s query."""
+def _decimation_taps(down: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """The low-pass FIR that `resample_poly(x, 1, down)` designs (its default Kaiser window, half-length
+    10 * down), as its centre tap and the (offset, tap) pairs of its nonzero symmetric ones. The filter is
+    linear-phase (h[c - m] = h[c + m]) and, for `down` = 2, half-band: every even offset's tap is zero."""
     from scipy.signal import firwin
 
     half_len = 10 * down
-    h = firwin(2 * half_len + 1, 1.0 / down, window=("kaiser", 5.0)).astype(dtype)
-    h.setflags(write=False)
-    return h
+    h = firwin(2 * half_len + 1, 1.0 / down, window=("kaiser", 5.0))
+    pairs = tuple((m, float(h[half_len - m])) for m in range(1, half_len + 1)
+                  if abs(h[half_len - m]) > 1e-9 * abs(h[half_len]))
+    return float(h[half_len]), pairs
+
+
+def decimate(audio: np.ndarray, down: int) -> np.ndarray:
+    """float32 [time] -> [ceil(time / down)]: `scipy.signal.resample_poly(audio, 1, down)` up to float
+    rounding (1.5e-7 on a 10 s hum), computed from the filter's nonzero symmetric taps only: output n is
+    h[c] x[down n] + sum_m h[c - m] (x[down n - m] + x[down n + m]), zeros beyond the ends. For down = 2
+    that is 10 taps instead of 41: 1.7 -> 0.6 ms per 10 s query."""
+    centre, pairs = _decimation_taps(down)
+    reach = 10 * down
+    n_out = -(-audio.size // down)
+    padded = np.zeros(audio.size + 2 * reach + down, np.float32)
+    padded[reach : reach + audio.size] = audio
+    span = down * n_out
+
+    def at(shift: int) -> np.ndarray:  # x[down n + shift] for every output n
+        return padded[reach + shift : reach + shift + span : down]
+
+    out = at(0) * np.float32(centre)
+    pair = np.empty(n_out, np.float32)
+    for m, tap in pairs:
+        np.add(at(-m), at(m), out=pair)
+        pair *= np.float32(tap)
+        out += pair
+    return out
 
 
 BLOCK_FRAMES = 512
@@ -163,7 +189,7 @@ class YinExtractor(PitchExtractor):
     @property
     def settle_samples(self) -> int:
         """How many samples at a recording's end the decimating filter still changes when audio is
-        appended (`resample_poly`'s half-length; 0 without decimation)."""
+        appended (the decimating filter's half-length; 0 without decimation)."""
         return 10 * self.config.decimate + self.config.decimate if self.config.decimate > 1 else 0
 
     def analyse(self, audio: np.ndarray, first_frame: int = 0) -> YinFrames:
@@ -175,10 +201,7 @@ class YinExtractor(PitchExtractor):
         if first_frame >= n:
             return YinFrames(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         if d > 1:
-            from scipy.signal import resample_poly
-
-            audio = resample_poly(audio, 1, d, window=_decimation_filter(d, audio.dtype.str))
-            audio = audio.astype(np.float32, copy=False)
+            audio = decimate(audio, d)
         step = self.config.frame_step
         start = first_frame - first_frame % step  # the analysed frame that the first one is held from
         frames = _frames(audio, self.config.frame_length // d, C.PITCH_HOP // d, n)[start::step]

@@ -173,3 +173,18 @@ def test_held_notes_of_a_contour():
     semitones, starts, stops = pitch.held_notes(midi, min_frames=3)
     assert semitones.tolist() == [60, 62, 64] and starts.tolist() == [0, 5, 10] and stops.tolist() == [5, 8, 14]
     assert [a.size for a in pitch.held_notes(np.zeros(0), 3)] == [0, 0, 0]
+
+
+def test_yin_decimation_is_resample_poly_up_to_rounding():
+    from scipy.signal import resample_poly
+
+    from data_gen.pitch.yin import decimate
+
+    rng = np.random.default_rng(0)
+    for down in (2, 4, 5):
+        for n in (1, 7, 41, 1601, 16_003):
+            x = rng.standard_normal(n).astype(np.float32)
+            want = resample_poly(x, 1, down).astype(np.float32)
+            got = decimate(x, down)
+            assert got.dtype == np.float32 and got.shape == want.shape, (down, n)
+            np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"down {down}, {n} samples")
