@@ -115,7 +115,26 @@ def _register_serve(subparsers) -> None:
     p.add_argument("--watch-index", type=float, default=d.watch_index_seconds,
                    help=f"poll the index's metadata.json every N s and swap in a new version "
                         f"(0: off; default {d.watch_index_seconds:g}); SIGHUP also reloads")
+    add_processes_argument(p)
     p.set_defaults(func=run_serve)
+
+
+def processes_arg(value: str) -> int:
+    """--processes: a count >= 1, or "auto" (one per core, `serving.processes.auto_processes`)."""
+    if value == "auto":
+        from serving.processes import auto_processes
+
+        return auto_processes()
+    return positive_int(value)
+
+
+def add_processes_argument(p: argparse.ArgumentParser) -> None:
+    from serving.processes import AUTO_MAX_PROCESSES
+
+    p.add_argument("--processes", type=processes_arg, default="auto",
+                   help="server processes sharing the port (each a whole server: about 1 GB more per process; "
+                        "one Python process keeps only about one core busy); default auto: one per core, "
+                        f"at most {AUTO_MAX_PROCESSES}. With N > 1, worker i serves metrics on --metrics-port + i")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -136,6 +155,8 @@ def run_serve(args: argparse.Namespace) -> int:
                                      watch_index_seconds=args.watch_index, index_mmap=args.index_mmap,
                                      metrics_port=args.metrics_port, http_port=args.http_port,
                                      catalogue=args.catalogue)
+    if args.processes > 1:
+        return _run_serve_processes(config, args.processes, args.host)
     server = None
     try:
         server, port = create_server(config, wait=False)
@@ -165,6 +186,48 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     server.stop(grace=5.0)
     return 0
+
+
+def _run_serve_processes(config, processes: int, host: str) -> int:
+    """`earworm serve --processes N` (N > 1): N server processes on one port, supervised until
+    SIGINT/SIGTERM; SIGHUP makes every one reload its index."""
+    from serving.processes import ServerProcesses
+    from serving.server import ServerError
+
+    group = ServerProcesses(config, processes)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if signum == getattr(signal, "SIGHUP", None):
+            group.reload_index()
+        else:
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, on_signal)
+    try:
+        group.start()
+    except ServerError as e:
+        print(f"earworm serve: {e}", file=sys.stderr)
+        return 1
+    metrics = group.metrics_ports
+    print(f"Earworm is serving on port {group.port} with {processes} processes (Ctrl-C to stop). Try:\n"
+          f"  earworm identify some_hum.wav --server localhost:{group.port}"
+          + (f"\nThe page to hum into: http://{host}:{group.http_port}/" if group.http_port else "")
+          + (f"\nMetrics, one address per process: "
+             + ", ".join(f"http://{host}:{m}/metrics" for m in metrics) if metrics else ""),
+          flush=True)
+    code = 0
+    while not stop.wait(1.0):
+        try:
+            group.supervise_once()
+        except ServerError as e:
+            print(f"earworm serve: {e}", file=sys.stderr)
+            code = 1
+            break
+    group.stop(grace=5.0)
+    return code
 
 
 # --- earworm identify ------------------------------------------------------------------------

@@ -118,7 +118,9 @@ def _explain(error: grpc.RpcError, target: str) -> ClientError:
 
 
 class RecognizerClient:
-    """Blocking client; thread-safe (one channel, shared by every call)."""
+    """Blocking client; thread-safe (one channel, shared by every call). Each client holds its own
+    connection (gRPC would otherwise share one between channels to the same address): a server of
+    several processes (`earworm serve --processes N`) spreads connections, not calls, over them."""
 
     def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None,
                  tls_ca: str | os.PathLike[str] | bytes | None = None, timeout: float = DEFAULT_TIMEOUT_S,
@@ -126,7 +128,8 @@ class RecognizerClient:
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 16 << 20)]
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 16 << 20),
+                   ("grpc.use_local_subchannel_pool", 1)]
         if tls_ca is not None or tls:
             root = tls_ca if isinstance(tls_ca, bytes) or tls_ca is None else Path(tls_ca).read_bytes()
             self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root), options)

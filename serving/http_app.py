@@ -338,18 +338,29 @@ def create_app(server: Any):
 class HttpServer:
     """uvicorn serving `create_app(server)` from a thread of the gRPC server's process."""
 
-    def __init__(self, server: Any, host: str, port: int):
+    def __init__(self, server: Any, host: str, port: int, *, reuse_port: bool = False):
+        """reuse_port: bind with SO_REUSEPORT, sharing the port with the other processes of one
+        `earworm serve --processes N` (the kernel spreads the connections over them)."""
         import uvicorn
 
         config = uvicorn.Config(create_app(server), host=host, port=port, log_level="warning", lifespan="off",
                                 access_log=False, limit_concurrency=MAX_CONCURRENT_HTTP, timeout_keep_alive=5)
         self._uvicorn = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._uvicorn.run, name="earworm-http", daemon=True)
+        self._reuse_port = reuse_port
+        self._thread: threading.Thread | None = None
         self.host = host
+        self.requested_port = port
         self.port = 0
 
     def start(self, timeout: float = 10.0) -> int:
         """Start serving; returns the bound port. OSError when the port cannot be bound."""
+        sockets = None
+        if self._reuse_port:
+            from serving.ports import shared_port_socket
+
+            sockets = [shared_port_socket(self.host, self.requested_port)]
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": sockets}, name="earworm-http",
+                                        daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._uvicorn.started:
@@ -361,4 +372,5 @@ class HttpServer:
 
     def stop(self) -> None:
         self._uvicorn.should_exit = True
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)

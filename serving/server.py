@@ -97,6 +97,10 @@ class ServerConfig:
     milvus_uri: str | None = None
     milvus_collection: str = "earworm_windows"
     milvus_search_params: dict[str, Any] | None = None
+    reuse_port: bool = False
+    """Bind the gRPC and HTTP ports with SO_REUSEPORT, so that the other processes of one `earworm
+    serve --processes N` share them (`serving.processes`). Off for a server on its own: a port in use
+    is then an error, not silently shared."""
 
     @property
     def has_index_source(self) -> bool:
@@ -533,7 +537,7 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
         maximum_concurrent_rpcs=MAX_QUEUED_RPCS_PER_WORKER * config.workers,  # beyond: RESOURCE_EXHAUSTED
         options=[
             ("grpc.max_receive_message_length", config.max_receive_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ],
     )
     pb_grpc.add_RecognizerServicer_to_server(servicer, grpc_server)
@@ -561,7 +565,7 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
     if config.http_port is not None:
         from serving.http_app import HttpServer
 
-        server.http = HttpServer(server, config.host, config.http_port)
+        server.http = HttpServer(server, config.host, config.http_port, reuse_port=config.reuse_port)
         try:
             server.http.start()
         except OSError as e:

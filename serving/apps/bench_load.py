@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,13 +131,15 @@ def synthetic_index_for_model(model_dir: Path, tracks: int, *, root: Path | None
 # --- the run --------------------------------------------------------------------------------
 class RssSampler:
     """Samples a process's resident memory (VmRSS) every `interval_s` in a thread, and its CPU time
-    over the `with` block. Stops quietly when the process exits (`exited` is then True and
-    `cpu_used` None): a benchmark must report a crashed server, not die with it."""
+    over the `with` block; for several processes (`earworm serve --processes N`), their sums (pages
+    they share, such as a memory-mapped index, count once per process). Stops quietly when a process
+    exits (`exited` is then True and `cpu_used` None): a benchmark must report a crashed server, not
+    die with it."""
 
-    def __init__(self, pid: int, interval_s: float):
+    def __init__(self, pid: int | Sequence[int], interval_s: float):
         import psutil
 
-        self._proc = psutil.Process(pid)
+        self._procs = [psutil.Process(p) for p in ([pid] if isinstance(pid, int) else pid)]
         self._interval = interval_s
         self.samples: list[int] = []
         self.exited = False
@@ -146,14 +149,13 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def cpu_seconds(self) -> float:
-        t = self._proc.cpu_times()
-        return float(t.user + t.system)
+        return float(sum(t.user + t.system for t in (p.cpu_times() for p in self._procs)))
 
     def _sample(self) -> bool:
         import psutil
 
         try:
-            self.samples.append(self._proc.memory_info().rss)
+            self.samples.append(sum(p.memory_info().rss for p in self._procs))
             return True
         except psutil.Error:  # gone (or a zombie): nothing more to sample
             self.exited = True
@@ -272,12 +274,13 @@ def _client_process(target: str, config: LoadBenchConfig, token: str | None, sta
 
 
 def run_load(target: str, config: LoadBenchConfig, *, token: str | None = None,
-             server_pid: int | None = None, metrics=None) -> LoadResult:
+             server_pid: int | Sequence[int] | None = None, metrics=None) -> LoadResult:
     """Closed-loop clients for `config.seconds`; returns latency/throughput/error/memory figures.
 
     The clients run in a separate (spawned) process, as real clients would: they must not share
     the server's interpreter lock when the server runs in this process. `metrics` (the in-process
-    server's Metrics) adds the server-side view of the same window; `server_pid` samples RSS.
+    server's Metrics) adds the server-side view of the same window; `server_pid` (or the pids of a
+    server's processes) samples RSS and CPU time.
     """
     import multiprocessing as mp
     import queue
@@ -378,13 +381,17 @@ def register(subparsers) -> None:
                    help="with --model: build (or reuse) a random index of N tracks instead of --index")
     p.add_argument("--synthetic-dir", type=Path, default=None,
                    help="where synthetic indexes are kept (default artifacts/bench)")
-    p.add_argument("--server-pid", type=int, default=None, help="with --server: sample this process's RSS")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="with --server: sample this process's RSS and CPU (and its children's: a server of several processes)")
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the bearer token for --server (default: $EARWORM_AUTH_TOKEN if set)")
     p.add_argument("--clients", type=positive_int, default=d.clients, help=f"default {d.clients}")
     p.add_argument("--seconds", type=float, default=d.seconds, help=f"default {d.seconds:g}")
     p.add_argument("--query-seconds", type=float, default=d.query_seconds, help=f"default {d.query_seconds:g}")
     p.add_argument("--workers", type=positive_int, default=None, help="server threads (in-process server)")
+    from serving.cli import add_processes_argument
+
+    add_processes_argument(p)
     p.add_argument("--batching", type=on_off, default=None, help="in-process server: on|off")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="in-process server")
     p.add_argument("--tempo-views", type=parse_tempo_rates, default=None,
@@ -395,6 +402,19 @@ def register(subparsers) -> None:
 
     add_backend_arguments(p, index_type=True)  # --backend milvus: the index's windows copied into --uri's collection
     p.set_defaults(func=run_bench_load)
+
+
+def _with_children(pid: int | None) -> list[int] | None:
+    """A running server's pid and those of its child processes (`earworm serve --processes N`
+    supervises N servers)."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return [pid]  # gone already: the sampler reports it
 
 
 def run_bench_load(args: argparse.Namespace) -> int:
@@ -415,7 +435,7 @@ def run_bench_load(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"earworm bench-load: {e}", file=os.sys.stderr)
         return 2
-    server = None
+    server = group = None
     try:
         if args.model is not None:
             index_dir = args.index
@@ -440,14 +460,24 @@ def run_bench_load(args: argparse.Namespace) -> int:
                          query_tempo_rates=args.tempo_views or sc.query_tempo_rates)
             if args.batch_wait_ms is not None:
                 sc = replace(sc, batch=replace(sc.batch, max_wait_ms=args.batch_wait_ms))
-            server, port = create_server(sc)
-            target, pid, metrics = f"127.0.0.1:{port}", os.getpid(), server.metrics
-            print(f"in-process server: model {server.components.embedder.version}, index "
-                  f"{server.components.index.metadata.version} ({server.components.index.metadata.num_tracks} "
-                  f"tracks, {server.components.index.metadata.num_windows} windows), workers {sc.workers}, "
-                  f"batching {'on' if sc.batching else 'off'}", flush=True)
+            if args.processes > 1:
+                from serving.processes import ServerProcesses
+
+                group = ServerProcesses(sc, args.processes)
+                group.start()
+                target, pid, metrics = f"127.0.0.1:{group.port}", group.pids, None
+                print(f"{args.processes} server processes (pids {', '.join(map(str, group.pids))}): index "
+                      f"{index_dir}, workers {sc.workers} each, batching {'on' if sc.batching else 'off'}; "
+                      "memory and CPU are their sums", flush=True)
+            else:
+                server, port = create_server(sc)
+                target, pid, metrics = f"127.0.0.1:{port}", os.getpid(), server.metrics
+                print(f"in-process server: model {server.components.embedder.version}, index "
+                      f"{server.components.index.metadata.version} ({server.components.index.metadata.num_tracks} "
+                      f"tracks, {server.components.index.metadata.num_windows} windows), workers {sc.workers}, "
+                      f"batching {'on' if sc.batching else 'off'}", flush=True)
         else:
-            target, pid, metrics = args.server, args.server_pid, None
+            target, pid, metrics = args.server, _with_children(args.server_pid), None
         result = run_load(target, config, token=token, server_pid=pid, metrics=metrics)
         if server is not None and server.embedding_stats():
             stats = server.embedding_stats()
@@ -459,6 +489,8 @@ def run_bench_load(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop(grace=1.0)
+        if group is not None:
+            group.stop(grace=1.0)
     print(format_result(result, config.query_seconds))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

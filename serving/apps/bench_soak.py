@@ -147,6 +147,9 @@ class ServerLaunch:
     max_streams: int | None = None
     max_identify: int | None = None
     tempo_views: str | None = None
+    processes: int | None = 1
+    """One process by default: the soak follows that process's memory and answers (a server of N
+    processes is N of them; None: the server's own default)."""
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "serving.apps.earworm", "serve", "--model", str(Path(self.model).resolve()),
@@ -154,7 +157,8 @@ class ServerLaunch:
                 "--watch-index", f"{self.watch_index_s:g}"]
         for flag, value in (("--stream-idle-seconds", self.stream_idle_s), ("--max-audio-bytes", self.max_audio_bytes),
                             ("--workers", self.workers), ("--max-streams", self.max_streams),
-                            ("--max-identify", self.max_identify), ("--tempo-views", self.tempo_views)):
+                            ("--max-identify", self.max_identify), ("--tempo-views", self.tempo_views),
+                            ("--processes", self.processes)):
             if value is not None:
                 argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         return argv

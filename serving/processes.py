@@ -1,0 +1,244 @@
+"""Several server processes on one port: `earworm serve --processes N`.
+
+A Python process runs Python code on one core at a time (the interpreter lock). The query path is
+mostly native code (LiteRT, TensorFlow, ScaNN, numpy), but its Python glue between those calls still
+serialises concurrent requests, so one process cannot keep two cores busy: measured 2026-12-04 on
+the 2-core machine (`earworm bench-load`, 10k-track index, 4 clients), one process answered 46.5
+req/s (p50 86 ms) and two processes with 2 clients each 63.5 req/s (p50 62 ms).
+
+Each process here is a whole server (`serving.server.create_server`: model, index, health, hot
+swap), all bound to the same gRPC port (and HTTP port) with SO_REUSEPORT; the kernel spreads the
+clients' connections over them. This is the way gRPC's Python documentation scales over cores. The
+parent process only supervises: it picks the port (port 0: a free one) and holds it while the workers
+bind it, starts the workers (spawned: TensorFlow and gRPC must not be forked), waits until every one
+has loaded, forwards SIGHUP (reload the index) and SIGTERM/SIGINT (stop gracefully), and restarts a
+worker that dies, unless it dies during start-up (then everything stops with its error).
+
+What is per process: the model and the ScaNN searcher (about 1 GB each at the default model),
+the index's stored vectors unless `--index-mmap` (then the page cache holds one copy for all), the
+metrics (worker i serves them on `metrics_port + i`; port 0: each its own free port), and the
+no-match calibration and hot swap (every worker polls the index directory itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from serving.ports import shared_port_socket
+from serving.server import ServerConfig, ServerError
+
+log = logging.getLogger(__name__)
+
+AUTO_MAX_PROCESSES = 4
+"""`--processes auto` starts one process per core this process may run on, at most this many: each
+holds its own model and searcher (about 1 GB), and beyond a few cores one process per two cores
+serves as well."""
+START_TIMEOUT_S = 600.0
+"""How long a worker may take to load its model and index (a large index takes minutes)."""
+CRASH_LOOP_S = 30.0
+"""A worker that dies within this long of its start is not restarted: everything stops."""
+
+
+def auto_processes() -> int:
+    """One process per core available to this process, at most `AUTO_MAX_PROCESSES`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, AUTO_MAX_PROCESSES))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker reports once it serves."""
+
+    slot: int
+    pid: int
+    port: int
+    http_port: int | None
+    metrics_port: int | None
+
+
+def worker_config(config: ServerConfig, slot: int, port: int, http_port: int | None) -> ServerConfig:
+    """The config of worker `slot`: the shared ports bound with SO_REUSEPORT, its own metrics port."""
+    metrics = config.metrics_port
+    if metrics:
+        metrics += slot
+    return replace(config, port=port, http_port=http_port, metrics_port=metrics, reuse_port=True)
+
+
+def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -> None:
+    """A worker process: one server, until SIGTERM/SIGINT; SIGHUP reloads its index."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{slot}] %(name)s: %(message)s")
+    from serving.server import create_server
+
+    stop = threading.Event()
+    server = None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            if server is not None:
+                threading.Thread(target=server.reload_index, kwargs={"force": True}, daemon=True).start()
+        else:
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, on_signal)
+    try:
+        server, port = create_server(config)
+    except ServerError as e:
+        events.put(("error", slot, str(e)))
+        raise SystemExit(1) from None
+    except Exception as e:  # noqa: BLE001 - the parent must learn why, not wait for a timeout
+        events.put(("error", slot, f"{type(e).__name__}: {e}"))
+        raise
+    events.put(("ready", slot, WorkerInfo(slot, os.getpid(), port, server.http_port, server.metrics_port)))
+    while not stop.wait(1.0):
+        pass
+    server.stop(grace=5.0)
+
+
+class ServerProcesses:
+    """`processes` servers of `config` on one port. `start()` returns once every one serves (or raises
+    ServerError, having stopped them); `stop()` stops them gracefully."""
+
+    def __init__(self, config: ServerConfig, processes: int):
+        if processes < 1:
+            raise ServerError(f"processes must be >= 1, got {processes}")
+        self.config = config
+        self.processes = processes
+        self._ctx = mp.get_context("spawn")
+        self._events = self._ctx.Queue()
+        self._procs: dict[int, Any] = {}
+        self._started_at: dict[int, float] = {}
+        self.workers: dict[int, WorkerInfo] = {}
+        self._held: list[Any] = []
+        self.port = 0
+        self.http_port: int | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    # -- ports -----------------------------------------------------------------------------------
+    def _hold_ports(self) -> None:
+        """Bind the shared ports (a free one for port 0) and hold them until the workers have bound
+        them too: nobody else takes them meanwhile, and a port in use is reported before any worker
+        loads a model."""
+        try:
+            grpc_sock = shared_port_socket(self.config.host, self.config.port)
+            self._held.append(grpc_sock)
+            self.port = int(grpc_sock.getsockname()[1])
+            if self.config.http_port is not None:
+                http_sock = shared_port_socket(self.config.host, self.config.http_port)
+                self._held.append(http_sock)
+                self.http_port = int(http_sock.getsockname()[1])
+        except OSError as e:
+            self._release_ports()
+            raise ServerError(f"cannot listen on {self.config.host}:{self.config.port}"
+                              f"{'' if self.config.http_port is None else f' / HTTP {self.config.http_port}'}: "
+                              f"{e}") from e
+
+    def _release_ports(self) -> None:
+        for sock in self._held:
+            sock.close()
+        self._held.clear()
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _spawn(self, slot: int) -> None:
+        cfg = worker_config(self.config, slot, self.port, self.http_port)
+        proc = self._ctx.Process(target=_worker_main, args=(cfg, slot, self._events, logging.getLogger().level),
+                                 name=f"earworm-serve-{slot}", daemon=False)
+        proc.start()
+        self._procs[slot] = proc
+        self._started_at[slot] = time.monotonic()
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        self._hold_ports()
+        try:
+            for slot in range(self.processes):
+                self._spawn(slot)
+            self._await_ready(set(range(self.processes)), timeout)
+        except BaseException:
+            self.stop(grace=1.0)
+            raise
+        finally:
+            self._release_ports()
+        log.info("%d server processes on port %d: pids %s", self.processes, self.port,
+                 ", ".join(str(w.pid) for w in self.workers.values()))
+
+    def _await_ready(self, slots: set[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(slots)
+        while waiting:
+            try:
+                kind, slot, payload = self._events.get(timeout=0.5)
+            except queue.Empty:
+                dead = [s for s in waiting if not self._procs[s].is_alive()]
+                if dead:
+                    raise ServerError(f"server process {dead[0]} exited (code {self._procs[dead[0]].exitcode}) "
+                                      "while loading; see its log above")
+                if time.monotonic() > deadline:
+                    raise ServerError(f"server processes {sorted(waiting)} did not load within {timeout:g} s")
+                continue
+            if kind == "error":
+                raise ServerError(payload)
+            self.workers[slot] = payload
+            waiting.discard(slot)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values() if p.pid is not None]
+
+    @property
+    def metrics_ports(self) -> list[int]:
+        return [w.metrics_port for _, w in sorted(self.workers.items()) if w.metrics_port is not None]
+
+    def reload_index(self) -> None:
+        """Ask every worker to re-read its index (SIGHUP)."""
+        for proc in self._procs.values():
+            if proc.is_alive() and hasattr(signal, "SIGHUP"):
+                os.kill(proc.pid, signal.SIGHUP)
+
+    def supervise_once(self) -> None:
+        """Restart any worker that died (ServerError when one died during start-up: a crash loop)."""
+        with self._lock:
+            if self._stopping:
+                return
+            for slot, proc in list(self._procs.items()):
+                if proc.is_alive():
+                    continue
+                lived = time.monotonic() - self._started_at[slot]
+                if lived < CRASH_LOOP_S:
+                    raise ServerError(f"server process {slot} (pid {proc.pid}) exited with code {proc.exitcode} "
+                                      f"{lived:.0f} s after it started: not restarting it")
+                log.error("server process %d (pid %s) exited with code %s; starting it again", slot, proc.pid,
+                          proc.exitcode)
+                self._spawn(slot)
+                self._await_ready({slot}, START_TIMEOUT_S)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every worker (each drains its calls for `grace` s), then kill what is left."""
+        with self._lock:
+            self._stopping = True
+            for proc in self._procs.values():
+                if proc.is_alive():
+                    proc.terminate()
+            deadline = time.monotonic() + grace + 10.0
+            for proc in self._procs.values():
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    log.warning("server process %s did not stop in time: killing it", proc.pid)
+                    proc.kill()
+                    proc.join(5.0)
+            self._release_ports()
+
+
+__all__ = ["AUTO_MAX_PROCESSES", "ServerProcesses", "WorkerInfo", "auto_processes", "worker_config"]

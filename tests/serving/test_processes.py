@@ -1,0 +1,76 @@
+"""`earworm serve --processes N`: several real server processes on one port (serving.processes)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from dataclasses import replace
+
+import psutil
+import pytest
+
+from serving.processes import ServerProcesses, auto_processes, worker_config
+from serving.server import ServerError
+from tests.serving.conftest import TRACK_IDS, run_cli
+
+
+def _identify_requests(metrics_port: int) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "earworm_requests_total" and s.labels.get("method") == "Identify")
+
+
+def test_processes_share_one_port_and_each_answers(base_config, good_query):
+    from serving.client import RecognizerClient
+
+    group = ServerProcesses(replace(base_config, metrics_port=0), 2)
+    group.start()
+    pids = list(group.pids)
+    try:
+        assert len(set(pids)) == 2 and len(group.metrics_ports) == 2 and group.port > 0
+        for _ in range(16):  # one connection per client: the kernel spreads them over the processes
+            with RecognizerClient(f"127.0.0.1:{group.port}", timeout=60) as client:
+                result = client.identify_audio(good_query, top_k=1)
+            assert result.matches[0].track_id == TRACK_IDS[1]
+        counts = [_identify_requests(p) for p in group.metrics_ports]
+        assert sum(counts) == 16 and min(counts) > 0, counts  # all 16 on one: 2^-15
+    finally:
+        group.stop(grace=1.0)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+
+
+def test_a_worker_that_cannot_load_stops_the_group_with_its_reason(make_index, base_config, tmp_path):
+    other = tmp_path / "other_index"
+    make_index(model_version="another-model-v7").save(other)
+    group = ServerProcesses(replace(base_config, index_dir=other), 2)
+    with pytest.raises(ServerError, match="another-model-v7"):
+        group.start(timeout=300)
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in group.pids)
+
+
+def test_a_port_held_by_another_program_is_refused_before_any_worker_starts(base_config):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        group = ServerProcesses(replace(base_config, port=busy.getsockname()[1]), 2)
+        with pytest.raises(ServerError, match="cannot listen"):
+            group.start()
+        assert group.pids == []
+
+
+def test_worker_configs_share_the_ports_and_number_their_metrics(base_config):
+    cfg = worker_config(replace(base_config, metrics_port=9100), 1, 50051, 8080)
+    assert (cfg.port, cfg.http_port, cfg.metrics_port, cfg.reuse_port) == (50051, 8080, 9101, True)
+    assert worker_config(replace(base_config, metrics_port=0), 3, 1, None).metrics_port == 0  # each any free port
+    assert 1 <= auto_processes() <= 4
+    with pytest.raises(ServerError, match=">= 1"):
+        ServerProcesses(base_config, 0)
+
+
+def test_serve_refuses_a_bad_process_count(untrained_model_dir, index_dir, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["serve", "--model", str(untrained_model_dir), "--index", str(index_dir), "--processes", "0"])
+    assert "--processes" in capsys.readouterr().err
