@@ -564,9 +564,10 @@ class WindowIndex:
         sizes = end - first
         cut = np.cumsum(sizes)[:-1]
         rows = self._by_track[np.repeat(first - np.r_[0, cut], sizes) + np.arange(int(sizes.sum()))]
-        emb = np.split(self.vectors.rows(rows), cut)
-        offsets = np.split(np.asarray(self.offsets_s[rows], np.float64), cut)
-        return [TrackWindows(e, o) for e, o in zip(emb, offsets)]
+        emb = self.vectors.rows(rows)
+        offsets = np.asarray(self.offsets_s[rows], np.float64)
+        bounds = np.r_[0, cut, rows.size].tolist()  # slices, not np.split (0.5 ms less for ~130 tracks)
+        return [TrackWindows(emb[a:b], offsets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def search_brute_force(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact numpy search over the stored embeddings (for recall measurement); same shapes."""

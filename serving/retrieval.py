@@ -186,6 +186,18 @@ def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: floa
     window's position (-1 where none; None without). Returns ([..., q] float32, [..., q] int64 | None)."""
     q = sims.shape[1]
     shape = np.broadcast_shapes(times.shape, (q,))
+    if not positions and times.shape[-1] == 1 and key.size:
+        # one time for every query window (the re-ranking's grid): whole rows of `sims` per window in
+        # range, taken at once (the same values as below, 3x faster)
+        t = times.reshape(-1)
+        first = np.searchsorted(key, t - tol, side="left")
+        end = np.searchsorted(key, t + tol, side="right")  # windows first..end-1 are within tol
+        out = np.zeros((t.size, q), np.float32)
+        for k in range(int((end - first).max(initial=0))):
+            vals = np.take(sims, np.minimum(first + k, key.size - 1), axis=0)
+            vals[first + k >= end] = 0.0
+            np.maximum(out, vals, out=out)
+        return out.reshape(shape), None
     best = np.zeros(shape, np.float32)
     best_j = np.full(shape, -1, np.int64) if positions else None
     first = np.searchsorted(key, times - tol, side="left")
@@ -217,11 +229,20 @@ class CandidateWindows:
     starts: np.ndarray
     offsets_s: np.ndarray
     emb: np.ndarray
+    sims: np.ndarray | None = None
+    """[W, n] the windows' similarities (>= 0) to a query's n windows (`with_sims`): computed once for
+    all of a query's tempo views, which then read their columns instead of each multiplying again."""
 
     @staticmethod
-    def none(dim: int) -> "CandidateWindows":
+    def none(dim: int, queries: int | None = None) -> "CandidateWindows":
         return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
-                                np.zeros((0, dim), np.float32))
+                                np.zeros((0, dim), np.float32),
+                                None if queries is None else np.zeros((0, queries), np.float32))
+
+    def with_sims(self, query_emb: np.ndarray) -> "CandidateWindows":
+        """These windows with their similarities to every window of a query (`query_emb` [n, d])."""
+        sims = np.maximum(self.emb @ np.asarray(query_emb, np.float32).T, 0.0)
+        return replace(self, sims=sims)
 
     @staticmethod
     def of(candidates: np.ndarray, windows: Sequence[TrackWindows], dim: int = 0) -> "CandidateWindows":
@@ -238,15 +259,23 @@ class CandidateWindows:
                                 np.concatenate([np.asarray(windows[i].offsets_s, np.float64) for i in keep]),
                                 np.concatenate([np.asarray(windows[i].emb, np.float32) for i in keep]))
 
-    def subset(self, track_rows: np.ndarray) -> "CandidateWindows":
-        """The windows of those of `track_rows` that are candidates here, in `track_rows` order."""
-        where = {int(t): i for i, t in enumerate(self.candidates)}
-        pos = [where[int(t)] for t in track_rows if int(t) in where]
-        if not pos:
-            return CandidateWindows.none(self.emb.shape[1])
-        pos = np.asarray(pos, np.int64)
+    def subset(self, track_rows: np.ndarray, columns: np.ndarray | slice | None = None) -> "CandidateWindows":
+        """The windows of those of `track_rows` that are candidates here, in `track_rows` order; with
+        `columns`, their similarities to those query windows only (and no embeddings: the similarities
+        are what `rerank_temporal` reads)."""
+        track_rows = np.asarray(track_rows, np.int64).reshape(-1)
+        order = np.argsort(self.candidates, kind="stable")
+        at = np.minimum(np.searchsorted(self.candidates[order], track_rows), max(self.candidates.size - 1, 0))
+        found = self.candidates.size > 0
+        pos = order[at][self.candidates[order[at]] == track_rows] if found else np.zeros(0, np.int64)
+        queries = None if self.sims is None or columns is None else self.sims[:, columns].shape[1]
+        if not pos.size:
+            return CandidateWindows.none(self.emb.shape[1], queries)
         sizes = self.starts[pos + 1] - self.starts[pos]
         rows = np.repeat(self.starts[pos] - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
+        if columns is not None and self.sims is not None:
+            return CandidateWindows(self.candidates[pos], np.cumsum(np.r_[0, sizes]), self.offsets_s[rows],
+                                    self.emb[:0], self.sims[rows][:, columns])
         return CandidateWindows(self.candidates[pos], np.cumsum(np.r_[0, sizes]), self.offsets_s[rows],
                                 self.emb[rows])
 
@@ -281,7 +310,12 @@ def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates
         return TrackScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     seg = np.repeat(np.arange(c), np.diff(cw.starts))
     m_off = cw.offsets_s
-    sims = np.maximum(cw.emb @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
+    if cw.sims is not None:  # already computed for these query windows (`subset(..., columns)`)
+        if cw.sims.shape != (m_off.size, q):
+            raise ValueError(f"the windows' similarities are {cw.sims.shape}, expected {(m_off.size, q)}")
+        sims = cw.sims
+    else:
+        sims = np.maximum(cw.emb @ np.asarray(query_emb, np.float32).T, 0.0)  # [W, q]
     ratios = np.asarray(sorted(tempo_ratios, key=lambda r: (abs(np.log(r)), r)), np.float64)
     q_off = np.asarray(query_offsets, np.float64)
     q_off = q_off - q_off.min()
@@ -373,16 +407,18 @@ class Retriever:
         return self._rerank_count
 
     def _rerank(self, emb: np.ndarray, offsets: np.ndarray, ranked: list[tuple[int, float, float]],
-                tempo_ratios: Sequence[float], fetched: CandidateWindows) -> list[tuple[int, float, float]]:
+                tempo_ratios: Sequence[float], fetched: CandidateWindows,
+                columns: np.ndarray | slice | None = None) -> list[tuple[int, float, float]]:
         """The first `rerank_candidates` of `ranked` (track row, score, offset), re-scored by
-        `rerank_temporal` against their windows in `fetched` (`_fetch_candidates`) and re-sorted (ties:
-        lower track row); the rest keep their order after them."""
+        `rerank_temporal` against their windows in `fetched` (`_fetch_candidates`; `columns`: which of
+        its similarity columns are `emb`'s windows) and re-sorted (ties: lower track row); the rest keep
+        their order after them."""
         head, tail = ranked[: self._rerank_count], ranked[self._rerank_count :]
         if not head:
             return ranked
         cfg = self.config
         candidates = np.array([t for t, _, _ in head], np.int64)
-        exact = rerank_temporal(emb, offsets, candidates, fetched.subset(candidates), tempo_ratios,
+        exact = rerank_temporal(emb, offsets, candidates, fetched.subset(candidates, columns), tempo_ratios,
                                 cfg.rerank_step_seconds, cfg.rerank_tolerance_seconds)
         order = np.lexsort((exact.track_rows, -exact.scores))
         order = order[exact.scores[order] > 0]
@@ -522,11 +558,13 @@ class Retriever:
         return [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
                 for j in top_tracks(scores, depth)]
 
-    def _fetch_candidates(self, ranked_views: list[list[tuple[int, float, float]]]) -> CandidateWindows:
-        """One fetch of every track that some view will re-rank (the views share most of them)."""
+    def _fetch_candidates(self, ranked_views: list[list[tuple[int, float, float]]],
+                          query_emb: np.ndarray) -> CandidateWindows:
+        """One fetch of every track that some view will re-rank (the views share most of them), with
+        their windows' similarities to all of the query's windows (`query_emb`, every view)."""
         heads = [t for ranked in ranked_views for t, _, _ in ranked[: self._rerank_count]]
         union = np.unique(np.asarray(heads, np.int64))
-        return CandidateWindows.of(union, self.index.fetch_tracks(union), self.index.dim)
+        return CandidateWindows.of(union, self.index.fetch_tracks(union), self.index.dim).with_sims(query_emb)
 
     def identify_embeddings_batch(self, queries: Sequence[tuple], top_k: int | None = None
                                   ) -> list[RetrievalResult]:
@@ -567,8 +605,8 @@ class Retriever:
             ranked_views = [self._rank_view(h[m], offs[i][m], depth, ratios) for m, _, _ in groups]
             t2 = time.perf_counter()
             if self._rerank_count:
-                fetched = self._fetch_candidates(ranked_views)
-                ranked_views = [self._rerank(embs[i][m], offs[i][m], ranked_view, ratios, fetched)
+                fetched = self._fetch_candidates(ranked_views, embs[i])
+                ranked_views = [self._rerank(embs[i][m], offs[i][m], ranked_view, ratios, fetched, m)
                                 for ranked_view, (m, _, _) in zip(ranked_views, groups)]
             rerank_ms = (time.perf_counter() - t2) * 1e3
             for ranked_view, (m, penalty, rate) in zip(ranked_views, groups):

@@ -204,8 +204,8 @@ def load_components(config: ServerConfig) -> Components:
 
 
 def warm_up(components: Components) -> None:
-    """One silent query through the model and the index before reporting SERVING, so the first
-    real request does not pay for TensorFlow's tracing and allocations (about a second)."""
+    """One silent query through the melody gate, the model and the index before reporting SERVING, so
+    the first real request does not pay for TensorFlow's tracing and allocations (about a second)."""
     import numpy as np
 
     from data_gen import constants as C
@@ -219,6 +219,9 @@ def warm_up(components: Components) -> None:
     else:
         emb = embedder.embed_windows(silence)
     components.retriever.identify_embeddings(emb, np.zeros(1, np.float32), C.WINDOW_SECONDS, top_k=1)
+    check_melody = getattr(components.retriever, "check_melody", None)
+    if check_melody is not None:  # the melody gate's first call imports its FFTs (~0.2 s)
+        check_melody(np.zeros(C.WINDOW_SAMPLES, np.float32))
     log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
 
 
