@@ -61,7 +61,7 @@ import numpy as np
 
 from data_gen import constants as C
 from serving.vectors import STORE_DTYPES, Float32Spill, WindowVectors
-from serving.window_store import TrackInfo, TrackWindows, WindowHits
+from serving.window_store import CandidateWindows, TrackInfo, TrackWindows, WindowHits
 
 log = logging.getLogger(__name__)
 
@@ -552,22 +552,33 @@ class WindowIndex:
         rows, sims = self.search(queries, k)
         return WindowHits.from_rows(rows, sims, self.track_rows, self.offsets_s)
 
-    def fetch_tracks(self, track_rows: Sequence[int]) -> list[TrackWindows]:
-        """The `WindowStore` re-ranking input: every window of each track, in time order (one gather
-        for all the tracks: 2.1 -> 0.6 ms for a query's ~130 candidates)."""
+    def _gather_tracks(self, track_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every window of each track, in time order, in one gather (2.1 -> 0.6 ms for a query's ~130
+        candidates): (tracks [c] int64, starts [c + 1], emb [W, d] float32, offsets [W] float64)."""
         tracks = np.asarray(track_rows, np.int64).reshape(-1)
-        if tracks.size == 0:
-            return []
-        if tracks.min() < 0 or tracks.max() >= self.num_tracks:
+        if tracks.size and (tracks.min() < 0 or tracks.max() >= self.num_tracks):
             raise IndexError(f"track rows must be in [0, {self.num_tracks})")
         first, end = self._track_bounds[tracks], self._track_bounds[tracks + 1]
         sizes = end - first
-        cut = np.cumsum(sizes)[:-1]
-        rows = self._by_track[np.repeat(first - np.r_[0, cut], sizes) + np.arange(int(sizes.sum()))]
-        emb = self.vectors.rows(rows)
-        offsets = np.asarray(self.offsets_s[rows], np.float64)
-        bounds = np.r_[0, cut, rows.size].tolist()  # slices, not np.split (0.5 ms less for ~130 tracks)
+        starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        rows = self._by_track[np.repeat(first - starts[:-1], sizes) + np.arange(int(starts[-1]))]
+        return tracks, starts, self.vectors.rows(rows), np.asarray(self.offsets_s[rows], np.float64)
+
+    def fetch_tracks(self, track_rows: Sequence[int]) -> list[TrackWindows]:
+        """The `WindowStore` per-track windows: every window of each track, in time order."""
+        _, starts, emb, offsets = self._gather_tracks(track_rows)
+        bounds = starts.tolist()
         return [TrackWindows(emb[a:b], offsets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def fetch_candidates(self, track_rows: Sequence[int]) -> CandidateWindows:
+        """The `WindowStore` re-ranking input: `fetch_tracks` already laid out (no per-track arrays to
+        split and join again: 1.0 -> 0.6 ms for a query's ~130 candidates)."""
+        tracks, starts, emb, offsets = self._gather_tracks(track_rows)
+        sizes = np.diff(starts)
+        if (sizes == 0).any():  # a track without windows cannot align with anything
+            keep = sizes > 0
+            tracks, starts = tracks[keep], np.r_[0, np.cumsum(sizes[keep])].astype(np.int64)
+        return CandidateWindows(tracks, starts, offsets, emb)
 
     def search_brute_force(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact numpy search over the stored embeddings (for recall measurement); same shapes."""

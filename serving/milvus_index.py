@@ -53,7 +53,7 @@ import numpy as np
 
 from serving.index import (DuplicateTrackError, IndexBuildError, IndexLoadError, IndexMetadata, _new_version,
                            _now, check_master_hop, perturbed_queries)
-from serving.window_store import TrackInfo, TrackWindows, WindowHits
+from serving.window_store import CandidateWindows, TrackInfo, TrackWindows, WindowHits
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +355,11 @@ class MilvusWindowStore:
                     if j == k:
                         break
         return out
+
+    def fetch_candidates(self, track_rows: Sequence[int]) -> CandidateWindows:
+        """`fetch_tracks` laid out for the re-ranking."""
+        rows = np.asarray(track_rows, np.int64).reshape(-1)
+        return CandidateWindows.of(rows, self.fetch_tracks(rows), self.dim)
 
     def fetch_tracks(self, track_rows: Sequence[int]) -> list[TrackWindows]:
         """Every window of each track (emb float32 [w, d], offsets float64 [w]) in time order: primary-key

@@ -60,7 +60,7 @@ from serving.melody_gate import MelodyCheck, MelodyGate
 from serving.retrieval_types import (
     AGGREGATIONS, DEFAULT_NO_MATCH_THRESHOLD, DEFAULT_TEMPO_RATIOS, DEFAULT_TEMPO_VIEW_PENALTY, DEFAULT_VIEW_TEMPO_RATIOS, DEFAULT_QUERY_TEMPO_RATES, parse_tempo_rates, ModelMismatchError, QueryEmbedding, EmbedderLike, RetrievalConfig, Match, NO_MATCH_BELOW_THRESHOLD, NO_MELODY, RetrievalResult,
 )
-from serving.window_store import TrackWindows, WindowHits, WindowStore
+from serving.window_store import CandidateWindows, TrackWindows, WindowHits, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -217,67 +217,6 @@ def _best_within(key: np.ndarray, sims: np.ndarray, times: np.ndarray, tol: floa
         best = np.where(better, val, best)
         best_j = np.where(better, np.broadcast_to(j, shape), best_j)
     return best, best_j
-
-
-@dataclass(frozen=True)
-class CandidateWindows:
-    """Every window of some candidate tracks, laid out for `rerank_temporal`: candidates [c] (track
-    rows that have windows), starts [c + 1] (candidate i's windows are rows starts[i]:starts[i + 1]),
-    offsets_s [W] float64 (time order within a candidate), emb [W, d] float32."""
-
-    candidates: np.ndarray
-    starts: np.ndarray
-    offsets_s: np.ndarray
-    emb: np.ndarray
-    sims: np.ndarray | None = None
-    """[W, n] the windows' similarities (>= 0) to a query's n windows (`with_sims`): computed once for
-    all of a query's tempo views, which then read their columns instead of each multiplying again."""
-
-    @staticmethod
-    def none(dim: int, queries: int | None = None) -> "CandidateWindows":
-        return CandidateWindows(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0),
-                                np.zeros((0, dim), np.float32),
-                                None if queries is None else np.zeros((0, queries), np.float32))
-
-    def with_sims(self, query_emb: np.ndarray) -> "CandidateWindows":
-        """These windows with their similarities to every window of a query (`query_emb` [n, d])."""
-        sims = np.maximum(self.emb @ np.asarray(query_emb, np.float32).T, 0.0)
-        return replace(self, sims=sims)
-
-    @staticmethod
-    def of(candidates: np.ndarray, windows: Sequence[TrackWindows], dim: int = 0) -> "CandidateWindows":
-        """From `WindowStore.fetch_tracks(candidates)`; tracks without windows are left out (they
-        cannot align with anything)."""
-        candidates = np.asarray(candidates, np.int64)
-        if len(windows) != candidates.size:
-            raise ValueError(f"{len(windows)} tracks' windows for {candidates.size} candidates")
-        keep = [i for i, w in enumerate(windows) if w.offsets_s.size > 0]
-        sizes = [windows[i].offsets_s.size for i in keep]
-        if not keep:
-            return CandidateWindows.none(dim)
-        return CandidateWindows(candidates[keep], np.cumsum([0] + sizes),
-                                np.concatenate([np.asarray(windows[i].offsets_s, np.float64) for i in keep]),
-                                np.concatenate([np.asarray(windows[i].emb, np.float32) for i in keep]))
-
-    def subset(self, track_rows: np.ndarray, columns: np.ndarray | slice | None = None) -> "CandidateWindows":
-        """The windows of those of `track_rows` that are candidates here, in `track_rows` order; with
-        `columns`, their similarities to those query windows only (and no embeddings: the similarities
-        are what `rerank_temporal` reads)."""
-        track_rows = np.asarray(track_rows, np.int64).reshape(-1)
-        order = np.argsort(self.candidates, kind="stable")
-        at = np.minimum(np.searchsorted(self.candidates[order], track_rows), max(self.candidates.size - 1, 0))
-        found = self.candidates.size > 0
-        pos = order[at][self.candidates[order[at]] == track_rows] if found else np.zeros(0, np.int64)
-        queries = None if self.sims is None or columns is None else self.sims[:, columns].shape[1]
-        if not pos.size:
-            return CandidateWindows.none(self.emb.shape[1], queries)
-        sizes = self.starts[pos + 1] - self.starts[pos]
-        rows = np.repeat(self.starts[pos] - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
-        if columns is not None and self.sims is not None:
-            return CandidateWindows(self.candidates[pos], np.cumsum(np.r_[0, sizes]), self.offsets_s[rows],
-                                    self.emb[:0], self.sims[rows][:, columns])
-        return CandidateWindows(self.candidates[pos], np.cumsum(np.r_[0, sizes]), self.offsets_s[rows],
-                                self.emb[rows])
 
 
 def rerank_temporal(query_emb: np.ndarray, query_offsets: np.ndarray, candidates: np.ndarray,
@@ -564,7 +503,7 @@ class Retriever:
         their windows' similarities to all of the query's windows (`query_emb`, every view)."""
         heads = [t for ranked in ranked_views for t, _, _ in ranked[: self._rerank_count]]
         union = np.unique(np.asarray(heads, np.int64))
-        return CandidateWindows.of(union, self.index.fetch_tracks(union), self.index.dim).with_sims(query_emb)
+        return self.index.fetch_candidates(union).with_sims(query_emb)
 
     def identify_embeddings_batch(self, queries: Sequence[tuple], top_k: int | None = None
                                   ) -> list[RetrievalResult]:

@@ -59,6 +59,13 @@ def test_fetch_by_track_in_time_order(store, scann_index):
         np.testing.assert_array_equal(g.offsets_s, w.offsets_s)
         assert np.all(np.diff(g.offsets_s) > 0)
         np.testing.assert_allclose(g.emb, w.emb, atol=1e-6)
+    for backend in (store, scann_index):  # the re-ranking's layout of the same windows
+        laid = backend.fetch_candidates([2, 0, 2])
+        assert laid.candidates.tolist() == [2, 0, 2] and laid.starts.tolist() == np.cumsum(
+            [0] + [w.offsets_s.size for w in want]).tolist()
+        np.testing.assert_array_equal(laid.offsets_s, np.concatenate([w.offsets_s for w in want]))
+        np.testing.assert_allclose(laid.emb, np.concatenate([w.emb for w in want]), atol=1e-6)
+    assert scann_index.fetch_candidates([]).candidates.size == 0
 
 
 def test_a_retriever_over_milvus_answers_like_over_scann(store, scann_index, embedder, masters):
