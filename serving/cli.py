@@ -133,8 +133,9 @@ def add_processes_argument(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--processes", type=processes_arg, default="auto",
                    help="server processes sharing the port (each a whole server: about 1 GB more per process; "
-                        "one Python process keeps only about one core busy); default auto: one per core, "
-                        f"at most {AUTO_MAX_PROCESSES}. With N > 1, worker i serves metrics on --metrics-port + i")
+                        "one Python process keeps only about one core busy); default auto: one more than the "
+                        f"cores (one on a single core), at most {AUTO_MAX_PROCESSES}. With N > 1, process i serves "
+                        "metrics on --metrics-port + i")
 
 
 def run_serve(args: argparse.Namespace) -> int:
