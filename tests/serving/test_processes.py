@@ -74,3 +74,38 @@ def test_serve_refuses_a_bad_process_count(untrained_model_dir, index_dir, capsy
     with pytest.raises(SystemExit):
         run_cli(["serve", "--model", str(untrained_model_dir), "--index", str(index_dir), "--processes", "0"])
     assert "--processes" in capsys.readouterr().err
+
+
+def test_serve_command_runs_the_processes_until_sigterm(untrained_model_dir, index_dir, good_query, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serving.client import RecognizerClient
+
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("EARWORM_AUTH_TOKEN", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.apps.earworm", "serve", "--model", str(untrained_model_dir),
+                                 "--index", str(index_dir), "--host", "127.0.0.1", "--port", "0", "--processes", "2",
+                                 "--watch-index", "0"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (found := re.search(r"serving on port (\d+) with 2 processes", log_path.read_text(errors="replace"))):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.3)
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) >= 2
+        with RecognizerClient(f"127.0.0.1:{found.group(1)}", timeout=60) as client:
+            assert client.identify_audio(good_query, top_k=1).matches[0].track_id == TRACK_IDS[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
