@@ -26,17 +26,26 @@ def _identify_requests(metrics_port: int) -> float:
 def test_processes_share_one_port_and_each_answers(base_config, good_query):
     from serving.client import RecognizerClient
 
-    group = ServerProcesses(replace(base_config, metrics_port=0), 2)
+    import json
+
+    from data_gen.audio import encode_audio
+
+    group = ServerProcesses(replace(base_config, metrics_port=0, http_port=0), 2)
     group.start()
     pids = list(group.pids)
     try:
-        assert len(set(pids)) == 2 and len(group.metrics_ports) == 2 and group.port > 0
+        assert len(set(pids)) == 2 and len(group.metrics_ports) == 2 and group.port > 0 and group.http_port > 0
         for _ in range(16):  # one connection per client: the kernel spreads them over the processes
             with RecognizerClient(f"127.0.0.1:{group.port}", timeout=60) as client:
                 result = client.identify_audio(good_query, top_k=1)
             assert result.matches[0].track_id == TRACK_IDS[1]
         counts = [_identify_requests(p) for p in group.metrics_ports]
         assert sum(counts) == 16 and min(counts) > 0, counts  # all 16 on one: 2^-15
+        for _ in range(2):  # the HTTP API shares its port the same way
+            request = urllib.request.Request(f"http://127.0.0.1:{group.http_port}/v1/identify?top_k=1",
+                                             data=encode_audio(good_query), headers={"Content-Type": "audio/wav"})
+            with urllib.request.urlopen(request, timeout=60) as r:
+                assert json.loads(r.read())["matches"][0]["track_id"] == TRACK_IDS[1]
     finally:
         group.stop(grace=1.0)
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
