@@ -318,6 +318,26 @@ def test_aggregation_ignores_padding_and_negative_hits():
         assert got.get(1, 0.0) == 0.0
 
 
+def test_views_aggregated_in_one_pass_score_as_view_by_view():
+    from serving.retrieval import aggregate_temporal_views
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        q, k, tracks = int(rng.integers(1, 12)), int(rng.integers(1, 30)), int(rng.integers(1, 40))
+        views = rng.integers(0, 3, q)
+        rows = rng.integers(-1, tracks, (q, k))
+        sims = np.where(rows >= 0, rng.uniform(-0.2, 1.0, (q, k)), -np.inf).astype(np.float32)
+        hits = WindowHits(rows, np.where(rows >= 0, rng.integers(0, 30, (q, k)) * 1.0, 0.0), sims)
+        offsets = np.sort(rng.uniform(0, 10, q))
+        together = aggregate_temporal_views(hits, offsets, views, 3, (0.87, 1.0, 1.15))
+        for v in range(3):
+            alone = aggregate_temporal(hits[views == v], offsets[views == v], (0.87, 1.0, 1.15))
+            got = together[v]
+            assert got.track_rows.tolist() == alone.track_rows.tolist(), (trial, v)
+            np.testing.assert_allclose(got.scores, alone.scores, atol=1e-6)
+            np.testing.assert_allclose(got.offsets_s, alone.offsets_s, atol=1e-6)
+
+
 def test_end_to_end_exact_excerpt_with_untrained_model(untrained_model_dir):
     """A real (untrained) exported model: the exact excerpt of a master comes back first."""
     from serving.embedder import Embedder
