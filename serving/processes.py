@@ -34,6 +34,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -55,7 +56,11 @@ CRASH_LOOP_S = 30.0
 
 def auto_processes() -> int:
     """One process more than the cores available to this process (one on a single core), at most
-    `AUTO_MAX_PROCESSES`: the spare one evens out the kernel's uneven spread of a few connections."""
+    `AUTO_MAX_PROCESSES`: the spare one evens out the kernel's uneven spread of a few connections. One
+    process off Linux, whose SO_REUSEPORT does not spread connections (BSD and macOS give them all to
+    the last socket bound)."""
+    if not sys.platform.startswith("linux"):
+        return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
