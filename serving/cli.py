@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,17 +165,9 @@ def run_serve(args: argparse.Namespace) -> int:
             server.stop(0)
         print(f"earworm serve: {e}", file=sys.stderr)
         return 1
-    stop = threading.Event()
+    from serving.processes import stop_on_signals
 
-    def on_signal(signum, _frame):
-        if signum == getattr(signal, "SIGHUP", None):
-            threading.Thread(target=server.reload_index, kwargs={"force": True}, daemon=True).start()
-        else:
-            stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, on_signal)
+    stop = stop_on_signals(lambda: server.reload_index(force=True))
     print(f"Earworm is serving on port {port} (Ctrl-C to stop). Try:\n"
           f"  earworm identify some_hum.wav --server localhost:{port}"
           + (f"\nThe page to hum into: http://{args.host}:{server.http_port}/" if server.http_port else "")
@@ -192,21 +182,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def _run_serve_processes(config, processes: int, host: str) -> int:
     """`earworm serve --processes N` (N > 1): N server processes on one port, supervised until
     SIGINT/SIGTERM; SIGHUP makes every one reload its index."""
-    from serving.processes import ServerProcesses
+    from serving.processes import ServerProcesses, stop_on_signals
     from serving.server import ServerError
 
     group = ServerProcesses(config, processes)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        if signum == getattr(signal, "SIGHUP", None):
-            group.reload_index()
-        else:
-            stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, on_signal)
+    stop = stop_on_signals(group.reload_index)
     try:
         group.start()
     except ServerError as e:

@@ -37,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +53,23 @@ START_TIMEOUT_S = 600.0
 """How long a worker may take to load its model and index (a large index takes minutes)."""
 CRASH_LOOP_S = 30.0
 """A worker that dies within this long of its start is not restarted: everything stops."""
+
+
+def stop_on_signals(reload: Callable[[], Any]) -> threading.Event:
+    """Install a server command's signal handlers: SIGINT and SIGTERM set the returned event (stop
+    gracefully), SIGHUP runs `reload` in a thread of its own (re-read the index)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            threading.Thread(target=reload, name="earworm-reload", daemon=True).start()
+        else:
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, on_signal)
+    return stop
 
 
 def auto_processes() -> int:
@@ -92,19 +110,8 @@ def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{slot}] %(name)s: %(message)s")
     from serving.server import create_server
 
-    stop = threading.Event()
-    server = None
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if signum == getattr(signal, "SIGHUP", None):
-            if server is not None:
-                threading.Thread(target=server.reload_index, kwargs={"force": True}, daemon=True).start()
-        else:
-            stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, on_signal)
+    serving: list[Any] = []  # the server, once created: what SIGHUP reloads
+    stop = stop_on_signals(lambda: [s.reload_index(force=True) for s in serving])
     try:
         server, port = create_server(config)
     except ServerError as e:
@@ -113,6 +120,7 @@ def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -
     except Exception as e:  # noqa: BLE001 - the parent must learn why, not wait for a timeout
         events.put(("error", slot, f"{type(e).__name__}: {e}"))
         raise
+    serving.append(server)
     events.put(("ready", slot, WorkerInfo(slot, os.getpid(), port, server.http_port, server.metrics_port)))
     while not stop.wait(1.0):
         pass
@@ -253,4 +261,4 @@ class ServerProcesses:
             self._release_ports()
 
 
-__all__ = ["AUTO_MAX_PROCESSES", "ServerProcesses", "WorkerInfo", "auto_processes", "worker_config"]
+__all__ = ["AUTO_MAX_PROCESSES", "ServerProcesses", "WorkerInfo", "auto_processes", "stop_on_signals", "worker_config"]

@@ -819,11 +819,11 @@ def test_a_cancelled_stream_is_counted_as_cancelled(server_factory, embedder, in
         call = pb_grpc.RecognizerStub(channel).StreamIdentify(requests(), timeout=20)
         time.sleep(0.3)
         call.cancel()
-        release.set()
-        for _ in range(250):
+        for _ in range(250):  # the request iterator stays open meanwhile: its end must not race the cancel
             if server.metrics.snapshot().requests.get("StreamIdentify"):
                 break
             time.sleep(0.02)
+        release.set()
     assert server.metrics.snapshot().codes == {"CANCELLED": 1}
 
 
