@@ -66,6 +66,12 @@ MIN_PCM_RATE, MAX_PCM_RATE = MIN_NATIVE_RATE, MAX_NATIVE_RATE
 MAX_CHANNELS = MAX_AUDIO_CHANNELS
 
 
+CANCEL_SETTLE_S = 0.1
+"""How long a stream that failed waits for a racing client cancel to show before its error is
+reported: gRPC can end the request iterator of a cancelled stream before `is_active()` turns False
+(the call would be counted INVALID_ARGUMENT, "closed before any message")."""
+
+
 @dataclass(frozen=True)
 class ServicerConfig:
     """Request limits and streaming behaviour (defaults are the server's defaults)."""
@@ -440,6 +446,12 @@ class RecognizerServicer(pb_grpc.RecognizerServicer):
             if context.is_active():
                 log.exception("StreamIdentify failed unexpectedly")
                 code, details = grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            # a client's cancel can end the request stream a moment before the context says so: give it
+            # CANCEL_SETTLE_S to show before an early end is blamed on the client's messages
+            settle = time.monotonic() + CANCEL_SETTLE_S
+            while context.is_active() and time.monotonic() < settle:
+                time.sleep(0.01)
         if not context.is_active():  # whatever the reading saw (an error, an early end), the client left
             code, details = grpc.StatusCode.CANCELLED, "the client cancelled the stream or its deadline passed"
         self._finish("StreamIdentify", started, outcome, code, details)
