@@ -117,13 +117,9 @@ def _register_serve(subparsers) -> None:
     p.set_defaults(func=run_serve)
 
 
-def processes_arg(value: str) -> int:
-    """--processes: a count >= 1, or "auto" (one per core, `serving.processes.auto_processes`)."""
-    if value == "auto":
-        from serving.processes import auto_processes
-
-        return auto_processes()
-    return positive_int(value)
+def processes_arg(value: str) -> int | None:
+    """--processes: a count >= 1, or "auto" (None: `serving.processes.serving_processes` decides)."""
+    return None if value == "auto" else positive_int(value)
 
 
 def add_processes_argument(p: argparse.ArgumentParser) -> None:
@@ -132,8 +128,8 @@ def add_processes_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=processes_arg, default="auto",
                    help="server processes sharing the port (each a whole server: about 1 GB more per process; "
                         "one Python process keeps only about one core busy); default auto: one more than the "
-                        f"cores (one on a single core), at most {AUTO_MAX_PROCESSES}. With N > 1, process i serves "
-                        "metrics on --metrics-port + i")
+                        f"cores (one on a single core, or for a Milvus Lite file), at most {AUTO_MAX_PROCESSES}. With "
+                        "N > 1, process i serves metrics on --metrics-port + i")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -154,8 +150,15 @@ def run_serve(args: argparse.Namespace) -> int:
                                      watch_index_seconds=args.watch_index, index_mmap=args.index_mmap,
                                      metrics_port=args.metrics_port, http_port=args.http_port,
                                      catalogue=args.catalogue)
-    if args.processes > 1:
-        return _run_serve_processes(config, args.processes, args.host)
+    from serving.processes import serving_processes
+
+    try:
+        processes = serving_processes(args.processes, config)
+    except ValueError as e:
+        print(f"earworm serve: {e}", file=sys.stderr)
+        return 2
+    if processes > 1:
+        return _run_serve_processes(config, processes, args.host)
     server = None
     try:
         server, port = create_server(config, wait=False)

@@ -460,13 +460,18 @@ def run_bench_load(args: argparse.Namespace) -> int:
                          query_tempo_rates=args.tempo_views or sc.query_tempo_rates)
             if args.batch_wait_ms is not None:
                 sc = replace(sc, batch=replace(sc.batch, max_wait_ms=args.batch_wait_ms))
-            if args.processes > 1:
-                from serving.processes import ServerProcesses
+            from serving.processes import ServerProcesses, serving_processes
 
-                group = ServerProcesses(sc, args.processes)
+            try:
+                processes = serving_processes(args.processes, sc)
+            except ValueError as e:
+                print(f"earworm bench-load: {e}", file=os.sys.stderr)
+                return 2
+            if processes > 1:
+                group = ServerProcesses(sc, processes)
                 group.start()
                 target, pid, metrics = f"127.0.0.1:{group.port}", group.pids, None
-                print(f"{args.processes} server processes (pids {', '.join(map(str, group.pids))}): index "
+                print(f"{processes} server processes (pids {', '.join(map(str, group.pids))}): index "
                       f"{index_dir}, workers {sc.workers} each, batching {'on' if sc.batching else 'off'}; "
                       "memory and CPU are their sums", flush=True)
             else:

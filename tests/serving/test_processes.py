@@ -9,7 +9,7 @@ from dataclasses import replace
 import psutil
 import pytest
 
-from serving.processes import ServerProcesses, auto_processes, worker_config
+from serving.processes import ServerProcesses, auto_processes, serving_processes, worker_config
 from serving.server import ServerError
 from tests.serving.conftest import TRACK_IDS, run_cli
 
@@ -77,6 +77,13 @@ def test_worker_configs_share_the_ports_and_number_their_metrics(base_config):
     assert 1 <= auto_processes() <= 4
     with pytest.raises(ServerError, match=">= 1"):
         ServerProcesses(base_config, 0)
+    assert serving_processes(None, base_config) == auto_processes() and serving_processes(2, base_config) == 2
+    lite = replace(base_config, index_backend="milvus", milvus_uri="artifacts/milvus/earworm.db")
+    assert serving_processes(None, lite) == 1  # a Milvus Lite file opens in one process at a time
+    with pytest.raises(ValueError, match="Milvus Lite"):
+        serving_processes(3, lite)
+    cluster = replace(lite, milvus_uri="http://milvus:19530")
+    assert serving_processes(None, cluster) == auto_processes()
 
 
 def test_serve_refuses_a_bad_process_count(untrained_model_dir, index_dir, capsys):
