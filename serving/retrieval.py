@@ -202,14 +202,14 @@ def _aggregate_temporal(hits: WindowHits, query_offsets: np.ndarray, tempo_ratio
     left = top & (spread_top == np.minimum.reduceat(spread_top, t_starts)[of_track])
     kept = np.flatnonzero(left)
     first = kept[_first_of_groups(of_track[kept])]
-    rows, offsets = group_track[first], np.maximum(group_offset[first], 0.0)
+    rows, scores, offsets = group_track[first], group_score[first], np.maximum(group_offset[first], 0.0)
     if not stride:
-        return [TrackScores(rows, group_score[first] / windows_per_view[0], offsets)]
+        return [TrackScores(rows, scores / windows_per_view[0], offsets)]
     view = rows // stride  # rows are sorted, so by view
     out = []
     for v, n in enumerate(windows_per_view):
         at = slice(*np.searchsorted(view, [v, v + 1]))
-        out.append(TrackScores(rows[at] - v * stride, group_score[first][at] / max(int(n), 1), offsets[at]))
+        out.append(TrackScores(rows[at] - v * stride, scores[at] / max(int(n), 1), offsets[at]))
     return out
 
 
@@ -346,6 +346,12 @@ def top_tracks(scores: TrackScores, top_k: int) -> np.ndarray:
     order = np.lexsort((scores.track_rows, -scores.scores))
     order = order[scores.scores[order] > 0]
     return order[:top_k]
+
+
+def _ranked(scores: TrackScores, depth: int) -> list[tuple[int, float, float]]:
+    """The best `depth` of `scores` (`top_tracks`) as (track row, score, offset), best first."""
+    return [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
+            for j in top_tracks(scores, depth)]
 
 
 # --- the retriever -----------------------------------------------------------------------------
@@ -528,9 +534,7 @@ class Retriever:
                    tempo_ratios: Sequence[float]) -> list[tuple[int, float, float]]:
         """One tempo view's windows: aggregate their hits and keep the best `depth` (track row, score,
         offset), before re-ranking."""
-        scores = aggregate(hits, offsets, self.config, tempo_ratios)
-        return [(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
-                for j in top_tracks(scores, depth)]
+        return _ranked(aggregate(hits, offsets, self.config, tempo_ratios), depth)
 
     def _rank_views(self, hits: WindowHits, offsets: np.ndarray, views: np.ndarray | None, groups: list[tuple],
                     depth: int, tempo_ratios: Sequence[float]) -> list[list[tuple[int, float, float]]]:
@@ -542,8 +546,7 @@ class Retriever:
         per_view = aggregate_temporal_views(hits, offsets, np.searchsorted(present, views), present.size,
                                             tempo_ratios, self.config.offset_bin_seconds,
                                             self.config.offset_tolerance_bins)
-        return [[(int(scores.track_rows[j]), float(scores.scores[j]), float(scores.offsets_s[j]))
-                 for j in top_tracks(scores, depth)] for scores in per_view]
+        return [_ranked(scores, depth) for scores in per_view]
 
     def _fetch_candidates(self, ranked_views: list[list[tuple[int, float, float]]],
                           query_emb: np.ndarray) -> CandidateWindows:
