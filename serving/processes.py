@@ -75,19 +75,15 @@ def stop_on_signals(reload: Callable[[], Any]) -> threading.Event:
 def serving_processes(requested: int | None, config: ServerConfig) -> int:
     """How many processes serve `config`: `requested`, or `auto_processes()` when None. A Milvus Lite
     file can be opened by one process at a time: one then (ValueError when more were asked for)."""
-    lite = config.index_backend == "milvus" and config.milvus_uri is not None and _is_lite(config.milvus_uri)
+    from serving.milvus_index import is_lite_uri
+
+    lite = config.index_backend == "milvus" and config.milvus_uri is not None and is_lite_uri(config.milvus_uri)
     if lite:
         if requested is not None and requested > 1:
             raise ValueError(f"a Milvus Lite file ({config.milvus_uri}) can be opened by one process at a time: "
                              "serve it with --processes 1, or keep the windows on a Milvus server")
         return 1
     return auto_processes() if requested is None else requested
-
-
-def _is_lite(uri: str) -> bool:
-    from serving.milvus_index import is_lite_uri
-
-    return is_lite_uri(uri)
 
 
 def auto_processes() -> int:
