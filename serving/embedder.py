@@ -47,6 +47,25 @@ RUNTIME_ENV = "EARWORM_EMBEDDER_RUNTIME"
 """Environment variable: the default `Embedder` runtime of every command (servers, indexers, evaluation)."""
 
 
+def single_threaded_tensorflow() -> bool:
+    """One thread in each of this process's TensorFlow pools (intra-op and inter-op), set before
+    TensorFlow starts; False (nothing changed) when it has already started with other pool sizes.
+
+    For a server: its parallelism is between requests (worker threads, `serve --processes`), and the
+    only TensorFlow work in a request is the front-end (~2 ms; LiteRT runs the body on one thread of
+    the caller's). The default pools (one thread per core each, in every process) only add hand-offs
+    and spinning threads: measured 2026-12-05, 3 processes and 4 clients at 10k tracks, 25.3-26.7
+    against 26.7-27.9 ms of CPU per request, 71-75 against 66-71 req/s (README)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process with other pools (a caller's own use)
+        return False
+    return True
+
+
 class ModelError(RuntimeError):
     """The model directory is missing, incomplete or incompatible with this code."""
 

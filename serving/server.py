@@ -186,12 +186,13 @@ def load_masters(manifest: Path) -> Any:
 
 def load_components(config: ServerConfig) -> Components:
     """The default loader: Embedder(model_dir) + WindowIndex.load(index_dir) + Retriever."""
-    from serving.embedder import Embedder
+    from serving.embedder import Embedder, single_threaded_tensorflow
     from serving.retrieval import Retriever
     from serving.retrieval_types import RetrievalConfig
 
     if config.model_dir is None or not config.has_index_source:
         raise ServerError("both a model directory and an index (directory, or --backend milvus --uri) are needed")
+    single_threaded_tensorflow()  # parallelism comes from requests and processes, not inside one request
     try:
         embedder = Embedder(config.model_dir)
         index = load_store(config)

@@ -91,13 +91,9 @@ def cmnd(frames: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
     length = frames.shape[1]
     width = length - max_lag
     n_fft = scipy.fft.next_fast_len(length, real=True)
-    padded = np.zeros((frames.shape[0], n_fft), np.float32)
-    padded[:, :width] = frames[:, :width]
-    head = scipy.fft.rfft(padded)
-    padded[:, width:length] = frames[:, width:]
-    spectrum = scipy.fft.rfft(padded)
+    head = scipy.fft.rfft(frames[:, :width], n_fft)  # zero-padded by rfft: no padded copy here
     np.conjugate(head, out=head)
-    head *= spectrum
+    head *= scipy.fft.rfft(frames, n_fft)
     corr = scipy.fft.irfft(head, n_fft)[:, : max_lag + 1]  # r(tau)
     # e(tau) = sum_{tau <= j < tau + W} x_j^2: e(0), then one sample enters and one leaves per lag
     square = np.square(frames)
@@ -105,13 +101,19 @@ def cmnd(frames: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
     energy[:, 0] = square[:, :width].sum(axis=1)
     np.cumsum(square[:, width:] - square[:, :max_lag], axis=1, out=energy[:, 1:])
     energy[:, 1:] += energy[:, :1]
-    diff = np.maximum(energy[:, :1] + energy - 2.0 * corr, 0.0)
+    # d(tau) = e(0) + e(tau) - 2 r(tau), clipped at 0; the same operations as written out, in place
+    diff = energy[:, :1] + energy
+    corr *= 2.0
+    diff -= corr
+    np.maximum(diff, 0.0, out=diff)
     cumulative = np.cumsum(diff[:, 1:], axis=1)
-    lags = np.arange(1, max_lag + 1, dtype=np.float32)
+    out = diff  # d'(0) = 1, d'(tau) = d(tau) tau / sum_{1..tau} d (1 where that sum is ~0)
+    tail = out[:, 1:]
+    tail *= np.arange(1, max_lag + 1, dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        norm = diff[:, 1:] * lags / cumulative
-    out = np.ones_like(diff)
-    out[:, 1:] = np.where(cumulative > 1e-12, norm, 1.0)
+        tail /= cumulative
+    tail[cumulative <= 1e-12] = 1.0
+    out[:, 0] = 1.0
     return out, energy[:, 0] + square[:, width:].sum(axis=1)
 
 
@@ -153,8 +155,9 @@ def decimate(audio: np.ndarray, down: int) -> np.ndarray:
     return out
 
 
-BLOCK_FRAMES = 512
-"""Frames analysed at once (~1.5 MB of work arrays each): a 60 s query is 12 blocks."""
+BLOCK_FRAMES = 128
+"""Frames analysed at once: about 0.4 MB of work arrays at the gate's 8 kHz, which stay in a core's
+cache (512 frames: 3.8 -> 2.9 ms per 10 s query, the same values; a 10 s query is 4 blocks)."""
 
 
 @dataclasses.dataclass(frozen=True)

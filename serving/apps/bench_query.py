@@ -62,19 +62,14 @@ def _ms(t0: float) -> float:
 def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_seconds: float = 10.0,
                   tempo_views: tuple[float, ...] | None = None, compare_per_window: bool = False,
                   seed: int = 0) -> QueryBreakdown:
-    import tensorflow as tf
-
     from data_gen.windows import cut_query_views, tempo_fraction, tempo_view
     from data_gen.synth.test_signals import hum_like_audio
-    from serving.embedder import Embedder
+    from serving.embedder import Embedder, single_threaded_tensorflow
     from serving.index import WindowIndex
     from serving.retrieval import Retriever
     from serving.retrieval_types import RetrievalConfig
 
-    try:  # single-threaded TensorFlow, as one request of a busy server gets (LiteRT runs one thread)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already started in this process (a caller's own use)
+    if not single_threaded_tensorflow():  # as a server runs it (LiteRT runs the body on one thread)
         log.warning("TensorFlow is already initialised: its thread pools stay as they are")
     embedder = Embedder(model_dir)
     index = WindowIndex.load(index_dir)

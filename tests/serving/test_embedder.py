@@ -204,3 +204,24 @@ def test_runtime_choice_env_and_an_export_without_the_int8_body(untrained_model_
     from training.export import main as export_main
 
     assert export_main(["--add-tflite", str(tmp_path / "no-model")]) == 2
+
+
+def test_a_server_process_runs_tensorflow_on_one_thread_per_pool():
+    """Set before TensorFlow starts (a fresh process, as each server process is); once it has started
+    with other pools, refused without changing anything."""
+    import subprocess
+    import sys
+
+    def run(first: str) -> list[str]:
+        code = ("import tensorflow as tf\n"
+                "from serving.embedder import single_threaded_tensorflow\n"
+                f"{first}\n"
+                "ok = single_threaded_tensorflow()\n"
+                "tf.constant(1.0) + 1.0\n"
+                "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+                "tf.config.threading.get_inter_op_parallelism_threads(), ok)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.split()
+
+    assert run("pass") == ["1", "1", "True"]
+    assert run("tf.constant(1.0) + 1.0") == ["0", "0", "False"]  # started first: TensorFlow's defaults stay
