@@ -7,6 +7,7 @@ unit-norm) and a `metadata.json` beside `saved_model.pb` (see `training.export`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,11 +16,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from data_gen import constants as C
 from data_gen.windows import cut_query_views, cut_windows, tempo_fraction, view_window_hop, window_starts
+from serving.frontend import NumpyFrontend
 from serving.retrieval_types import QueryEmbedding
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ BODY_TFLITE_FILE = "body_int8.tflite"
 quantization), written beside the SavedModel by `training.export`: 2.6x faster on this CPU than the
 SavedModel (22 query windows: 26 -> 10 ms), embeddings within cosine 0.999 of it."""
 TFLITE_BATCH = 4
-"""Windows per LiteRT call: each thread's interpreter keeps an arena for the largest batch it ran
+"""Windows per LiteRT call: each interpreter keeps an arena for the largest batch it ran
 (about 13 MB at 16 windows, 51 MB at 64). On its own the body costs the same per window at 4, 8 or 16
 (0.38-0.41 ms, 208 windows); inside a request, after the melody gate, the front-end and the rest have
 left the caches cold, 4 beats 16 by 3.4 ms per 10 s query (the whole Identify handler 33.9 against
@@ -110,11 +113,12 @@ class Embedder:
     on a frame boundary (the end-aligned last one) or that are shorter than a window get their own
     front-end pass. Older exports use `embed` on raw windows.
 
-    The body runs on LiteRT with int8 weights (`BODY_TFLITE_FILE`, one single-threaded interpreter per
-    calling thread) where the export has that file, else on the SavedModel: `runtime` "auto" (that
-    choice), "tflite" (refuse an export without it) or "tensorflow" (always the SavedModel, the exact
-    float32 body that training validates); None reads `RUNTIME_ENV` (default "auto"). Index masters
-    and queries with the same runtime."""
+    The body runs on LiteRT with int8 weights (`BODY_TFLITE_FILE`, single-threaded interpreters, one
+    per concurrent call, the most recently used first) where the export has that file, else on the
+    SavedModel, and the front-end on SciPy (`serving.frontend`, checked against the signature at load):
+    `runtime` "auto" (that choice), "tflite" (refuse an export without the LiteRT body) or "tensorflow"
+    (always the SavedModel: the exact float32 body that training validates, and its front-end); None
+    reads `RUNTIME_ENV` (default "auto"). Index masters and queries with the same runtime."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64, runtime: str | None = None):
         import tensorflow as tf
@@ -137,8 +141,11 @@ class Embedder:
         self._frame_hop = int(frontend.get("hop", 0))
         self._n_fft = int(frontend.get("n_fft", 0))
         self.batch_size = batch_size
+        self._frontend = None if self._log_power_fn is None or runtime == "tensorflow" else (
+            NumpyFrontend.for_signature(self._log_power_fn, self._n_fft, self._frame_hop))
         self._tflite_body = self._read_tflite_body(runtime)
-        self._local = threading.local()
+        self._runners: list[tuple[Any, Any]] = []  # idle LiteRT interpreters and their runners
+        self._runners_lock = threading.Lock()
         log.info("loaded model %s from %s (body on %s)%s", self.version, self.model_dir, self.runtime,
                  "" if self.splits_frontend else " (no front-end signature: windows embedded one by one)")
 
@@ -158,16 +165,25 @@ class Embedder:
         """What runs the body: "tflite-int8" or "tensorflow"."""
         return "tflite-int8" if self._tflite_body is not None else "tensorflow"
 
+    @contextlib.contextmanager
     def _tflite_runner(self):
-        """This thread's LiteRT signature runner (an interpreter is not safe to share between threads)."""
-        runner = getattr(self._local, "runner", None)
+        """A LiteRT signature runner for the caller's use alone (an interpreter is not safe to share
+        between threads): the one returned last, else a new one. Last in, first out: a server's worker
+        threads take turns on requests, and the most recently used interpreter's weights and arena are the
+        ones still in the core's cache; one interpreter per thread would let each go cold between its
+        turns. There are never more interpreters than calls at once."""
+        with self._runners_lock:
+            runner = self._runners.pop() if self._runners else None
         if runner is None:
             from ai_edge_litert.interpreter import Interpreter
 
             interpreter = Interpreter(model_content=self._tflite_body, num_threads=1)
-            runner = self._local.runner = interpreter.get_signature_runner()
-            self._local.interpreter = interpreter  # the runner needs its interpreter alive
-        return runner
+            runner = (interpreter, interpreter.get_signature_runner())  # the runner needs its interpreter alive
+        try:
+            yield runner[1]
+        finally:
+            with self._runners_lock:
+                self._runners.append(runner)
 
     @property
     def version(self) -> str:
@@ -205,6 +221,8 @@ class Embedder:
         if self._log_power_fn is None:
             raise ModelError(f"{self.model_dir} has no {LOG_POWER_SIGNATURE!r} signature")
         x = np.asarray(audio, np.float32)
+        if self._frontend is not None:  # the same signature on SciPy, checked against it at load
+            return self._frontend(x)
         out = self._log_power_fn(audio=tf.constant(x if x.ndim == 2 else x[None]))["log_power"].numpy()
         return out if x.ndim == 2 else out[0]
 
@@ -216,10 +234,10 @@ class Embedder:
             raise ValueError(f"log power must be [n, frames, bins], got {logp.shape}")
         if self._tflite_body is None:
             return self._batched(self._body_fn, "log_power", logp)
-        runner = self._tflite_runner()
         x = np.asarray(logp, np.float32)
         step = min(self.batch_size, TFLITE_BATCH)
-        out = [runner(log_power=x[i : i + step])["embedding"] for i in range(0, x.shape[0], step)]
+        with self._tflite_runner() as runner:
+            out = [runner(log_power=x[i : i + step])["embedding"] for i in range(0, x.shape[0], step)]
         if not out:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)

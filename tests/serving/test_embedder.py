@@ -160,7 +160,7 @@ def test_the_default_runtime_is_the_int8_body_and_close_to_the_float_one(embedde
     assert embedder.embed_log_power(np.zeros((0, 97, 72), np.float32)).shape == (0, embedder.dim)
 
 
-def test_threads_each_get_their_own_interpreter_and_the_same_answers(embedder):
+def test_concurrent_calls_each_get_their_own_interpreter_and_the_same_answers(embedder):
     logp, _ = embedder.window_log_power([_hum(12.0, s) for s in range(4)], C.QUERY_WINDOW_HOP)
     want = embedder.embed_log_power(logp)
     results: dict[int, np.ndarray] = {}
@@ -181,6 +181,21 @@ def test_threads_each_get_their_own_interpreter_and_the_same_answers(embedder):
     assert not errors
     for i, got in results.items():
         np.testing.assert_allclose(got, want[i:] if i % 2 else want, atol=1e-6)
+    assert 1 <= len(embedder._runners) <= len(threads)  # idle again: no more than the calls at once
+
+
+def test_the_most_recently_used_interpreter_is_used_next(embedder):
+    """Last in, first out, so that the interpreter whose weights and arena are still in the cache runs
+    the next call (a server's worker threads take turns on requests)."""
+    logp, _ = embedder.window_log_power([_hum(6.0, 1)], C.QUERY_WINDOW_HOP)
+    embedder.embed_log_power(logp)
+    with embedder._tflite_runner() as first:
+        with embedder._tflite_runner() as second:  # a second call at once: another interpreter
+            assert second is not first
+        with embedder._tflite_runner() as third:
+            assert third is second
+    with embedder._tflite_runner() as again:
+        assert again is first
 
 
 def test_runtime_choice_env_and_an_export_without_the_int8_body(untrained_model_dir, tmp_path, monkeypatch):
