@@ -48,7 +48,7 @@ class NumpyFrontend:
             (0, self._frames(audio.shape[-1]), self.bins), np.float32)
 
     def _frames(self, samples: int) -> int:
-        return max(0, 1 + (samples - self.n_fft) // self.hop) if samples >= self.n_fft else 0
+        return 1 + (samples - self.n_fft) // self.hop if samples >= self.n_fft else 0
 
     def _one(self, audio: np.ndarray) -> np.ndarray:
         import scipy.fft
