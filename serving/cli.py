@@ -126,10 +126,11 @@ def add_processes_argument(p: argparse.ArgumentParser) -> None:
     from serving.processes import AUTO_MAX_PROCESSES
 
     p.add_argument("--processes", type=processes_arg, default="auto",
-                   help="server processes sharing the port (each a whole server: about 1 GB more per process; "
-                        "one Python process keeps only about one core busy); default auto: one more than the "
-                        f"cores (one on a single core, or for a Milvus Lite file), at most {AUTO_MAX_PROCESSES}. With "
-                        "N > 1, process i serves metrics on --metrics-port + i")
+                   help="server processes (each a whole server: about 1 GB more per process; one Python process "
+                        "keeps only about one core busy); with N > 1 a balancer process owns the port and sends "
+                        "each call to the least busy one, and process i serves metrics on --metrics-port + i; "
+                        "default auto: one per core (one on a single core, or for a Milvus Lite file), at most "
+                        f"{AUTO_MAX_PROCESSES}")
 
 
 def run_serve(args: argparse.Namespace) -> int:

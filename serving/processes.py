@@ -1,4 +1,4 @@
-"""Several server processes on one port: `earworm serve --processes N`.
+"""Several server processes behind one port: `earworm serve --processes N`.
 
 A Python process runs Python code on one core at a time (the interpreter lock). The query path is
 mostly native code (LiteRT, TensorFlow, ScaNN, numpy), but its Python glue between those calls still
@@ -6,25 +6,23 @@ serialises concurrent requests, so one process cannot keep two cores busy: measu
 the 2-core machine (`earworm bench-load`, 10k-track index, 4 clients), one process answered 46.5
 req/s (p50 86 ms) and two processes with 2 clients each 63.5 req/s (p50 62 ms).
 
-The kernel spreads connections, not calls: it picks a process for each new connection by a hash,
-so a few clients can land unevenly (4 clients on 2 processes: 2 + 2 only 3 times in 8), and one
-client channel, whatever it multiplexes, is served by one process. `auto` therefore starts one
-process more than there are cores: measured the same day, 4 clients on 2 cores, 2 processes 64.1 /
-67.3 req/s (splits 3 + 1 and 2 + 2), 3 processes 68.8 / 70.1 / 71.2. Clients that open a channel
-each (`serving.client.RecognizerClient` does), or a load balancer that spreads calls, use them all.
+Each worker process here is a whole server (`serving.server.create_server`: model, index, health,
+hot swap) listening on a Unix socket of its own in a private directory. The public gRPC port belongs
+to a balancer process (`serving.balancer`) that forwards each call to the worker with the fewest calls
+in flight: the kernel, given the port with SO_REUSEPORT, would spread connections and not calls, and a
+few clients could land on one process while another idles (README, the round of 2026-12-05). TLS ends
+at the balancer. The page and HTTP API are served by the workers on one shared port (SO_REUSEPORT).
 
-Each process here is a whole server (`serving.server.create_server`: model, index, health, hot
-swap), all bound to the same gRPC port (and HTTP port) with SO_REUSEPORT; the kernel spreads the
-clients' connections over them. This is the way gRPC's Python documentation scales over cores. The
-parent process only supervises: it picks the port (port 0: a free one) and holds it while the workers
-bind it, starts the workers (spawned: TensorFlow and gRPC must not be forked), waits until every one
-has loaded, forwards SIGHUP (reload the index) and SIGTERM/SIGINT (stop gracefully), and restarts a
-worker that dies, unless it dies during start-up (then everything stops with its error).
+The parent process only supervises: it picks the port (port 0: a free one) and holds it while the
+balancer binds it, starts the workers and then the balancer (spawned: TensorFlow and gRPC must not be
+forked), waits until every one serves, forwards SIGHUP (reload the index) and SIGTERM/SIGINT (stop
+gracefully: the balancer first), and restarts a process that dies, unless it dies during start-up
+(then everything stops with its error).
 
-What is per process: the model and the ScaNN searcher (about 1 GB each at the default model),
-the index's stored vectors unless `--index-mmap` (then the page cache holds one copy for all), the
-metrics (worker i serves them on `metrics_port + i`; port 0: each its own free port), and the
-no-match calibration and hot swap (every worker polls the index directory itself).
+What is per worker: the model and the ScaNN searcher (about 1 GB each at the default model), the
+index's stored vectors unless `--index-mmap` (then the page cache holds one copy for all), the metrics
+(worker i serves them on `metrics_port + i`; port 0: each its own free port), and the no-match
+calibration and hot swap (every worker polls the index directory itself).
 """
 
 from __future__ import annotations
@@ -34,7 +32,9 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +47,10 @@ from serving.server import ServerConfig, ServerError
 log = logging.getLogger(__name__)
 
 AUTO_MAX_PROCESSES = 4
-"""`--processes auto` starts one process more than the cores this process may run on (one on a
-single core), at most this many: each holds its own model and searcher (about 1 GB)."""
+"""`--processes auto` starts one worker per core this process may run on, at most this many: each
+holds its own model and searcher (about 1 GB)."""
+BALANCER = -1
+"""The balancer's slot among the supervised processes (the workers are 0..N-1)."""
 START_TIMEOUT_S = 600.0
 """How long a worker may take to load its model and index (a large index takes minutes)."""
 CRASH_LOOP_S = 30.0
@@ -87,17 +89,16 @@ def serving_processes(requested: int | None, config: ServerConfig) -> int:
 
 
 def auto_processes() -> int:
-    """One process more than the cores available to this process (one on a single core), at most
-    `AUTO_MAX_PROCESSES`: the spare one evens out the kernel's uneven spread of a few connections. One
-    process off Linux, whose SO_REUSEPORT does not spread connections (BSD and macOS give them all to
-    the last socket bound)."""
+    """One worker per core available to this process, at most `AUTO_MAX_PROCESSES` (the balancer
+    spreads the calls, so no spare one is needed). One process off Linux, whose SO_REUSEPORT does not
+    spread the page's connections (BSD and macOS give them all to the last socket bound)."""
     if not sys.platform.startswith("linux"):
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return 1 if cores <= 1 else min(cores + 1, AUTO_MAX_PROCESSES)
+    return max(1, min(cores, AUTO_MAX_PROCESSES))
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,19 @@ class WorkerInfo:
     metrics_port: int | None
 
 
-def worker_config(config: ServerConfig, slot: int, port: int, http_port: int | None) -> ServerConfig:
-    """The config of worker `slot`: the shared ports bound with SO_REUSEPORT, its own metrics port."""
+def worker_config(config: ServerConfig, slot: int, socket_path: str, http_port: int | None) -> ServerConfig:
+    """The config of worker `slot`: gRPC on its Unix socket `socket_path` without TLS (the balancer
+    ends it), the shared HTTP port bound with SO_REUSEPORT, its own metrics port."""
     metrics = config.metrics_port
     if metrics:
         metrics += slot
-    return replace(config, port=port, http_port=http_port, metrics_port=metrics, reuse_port=True)
+    return replace(config, bind=f"unix:{socket_path}", tls_cert=None, tls_key=None, http_port=http_port,
+                   metrics_port=metrics, reuse_port=True)
+
+
+def balancer_threads(config: ServerConfig, workers: int) -> int:
+    """The balancer's threads: one per call in flight, as many as the workers' threads together."""
+    return workers * config.workers
 
 
 def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -> None:
@@ -141,6 +149,31 @@ def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -
     server.stop(grace=5.0)
 
 
+def _balancer_main(config: ServerConfig, port: int, addresses: list[str], events: Any, log_level: int) -> None:
+    """The balancer process: the public gRPC port, each call forwarded to the least busy worker."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [balancer] %(name)s: %(message)s")
+    from serving.balancer import Balancer, start_balancer_server
+    from serving.server import MAX_QUEUED_RPCS_PER_WORKER, server_credentials
+
+    stop = stop_on_signals(lambda: None)  # SIGHUP: the workers reload; nothing here to
+    balancer = Balancer(addresses, max_send_bytes=config.max_receive_bytes)
+    threads = balancer_threads(config, len(addresses))
+    address = f"{config.host}:{port}"
+    try:
+        server, bound = start_balancer_server(
+            balancer, address, threads=threads, max_concurrent_rpcs=MAX_QUEUED_RPCS_PER_WORKER * threads,
+            max_receive_bytes=config.max_receive_bytes, credentials=server_credentials(config), reuse_port=True)
+    except (RuntimeError, ServerError) as e:
+        events.put(("error", BALANCER, f"cannot listen on {address}: {e}"))
+        raise SystemExit(1) from None
+    log.info("forwarding calls on %s to %d workers", address, len(addresses))
+    events.put(("ready", BALANCER, WorkerInfo(BALANCER, os.getpid(), bound, None, None)))
+    while not stop.wait(1.0):
+        pass
+    server.stop(grace=5.0).wait()
+    balancer.close()
+
+
 class ServerProcesses:
     """`processes` servers of `config` on one port. `start()` returns once every one serves (or raises
     ServerError, having stopped them); `stop()` stops them gracefully."""
@@ -160,6 +193,7 @@ class ServerProcesses:
         self.http_port: int | None = None
         self._stopping = False
         self._lock = threading.Lock()
+        self._socket_dir: str | None = None
 
     # -- ports -----------------------------------------------------------------------------------
     def _hold_ports(self) -> None:
@@ -186,27 +220,42 @@ class ServerProcesses:
         self._held.clear()
 
     # -- workers ---------------------------------------------------------------------------------
+    def _socket(self, slot: int) -> str:
+        assert self._socket_dir is not None
+        return os.path.join(self._socket_dir, f"worker-{slot}.sock")
+
     def _spawn(self, slot: int) -> None:
-        cfg = worker_config(self.config, slot, self.port, self.http_port)
-        proc = self._ctx.Process(target=_worker_main, args=(cfg, slot, self._events, logging.getLogger().level),
-                                 name=f"earworm-serve-{slot}", daemon=False)
+        level = logging.getLogger().level
+        if slot == BALANCER:
+            addresses = [f"unix:{self._socket(s)}" for s in range(self.processes)]
+            proc = self._ctx.Process(target=_balancer_main, args=(self.config, self.port, addresses, self._events, level),
+                                     name="earworm-balancer", daemon=False)
+        else:
+            cfg = worker_config(self.config, slot, self._socket(slot), self.http_port)
+            proc = self._ctx.Process(target=_worker_main, args=(cfg, slot, self._events, level),
+                                     name=f"earworm-serve-{slot}", daemon=False)
         proc.start()
         self._procs[slot] = proc
         self._started_at[slot] = time.monotonic()
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         self._hold_ports()
+        # the workers' sockets: a private directory (only this user may connect), removed at stop
+        self._socket_dir = tempfile.mkdtemp(prefix="earworm-serve-")
         try:
             for slot in range(self.processes):
                 self._spawn(slot)
             self._await_ready(set(range(self.processes)), timeout)
+            self._spawn(BALANCER)
+            self._await_ready({BALANCER}, timeout)
         except BaseException:
             self.stop(grace=1.0)
             raise
         finally:
             self._release_ports()
-        log.info("%d server processes on port %d: pids %s", self.processes, self.port,
-                 ", ".join(str(w.pid) for w in self.workers.values()))
+        log.info("%d server processes behind the balancer on port %d: pids %s (balancer %d)", self.processes,
+                 self.port, ", ".join(str(w.pid) for s, w in sorted(self.workers.items()) if s != BALANCER),
+                 self.workers[BALANCER].pid)
 
     def _await_ready(self, slots: set[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -217,8 +266,9 @@ class ServerProcesses:
             except queue.Empty:
                 dead = [s for s in waiting if not self._procs[s].is_alive()]
                 if dead:
-                    raise ServerError(f"server process {dead[0]} exited (code {self._procs[dead[0]].exitcode}) "
-                                      "while loading; see its log above")
+                    what = "the balancer" if dead[0] == BALANCER else f"server process {dead[0]}"
+                    raise ServerError(f"{what} exited (code {self._procs[dead[0]].exitcode}) "
+                                      "while starting; see its log above")
                 if time.monotonic() > deadline:
                     raise ServerError(f"server processes {sorted(waiting)} did not load within {timeout:g} s")
                 continue
@@ -229,7 +279,13 @@ class ServerProcesses:
 
     @property
     def pids(self) -> list[int]:
+        """Every process serving: the workers and the balancer."""
         return [p.pid for p in self._procs.values() if p.pid is not None]
+
+    @property
+    def balancer_pid(self) -> int | None:
+        proc = self._procs.get(BALANCER)
+        return None if proc is None else proc.pid
 
     @property
     def metrics_ports(self) -> list[int]:
@@ -237,8 +293,8 @@ class ServerProcesses:
 
     def reload_index(self) -> None:
         """Ask every worker to re-read its index (SIGHUP)."""
-        for proc in self._procs.values():
-            if proc.is_alive() and hasattr(signal, "SIGHUP"):
+        for slot, proc in self._procs.items():
+            if slot != BALANCER and proc.is_alive() and hasattr(signal, "SIGHUP"):
                 os.kill(proc.pid, signal.SIGHUP)
 
     def supervise_once(self) -> None:
@@ -250,18 +306,23 @@ class ServerProcesses:
                 if proc.is_alive():
                     continue
                 lived = time.monotonic() - self._started_at[slot]
+                what = "the balancer" if slot == BALANCER else f"server process {slot}"
                 if lived < CRASH_LOOP_S:
-                    raise ServerError(f"server process {slot} (pid {proc.pid}) exited with code {proc.exitcode} "
+                    raise ServerError(f"{what} (pid {proc.pid}) exited with code {proc.exitcode} "
                                       f"{lived:.0f} s after it started: not restarting it")
-                log.error("server process %d (pid %s) exited with code %s; starting it again", slot, proc.pid,
-                          proc.exitcode)
+                log.error("%s (pid %s) exited with code %s; starting it again", what, proc.pid, proc.exitcode)
                 self._spawn(slot)
                 self._await_ready({slot}, START_TIMEOUT_S)
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every worker (each drains its calls for `grace` s), then kill what is left."""
+        """SIGTERM the balancer, then every worker (each drains its calls for `grace` s), then kill
+        what is left."""
         with self._lock:
             self._stopping = True
+            balancer = self._procs.get(BALANCER)
+            if balancer is not None and balancer.is_alive():
+                balancer.terminate()  # no new calls; the ones in flight still reach their workers
+                balancer.join(grace + 2.0)
             for proc in self._procs.values():
                 if proc.is_alive():
                     proc.terminate()
@@ -273,7 +334,9 @@ class ServerProcesses:
                     proc.kill()
                     proc.join(5.0)
             self._release_ports()
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
-__all__ = ["AUTO_MAX_PROCESSES", "ServerProcesses", "WorkerInfo", "auto_processes", "serving_processes", "stop_on_signals",
+__all__ = ["AUTO_MAX_PROCESSES", "BALANCER", "ServerProcesses", "balancer_threads", "WorkerInfo", "auto_processes", "serving_processes", "stop_on_signals",
            "worker_config"]

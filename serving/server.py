@@ -97,6 +97,9 @@ class ServerConfig:
     milvus_uri: str | None = None
     milvus_collection: str = "earworm_windows"
     milvus_search_params: dict[str, Any] | None = None
+    bind: str | None = None
+    """A gRPC address to listen on instead of host:port: a worker behind `serving.balancer` listens on
+    "unix:PATH", without TLS (the balancer ends it)."""
     reuse_port: bool = False
     """Bind the gRPC and HTTP ports with SO_REUSEPORT, so that the other processes of one `earworm
     serve --processes N` share them (`serving.processes`). Off for a server on its own: a port in use
@@ -384,8 +387,9 @@ class EarwormServer:
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._ready.set()
-        log.info("serving model %s with index %s (%d tracks) on port %d%s", components.embedder.version,
-                 components.index.metadata.version, components.index.metadata.num_tracks, self.port,
+        log.info("serving model %s with index %s (%d tracks) on %s%s", components.embedder.version,
+                 components.index.metadata.version, components.index.metadata.num_tracks,
+                 self.config.bind or f"port {self.port}",
                  " (micro-batching on)" if self.config.batching else "")
         if self.config.has_index_source and self.config.watch_index_seconds > 0:
             self._watcher = threading.Thread(target=self._watch_index, name="index-watcher", daemon=True)
@@ -491,7 +495,7 @@ class EarwormServer:
         return self.grpc_server.wait_for_termination(timeout)
 
 
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if config.tls_cert is None and config.tls_key is None:
         return None
     if config.tls_cert is None or config.tls_key is None:
@@ -548,9 +552,9 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     _add_reflection(grpc_server)
-    address = f"{config.host}:{config.port}"
+    address = config.bind or f"{config.host}:{config.port}"
     try:
-        credentials = _credentials(config)
+        credentials = server_credentials(config)
         port = (grpc_server.add_secure_port(address, credentials) if credentials
                 else grpc_server.add_insecure_port(address))
     except RuntimeError as e:

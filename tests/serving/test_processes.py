@@ -1,4 +1,5 @@
-"""`earworm serve --processes N`: several real server processes on one port (serving.processes)."""
+"""`earworm serve --processes N`: several real server processes behind one port (serving.processes),
+each call forwarded by the balancer (serving.balancer; its own tests: test_balancer.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ def _identify_requests(metrics_port: int) -> float:
                if s.name == "earworm_requests_total" and s.labels.get("method") == "Identify")
 
 
-def test_processes_share_one_port_and_each_answers(base_config, good_query):
+def test_the_balancer_spreads_one_clients_calls_over_the_processes(base_config, good_query):
     from serving.client import RecognizerClient
 
     import json
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from data_gen.audio import encode_audio
 
@@ -34,13 +38,16 @@ def test_processes_share_one_port_and_each_answers(base_config, good_query):
     group.start()
     pids = list(group.pids)
     try:
-        assert len(set(pids)) == 2 and len(group.metrics_ports) == 2 and group.port > 0 and group.http_port > 0
-        for _ in range(16):  # one connection per client: the kernel spreads them over the processes
-            with RecognizerClient(f"127.0.0.1:{group.port}", timeout=60) as client:
-                result = client.identify_audio(good_query, top_k=1)
-            assert result.matches[0].track_id == TRACK_IDS[1]
+        assert len(set(pids)) == 3 and group.balancer_pid in pids  # two workers and the balancer
+        assert len(group.metrics_ports) == 2 and group.port > 0 and group.http_port > 0
+        with RecognizerClient(f"127.0.0.1:{group.port}", timeout=60) as client:  # one connection
+            for _ in range(16):
+                assert client.identify_audio(good_query, top_k=1).matches[0].track_id == TRACK_IDS[1]
         counts = [_identify_requests(p) for p in group.metrics_ports]
-        assert sum(counts) == 16 and min(counts) > 0, counts  # all 16 on one: 2^-15
+        assert sum(counts) == 16 and min(counts) >= 4, counts  # calls, not connections, are spread
+        with grpc.insecure_channel(f"127.0.0.1:{group.port}") as channel:  # health through the balancer
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
         for _ in range(2):  # the HTTP API shares its port the same way
             request = urllib.request.Request(f"http://127.0.0.1:{group.http_port}/v1/identify?top_k=1",
                                              data=encode_audio(good_query), headers={"Content-Type": "audio/wav"})
@@ -70,10 +77,12 @@ def test_a_port_held_by_another_program_is_refused_before_any_worker_starts(base
         assert group.pids == []
 
 
-def test_worker_configs_share_the_ports_and_number_their_metrics(base_config):
-    cfg = worker_config(replace(base_config, metrics_port=9100), 1, 50051, 8080)
-    assert (cfg.port, cfg.http_port, cfg.metrics_port, cfg.reuse_port) == (50051, 8080, 9101, True)
-    assert worker_config(replace(base_config, metrics_port=0), 3, 1, None).metrics_port == 0  # each any free port
+def test_worker_configs_listen_on_their_sockets_share_http_and_number_their_metrics(base_config, tmp_path):
+    tls = replace(base_config, metrics_port=9100, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem")
+    cfg = worker_config(tls, 1, "/run/e/worker-1.sock", 8080)
+    assert (cfg.bind, cfg.http_port, cfg.metrics_port, cfg.reuse_port) == ("unix:/run/e/worker-1.sock", 8080, 9101, True)
+    assert cfg.tls_cert is None and cfg.tls_key is None  # TLS ends at the balancer
+    assert worker_config(replace(base_config, metrics_port=0), 3, "w.sock", None).metrics_port == 0  # any free port
     assert 1 <= auto_processes() <= 4
     with pytest.raises(ServerError, match=">= 1"):
         ServerProcesses(base_config, 0)
