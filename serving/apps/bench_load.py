@@ -50,6 +50,9 @@ class LoadBenchConfig:
     a jittered back-off that starts here and doubles up to `busy_backoff_max_ms`; its latency counts
     from the first attempt."""
     busy_backoff_max_ms: float = 500.0
+    one_channel: bool = False
+    """Every client calls through one shared channel (one connection), as an application server
+    holding one `RecognizerClient` does; default: a channel (and connection) per client."""
 
 
 @dataclass
@@ -211,7 +214,10 @@ def _drive_clients(target: str, config: LoadBenchConfig, token: str | None, on_s
 
     queries = [encode_audio(hum_like_audio(config.query_seconds, config.seed + i))
                for i in range(config.distinct_queries)]
-    clients = [RecognizerClient(target, token=token, timeout=config.timeout_s) for _ in range(config.clients)]
+    if config.one_channel:
+        clients = [RecognizerClient(target, token=token, timeout=config.timeout_s)] * config.clients
+    else:
+        clients = [RecognizerClient(target, token=token, timeout=config.timeout_s) for _ in range(config.clients)]
     for i, client in enumerate(clients):  # warm-up, not timed; also fails fast if unreachable
         for j in range(config.warmup_requests):
             client.identify_bytes(queries[(i + j) % len(queries)])
@@ -259,7 +265,7 @@ def _drive_clients(target: str, config: LoadBenchConfig, token: str | None, on_s
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    for client in clients:
+    for client in set(clients):
         client.close()
     return _ClientFigures([x for lat in latencies for x in lat], dict(sum(errors, Counter())), elapsed, sum(busy))
 
@@ -386,6 +392,8 @@ def register(subparsers) -> None:
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the bearer token for --server (default: $EARWORM_AUTH_TOKEN if set)")
     p.add_argument("--clients", type=positive_int, default=d.clients, help=f"default {d.clients}")
+    p.add_argument("--one-channel", action="store_true",
+                   help="the clients share one channel (one connection), as an application server does")
     p.add_argument("--seconds", type=float, default=d.seconds, help=f"default {d.seconds:g}")
     p.add_argument("--query-seconds", type=float, default=d.query_seconds, help=f"default {d.query_seconds:g}")
     p.add_argument("--workers", type=positive_int, default=None, help="server threads (in-process server)")
@@ -427,7 +435,7 @@ def run_bench_load(args: argparse.Namespace) -> int:
     if logging.getLogger().level > logging.DEBUG:  # one log line per request would swamp the figures
         logging.getLogger("serving.servicer").setLevel(logging.WARNING)
     config = replace(LoadBenchConfig(), clients=args.clients, seconds=args.seconds,
-                     query_seconds=args.query_seconds, seed=args.seed)
+                     query_seconds=args.query_seconds, seed=args.seed, one_channel=args.one_channel)
     from serving.arg_types import read_token
 
     try:
