@@ -37,6 +37,9 @@ _NO_DEADLINE_S = 1e6
 """`time_remaining()` of a call without a deadline is huge: anything above this means none."""
 _NOT_FORWARDED = ("user-agent",)
 """Metadata the balancer's own channel sets (and "grpc-" keys, which gRPC reserves)."""
+UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Calls that cost a worker next to nothing and may last for hours (a health Watch): they go to the
+least busy worker but do not count as its calls in flight."""
 
 
 def method_kinds() -> dict[str, tuple[bool, bool]]:
@@ -121,9 +124,9 @@ class Balancer:
         self._lock = threading.Lock()
         self._turn = itertools.count()
 
-    def _pick(self, exclude: Sequence[Backend] = ()) -> Backend | None:
+    def _pick(self, exclude: Sequence[Backend] = (), counted: bool = True) -> Backend | None:
         """The backend with the fewest calls in flight, among those not paused when any is not (ties:
-        in turn), its count taken; None when every one is excluded."""
+        in turn), the call counted there when `counted`; None when every one is excluded."""
         now = time.monotonic()
         with self._lock:
             left = [b for b in self.backends if b not in exclude]
@@ -132,13 +135,13 @@ class Balancer:
             live = [b for b in left if b.paused_until <= now] or left
             start = next(self._turn) % len(live)
             best = min(live[start:] + live[:start], key=lambda b: b.in_flight)
-            best.in_flight += 1
+            best.in_flight += counted
             best.calls += 1
             return best
 
-    def _release(self, backend: Backend, unreachable: bool = False) -> None:
+    def _release(self, backend: Backend, counted: bool, unreachable: bool = False) -> None:
         with self._lock:
-            backend.in_flight -= 1
+            backend.in_flight -= counted
             if unreachable:
                 backend.paused_until = time.monotonic() + UNREACHABLE_PAUSE_S
 
@@ -147,10 +150,12 @@ class Balancer:
             return [b.in_flight for b in self.backends]
 
     def _unary_response(self, method: str, kind: tuple[bool, bool]) -> Callable[[Any, Any], bytes]:
+        counted = not method.startswith(UNCOUNTED)
+
         def forward(request: Any, context: grpc.ServicerContext) -> bytes:
             tried: list[Backend] = []
             while True:
-                backend = self._pick(tried)
+                backend = self._pick(tried, counted)
                 assert backend is not None
                 call = backend.callable(method, kind).future(
                     request, timeout=_timeout(context), metadata=_forwarded(context.invocation_metadata()))
@@ -173,12 +178,14 @@ class Balancer:
                         continue
                     _give_back(e, context)
                 finally:
-                    self._release(backend, unreachable)
+                    self._release(backend, counted, unreachable)
         return forward
 
     def _stream_response(self, method: str, kind: tuple[bool, bool]) -> Callable[[Any, Any], Iterator[bytes]]:
+        counted = not method.startswith(UNCOUNTED)
+
         def forward(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-            backend = self._pick()
+            backend = self._pick(counted=counted)
             assert backend is not None
             unreachable = False
             try:
@@ -193,7 +200,7 @@ class Balancer:
                 unreachable = e.code() == grpc.StatusCode.UNAVAILABLE
                 _give_back(e, context)
             finally:
-                self._release(backend, unreachable)
+                self._release(backend, counted, unreachable)
         return forward
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -239,4 +246,4 @@ def start_balancer_server(balancer: Balancer, address: str, *, threads: int, max
     return server, port
 
 
-__all__ = ["Backend", "Balancer", "UNREACHABLE_PAUSE_S", "method_kinds", "start_balancer_server"]
+__all__ = ["Backend", "Balancer", "UNCOUNTED", "UNREACHABLE_PAUSE_S", "method_kinds", "start_balancer_server"]

@@ -39,12 +39,19 @@ class FakeWorker:
             for i, request in enumerate(requests):
                 yield f"{worker.name}#{i}:".encode() + request
 
+        def watch(request, context):
+            yield b"serving"
+            while context.is_active():
+                time.sleep(0.01)
+
         handler = grpc.method_handlers_generic_handler("earworm.v1.Recognizer", {
             "Identify": grpc.unary_unary_rpc_method_handler(identify),
             "StreamIdentify": grpc.stream_stream_rpc_method_handler(stream)})
+        health = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Watch": grpc.unary_stream_rpc_method_handler(watch)})
         self.address = f"unix:{path}"
         self.server = grpc.server(futures.ThreadPoolExecutor(8))
-        self.server.add_generic_rpc_handlers((handler,))
+        self.server.add_generic_rpc_handlers((handler, health))
         assert self.server.add_insecure_port(self.address)
         self.server.start()
 
@@ -117,6 +124,18 @@ def test_idle_workers_take_calls_in_turn(cluster):
     channel, _ = serve([a.address, b.address])
     answers = [channel.unary_unary(IDENTIFY)(b"x", timeout=10) for _ in range(6)]
     assert sorted(answers) == [b"a:x"] * 3 + [b"b:x"] * 3
+
+
+def test_a_health_watch_held_open_does_not_count_as_work(cluster):
+    make_worker, serve = cluster
+    a, b = make_worker("a"), make_worker("b")
+    channel, balancer = serve([a.address, b.address])
+    watch = channel.unary_stream("/grpc.health.v1.Health/Watch")(b"", timeout=30)
+    assert next(watch) == b"serving"
+    assert balancer.in_flight() == [0, 0]  # else every call would shun the watched worker
+    answers = [channel.unary_unary(IDENTIFY)(b"x", timeout=10) for _ in range(4)]
+    assert sorted(answers) == [b"a:x"] * 2 + [b"b:x"] * 2
+    watch.cancel()
 
 
 def test_status_details_and_trailing_metadata_come_back_unchanged(cluster):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -75,3 +76,26 @@ def test_clients_back_off_and_retry_when_the_server_is_busy(server_factory, embe
     rejected = result.server["codes"].get("RESOURCE_EXHAUSTED", 0)
     assert rejected >= result.busy_retries - 3  # every retry followed a rejection (a last one may be in flight)
     assert rejected < 20 * result.server["codes"]["OK"]  # backed off, not a spin
+
+
+def test_one_channel_clients_share_one_connection(server_factory, embedder, index_dir, monkeypatch):
+    """--one-channel: every client thread calls through one RecognizerClient (one connection), as an
+    application server does; by default each client has its own."""
+    import serving.client
+    from serving.apps.bench_load import _drive_clients
+    from serving.index import WindowIndex
+
+    _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)))
+    made = []
+
+    class Counting(serving.client.RecognizerClient):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(serving.client, "RecognizerClient", Counting)
+    config = LoadBenchConfig(clients=3, seconds=0.5, query_seconds=5.0, distinct_queries=2, warmup_requests=1)
+    for one_channel, expected in ((True, 1), (False, 3)):
+        made.clear()
+        figures = _drive_clients(target, replace(config, one_channel=one_channel), None, lambda: None)
+        assert len(made) == expected and figures.latencies_ms and not figures.errors
