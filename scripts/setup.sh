@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent setup of everything Earworm needs on a fresh Debian machine (Python 3.11):
-#   Debian packages (FluidSynth, a General MIDI soundfont, espeak-ng), the virtual environment
+#   Debian packages (FluidSynth, a General MIDI soundfont, espeak-ng, nginx-light: it spreads the calls
+#   of `earworm serve` over its processes), the virtual environment
 #   in .venv with the pinned dependencies of pyproject.toml, and the generated gRPC code.
 #   scripts/setup.sh --with-browser also installs Chromium + chromedriver (for tests/serving/test_page.py).
 # Fast when nothing changed: each step is skipped when its stamp is current.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fluidsynth libfluidsynth3 fluid-soundfont-gm espeak-ng)
+APT_PACKAGES=(fluidsynth libfluidsynth3 fluid-soundfont-gm espeak-ng nginx-light)
 # --with-browser (the test path): Chromium and its WebDriver for the page's browser tests
 if [[ "${1:-}" == "--with-browser" ]]; then
   APT_PACKAGES+=(chromium chromium-driver)

@@ -127,9 +127,9 @@ def add_processes_argument(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--processes", type=processes_arg, default="auto",
                    help="server processes (each a whole server: about 1 GB more per process; one Python process "
-                        "keeps only about one core busy); with N > 1 a balancer process owns the port and sends "
-                        "each call to the least busy one, and process i serves metrics on --metrics-port + i; "
-                        "default auto: one per core (one on a single core, or for a Milvus Lite file), at most "
+                        "keeps only about one core busy); with N > 1 nginx owns the port and sends each call to "
+                        "the least busy one, and process i serves metrics on --metrics-port + i; default auto: "
+                        "one per core (one on a single core, for a Milvus Lite file or without nginx), at most "
                         f"{AUTO_MAX_PROCESSES}")
 
 

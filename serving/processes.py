@@ -8,16 +8,16 @@ req/s (p50 86 ms) and two processes with 2 clients each 63.5 req/s (p50 62 ms).
 
 Each worker process here is a whole server (`serving.server.create_server`: model, index, health,
 hot swap) listening on a Unix socket of its own in a private directory. The public gRPC port belongs
-to a balancer process (`serving.balancer`) that forwards each call to the worker with the fewest calls
-in flight: the kernel, given the port with SO_REUSEPORT, would spread connections and not calls, and a
-few clients could land on one process while another idles (README, the round of 2026-12-05). TLS ends
-at the balancer. The page and HTTP API are served by the workers on one shared port (SO_REUSEPORT).
+to nginx (`serving.balancer`), which sends each call to the worker with the fewest calls in flight:
+the kernel, given the port with SO_REUSEPORT, would spread connections and not calls, and a few
+clients could land on one process while another idles (README, the round of 2026-12-05). TLS ends at
+nginx. The page and HTTP API are served by the workers on one shared port (SO_REUSEPORT).
 
-The parent process only supervises: it picks the port (port 0: a free one) and holds it while the
-balancer binds it, starts the workers and then the balancer (spawned: TensorFlow and gRPC must not be
-forked), waits until every one serves, forwards SIGHUP (reload the index) and SIGTERM/SIGINT (stop
-gracefully: the balancer first), and restarts a process that dies, unless it dies during start-up
-(then everything stops with its error).
+The parent process only supervises: it picks the port (port 0: a free one) and holds it while nginx
+binds it, starts the workers (spawned: TensorFlow and gRPC must not be forked) and then nginx, waits
+until every one serves, forwards SIGHUP (reload the index) and SIGTERM/SIGINT (stop gracefully: nginx
+first), and restarts a process that dies, unless it dies during start-up (then everything stops with
+its error).
 
 What is per worker: the model and the ScaNN searcher (about 1 GB each at the default model), the
 index's stored vectors unless `--index-mmap` (then the page cache holds one copy for all), the metrics
@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from serving.ports import shared_port_socket
@@ -49,8 +50,7 @@ log = logging.getLogger(__name__)
 AUTO_MAX_PROCESSES = 4
 """`--processes auto` starts one worker per core this process may run on, at most this many: each
 holds its own model and searcher (about 1 GB)."""
-BALANCER = -1
-"""The balancer's slot among the supervised processes (the workers are 0..N-1)."""
+
 START_TIMEOUT_S = 600.0
 """How long a worker may take to load its model and index (a large index takes minutes)."""
 CRASH_LOOP_S = 30.0
@@ -89,10 +89,17 @@ def serving_processes(requested: int | None, config: ServerConfig) -> int:
 
 
 def auto_processes() -> int:
-    """One worker per core available to this process, at most `AUTO_MAX_PROCESSES` (the balancer
-    spreads the calls, so no spare one is needed). One process off Linux, whose SO_REUSEPORT does not
-    spread the page's connections (BSD and macOS give them all to the last socket bound)."""
+    """One worker per core available to this process, at most `AUTO_MAX_PROCESSES` (nginx spreads the
+    calls, so no spare one is needed). One process without nginx (a warning says how to install it),
+    and off Linux, whose SO_REUSEPORT does not spread the page's connections (BSD and macOS give them
+    all to the last socket bound)."""
     if not sys.platform.startswith("linux"):
+        return 1
+    from serving.balancer import find_nginx
+
+    if find_nginx() is None:
+        log.warning("nginx is not installed: serving one process (scripts/setup.sh installs nginx, which "
+                    "spreads the calls over one server process per core)")
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
@@ -122,10 +129,6 @@ def worker_config(config: ServerConfig, slot: int, socket_path: str, http_port: 
                    metrics_port=metrics, reuse_port=True)
 
 
-def balancer_threads(config: ServerConfig, workers: int) -> int:
-    """The balancer's threads: one per call in flight, as many as the workers' threads together."""
-    return workers * config.workers
-
 
 def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -> None:
     """A worker process: one server, until SIGTERM/SIGINT; SIGHUP reloads its index."""
@@ -149,31 +152,6 @@ def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -
     server.stop(grace=5.0)
 
 
-def _balancer_main(config: ServerConfig, port: int, addresses: list[str], events: Any, log_level: int) -> None:
-    """The balancer process: the public gRPC port, each call forwarded to the least busy worker."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [balancer] %(name)s: %(message)s")
-    from serving.balancer import Balancer, start_balancer_server
-    from serving.server import MAX_QUEUED_RPCS_PER_WORKER, server_credentials
-
-    stop = stop_on_signals(lambda: None)  # SIGHUP: the workers reload; nothing here to
-    balancer = Balancer(addresses, max_send_bytes=config.max_receive_bytes)
-    threads = balancer_threads(config, len(addresses))
-    address = f"{config.host}:{port}"
-    try:
-        server, bound = start_balancer_server(
-            balancer, address, threads=threads, max_concurrent_rpcs=MAX_QUEUED_RPCS_PER_WORKER * threads,
-            max_receive_bytes=config.max_receive_bytes, credentials=server_credentials(config), reuse_port=True)
-    except (RuntimeError, ServerError) as e:
-        events.put(("error", BALANCER, f"cannot listen on {address}: {e}"))
-        raise SystemExit(1) from None
-    log.info("forwarding calls on %s to %d workers", address, len(addresses))
-    events.put(("ready", BALANCER, WorkerInfo(BALANCER, os.getpid(), bound, None, None)))
-    while not stop.wait(1.0):
-        pass
-    server.stop(grace=5.0).wait()
-    balancer.close()
-
-
 class ServerProcesses:
     """`processes` servers of `config` on one port. `start()` returns once every one serves (or raises
     ServerError, having stopped them); `stop()` stops them gracefully."""
@@ -194,6 +172,8 @@ class ServerProcesses:
         self._stopping = False
         self._lock = threading.Lock()
         self._socket_dir: str | None = None
+        self.balancer: Any = None  # serving.balancer.NginxBalancer, once started
+        self._balancer_started = 0.0
 
     # -- ports -----------------------------------------------------------------------------------
     def _hold_ports(self) -> None:
@@ -225,15 +205,9 @@ class ServerProcesses:
         return os.path.join(self._socket_dir, f"worker-{slot}.sock")
 
     def _spawn(self, slot: int) -> None:
-        level = logging.getLogger().level
-        if slot == BALANCER:
-            addresses = [f"unix:{self._socket(s)}" for s in range(self.processes)]
-            proc = self._ctx.Process(target=_balancer_main, args=(self.config, self.port, addresses, self._events, level),
-                                     name="earworm-balancer", daemon=False)
-        else:
-            cfg = worker_config(self.config, slot, self._socket(slot), self.http_port)
-            proc = self._ctx.Process(target=_worker_main, args=(cfg, slot, self._events, level),
-                                     name=f"earworm-serve-{slot}", daemon=False)
+        cfg = worker_config(self.config, slot, self._socket(slot), self.http_port)
+        proc = self._ctx.Process(target=_worker_main, args=(cfg, slot, self._events, logging.getLogger().level),
+                                 name=f"earworm-serve-{slot}", daemon=False)
         proc.start()
         self._procs[slot] = proc
         self._started_at[slot] = time.monotonic()
@@ -246,16 +220,27 @@ class ServerProcesses:
             for slot in range(self.processes):
                 self._spawn(slot)
             self._await_ready(set(range(self.processes)), timeout)
-            self._spawn(BALANCER)
-            self._await_ready({BALANCER}, timeout)
+            self._start_balancer()
         except BaseException:
             self.stop(grace=1.0)
             raise
         finally:
             self._release_ports()
-        log.info("%d server processes behind the balancer on port %d: pids %s (balancer %d)", self.processes,
-                 self.port, ", ".join(str(w.pid) for s, w in sorted(self.workers.items()) if s != BALANCER),
-                 self.workers[BALANCER].pid)
+        log.info("%d server processes behind nginx on port %d: pids %s (nginx %d)", self.processes, self.port,
+                 ", ".join(str(w.pid) for _, w in sorted(self.workers.items())), self.balancer.pid)
+
+    def _start_balancer(self) -> None:
+        from serving.balancer import BalancerError, NginxBalancer
+
+        assert self._socket_dir is not None
+        self.balancer = NginxBalancer(self.config.host, self.port, [self._socket(s) for s in range(self.processes)],
+                                      Path(self._socket_dir) / "nginx", max_body_bytes=self.config.max_receive_bytes,
+                                      tls_cert=self.config.tls_cert, tls_key=self.config.tls_key)
+        try:
+            self.balancer.start()
+        except (BalancerError, ValueError) as e:
+            raise ServerError(str(e)) from e
+        self._balancer_started = time.monotonic()
 
     def _await_ready(self, slots: set[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -266,9 +251,8 @@ class ServerProcesses:
             except queue.Empty:
                 dead = [s for s in waiting if not self._procs[s].is_alive()]
                 if dead:
-                    what = "the balancer" if dead[0] == BALANCER else f"server process {dead[0]}"
-                    raise ServerError(f"{what} exited (code {self._procs[dead[0]].exitcode}) "
-                                      "while starting; see its log above")
+                    raise ServerError(f"server process {dead[0]} exited (code {self._procs[dead[0]].exitcode}) "
+                                      "while loading; see its log above")
                 if time.monotonic() > deadline:
                     raise ServerError(f"server processes {sorted(waiting)} did not load within {timeout:g} s")
                 continue
@@ -279,13 +263,13 @@ class ServerProcesses:
 
     @property
     def pids(self) -> list[int]:
-        """Every process serving: the workers and the balancer."""
-        return [p.pid for p in self._procs.values() if p.pid is not None]
+        """Every process serving: the workers and nginx's."""
+        workers = [p.pid for p in self._procs.values() if p.pid is not None]
+        return workers + (self.balancer.pids() if self.balancer is not None else [])
 
     @property
     def balancer_pid(self) -> int | None:
-        proc = self._procs.get(BALANCER)
-        return None if proc is None else proc.pid
+        return None if self.balancer is None else self.balancer.pid
 
     @property
     def metrics_ports(self) -> list[int]:
@@ -293,36 +277,42 @@ class ServerProcesses:
 
     def reload_index(self) -> None:
         """Ask every worker to re-read its index (SIGHUP)."""
-        for slot, proc in self._procs.items():
-            if slot != BALANCER and proc.is_alive() and hasattr(signal, "SIGHUP"):
+        for proc in self._procs.values():
+            if proc.is_alive() and hasattr(signal, "SIGHUP"):
                 os.kill(proc.pid, signal.SIGHUP)
 
     def supervise_once(self) -> None:
-        """Restart any worker that died (ServerError when one died during start-up: a crash loop)."""
+        """Restart any worker, or nginx, that died (ServerError when one died during start-up: a crash
+        loop)."""
         with self._lock:
             if self._stopping:
                 return
+            if self.balancer is not None and not self.balancer.is_alive():
+                lived = time.monotonic() - self._balancer_started
+                if lived < CRASH_LOOP_S:
+                    raise ServerError(f"nginx exited with code {self.balancer.exitcode} {lived:.0f} s after it "
+                                      "started: not restarting it")
+                log.error("nginx exited with code %s; starting it again", self.balancer.exitcode)
+                self._start_balancer()
             for slot, proc in list(self._procs.items()):
                 if proc.is_alive():
                     continue
                 lived = time.monotonic() - self._started_at[slot]
-                what = "the balancer" if slot == BALANCER else f"server process {slot}"
                 if lived < CRASH_LOOP_S:
-                    raise ServerError(f"{what} (pid {proc.pid}) exited with code {proc.exitcode} "
+                    raise ServerError(f"server process {slot} (pid {proc.pid}) exited with code {proc.exitcode} "
                                       f"{lived:.0f} s after it started: not restarting it")
-                log.error("%s (pid %s) exited with code %s; starting it again", what, proc.pid, proc.exitcode)
+                log.error("server process %d (pid %s) exited with code %s; starting it again", slot, proc.pid,
+                          proc.exitcode)
                 self._spawn(slot)
                 self._await_ready({slot}, START_TIMEOUT_S)
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the balancer, then every worker (each drains its calls for `grace` s), then kill
-        what is left."""
+        """Stop nginx (the calls in flight finish), then SIGTERM every worker (each drains its calls for
+        `grace` s), then kill what is left."""
         with self._lock:
             self._stopping = True
-            balancer = self._procs.get(BALANCER)
-            if balancer is not None and balancer.is_alive():
-                balancer.terminate()  # no new calls; the ones in flight still reach their workers
-                balancer.join(grace + 2.0)
+            if self.balancer is not None:
+                self.balancer.stop(grace)  # no new calls; the ones in flight still reach their workers
             for proc in self._procs.values():
                 if proc.is_alive():
                     proc.terminate()
@@ -338,5 +328,5 @@ class ServerProcesses:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
-__all__ = ["AUTO_MAX_PROCESSES", "BALANCER", "ServerProcesses", "balancer_threads", "WorkerInfo", "auto_processes", "serving_processes", "stop_on_signals",
+__all__ = ["AUTO_MAX_PROCESSES", "ServerProcesses", "WorkerInfo", "auto_processes", "serving_processes", "stop_on_signals",
            "worker_config"]

@@ -479,8 +479,8 @@ def run_bench_load(args: argparse.Namespace) -> int:
                 group = ServerProcesses(sc, processes)
                 group.start()
                 target, pid, metrics = f"127.0.0.1:{group.port}", group.pids, None
-                print(f"{processes} server processes behind a balancer (pids {', '.join(map(str, group.pids))}, "
-                      f"balancer {group.balancer_pid}): index {index_dir}, workers {sc.workers} each, batching "
+                print(f"{processes} server processes behind nginx (pids {', '.join(map(str, group.pids))}, "
+                      f"nginx {group.balancer_pid}): index {index_dir}, workers {sc.workers} each, batching "
                       f"{'on' if sc.batching else 'off'}; memory and CPU are their sums", flush=True)
             else:
                 server, port = create_server(sc)

@@ -1,5 +1,5 @@
 """`earworm serve --processes N`: several real server processes behind one port (serving.processes),
-each call forwarded by the balancer (serving.balancer; its own tests: test_balancer.py)."""
+each call sent by nginx to the least busy one (serving.balancer; its own tests: test_balancer.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_the_balancer_spreads_one_clients_calls_over_the_processes(base_config, 
     group.start()
     pids = list(group.pids)
     try:
-        assert len(set(pids)) == 3 and group.balancer_pid in pids  # two workers and the balancer
+        assert len(set(pids)) == 4 and group.balancer_pid in pids  # two workers, nginx's master and worker
         assert len(group.metrics_ports) == 2 and group.port > 0 and group.http_port > 0
         with RecognizerClient(f"127.0.0.1:{group.port}", timeout=60) as client:  # one connection
             for _ in range(16):
