@@ -82,8 +82,11 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
 {temps}
-  client_max_body_size {int(max_body_bytes)};
-  client_body_buffer_size {int(max_body_bytes)};
+  # no size limit here: the workers' gRPC refuses a message over their limit with RESOURCE_EXHAUSTED
+  # (nginx would answer 413, which a gRPC client reads as UNKNOWN); grpc_pass streams the body
+  # through in pieces of client_body_buffer_size, never to disk
+  client_max_body_size 0;
+  client_body_buffer_size {int(min(max_body_bytes, 1 << 20))};
   upstream earworm_workers {{
     least_conn;
 {servers}

@@ -29,7 +29,7 @@ class FakeWorker:
     """A gRPC server on a Unix socket answering Identify with b"<name>:<request>" (or what `behave`
     makes of the call) and StreamIdentify with each request numbered."""
 
-    def __init__(self, path, name: str, behave=None):
+    def __init__(self, path, name: str, behave=None, max_receive: int = 4 << 20):
         self.name = name
         self.behave = behave
         self.seen: list[tuple[bytes, dict, float | None]] = []
@@ -60,7 +60,8 @@ class FakeWorker:
             "Watch": grpc.unary_stream_rpc_method_handler(watch)})
         self.address = f"unix:{path}"
         self.path = path
-        self.server = grpc.server(futures.ThreadPoolExecutor(8))
+        self.server = grpc.server(futures.ThreadPoolExecutor(8),
+                                  options=[("grpc.max_receive_message_length", max_receive)])
         self.server.add_generic_rpc_handlers((handler, health))
         assert self.server.add_insecure_port(self.address)
         self.server.start()
@@ -74,8 +75,8 @@ def cluster(tmp_path):
     """(make_worker(name, behave=None) -> FakeWorker, serve(sockets, **tls) -> (client channel, nginx))."""
     workers, balancers, channels = [], [], []
 
-    def make_worker(name, behave=None):
-        workers.append(FakeWorker(tmp_path / f"{name}.sock", name, behave))
+    def make_worker(name, behave=None, **options):
+        workers.append(FakeWorker(tmp_path / f"{name}.sock", name, behave, **options))
         return workers[-1]
 
     def serve(sockets, tls_cert=None, tls_key=None, host="127.0.0.1"):
@@ -184,6 +185,15 @@ def test_a_large_recording_passes_whole(cluster):
 
 
 @needs_nginx
+def test_a_recording_over_the_workers_limit_is_refused_by_them_not_unknown(cluster):
+    make_worker, serve = cluster
+    channel, _ = serve([make_worker("w", max_receive=100_000).path])
+    with pytest.raises(grpc.RpcError) as e:
+        channel.unary_unary(IDENTIFY)(bytes(300_000), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "100000" in e.value.details()
+
+
+@needs_nginx
 def test_a_stream_is_forwarded_both_ways(cluster):
     make_worker, serve = cluster
     channel, _ = serve([make_worker("w").path])
@@ -283,7 +293,7 @@ def test_the_config_sends_calls_to_the_least_busy_worker_and_keeps_its_files_in_
                         max_body_bytes=9 << 20)
     assert "least_conn;" in conf and f"server unix:{tmp_path / 'w1.sock'};" in conf
     assert "listen 0.0.0.0:50051 http2 reuseport;" in conf and "ssl" not in conf
-    assert f"client_max_body_size {9 << 20};" in conf and f"pid {tmp_path / 'nginx.pid'};" in conf
+    assert "client_max_body_size 0;" in conf and f"pid {tmp_path / 'nginx.pid'};" in conf
     assert f"client_body_temp_path {tmp_path / 'client_body'};" in conf
     assert "listen [::1]:7 http2 reuseport;" in nginx_config("::1", 7, ["w"], tmp_path, max_body_bytes=1)
     with pytest.raises(ValueError, match="at least one"):
