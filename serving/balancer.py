@@ -56,6 +56,12 @@ def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _listen(host: str, port: int) -> str:
+    """nginx's listen parameters; "::" serves IPv4 too, as gRPC's own [::] does."""
+    dual = " ipv6only=off" if host.strip("[]") == "::" else ""
+    return f"{_listen_address(host, port)} http2 reuseport{dual}"
+
+
 def nginx_config(host: str, port: int, worker_sockets: Sequence[str | Path], run_dir: Path, *,
                  max_body_bytes: int, tls_cert: Path | None = None, tls_key: Path | None = None,
                  shutdown_grace_s: float = 5.0) -> str:
@@ -97,7 +103,7 @@ http {{
     keepalive 8;
   }}
   server {{
-    listen {_listen_address(host, port)} http2 reuseport{' ssl' if tls else ''};
+    listen {_listen(host, port)}{' ssl' if tls else ''};
 {tls}    grpc_read_timeout 1d;
     grpc_send_timeout 1d;
     grpc_next_upstream error timeout;

@@ -13,6 +13,7 @@ def shared_port_socket(host: str, port: int) -> socket.socket:
     program) or the system has no SO_REUSEPORT."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("this system cannot share a port between processes (no SO_REUSEPORT): serve one process")
+    host = host.strip("[]")  # "[::]", as gRPC writes IPv6 hosts
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     if not infos:
         raise OSError(f"cannot resolve {host!r}")

@@ -172,6 +172,7 @@ class ServerProcesses:
         self._stopping = False
         self._lock = threading.Lock()
         self._socket_dir: str | None = None
+        self._grpc_ip = config.host
         self.balancer: Any = None  # serving.balancer.NginxBalancer, once started
         self._balancer_started = 0.0
 
@@ -183,7 +184,7 @@ class ServerProcesses:
         try:
             grpc_sock = shared_port_socket(self.config.host, self.config.port)
             self._held.append(grpc_sock)
-            self.port = int(grpc_sock.getsockname()[1])
+            self._grpc_ip, self.port = str(grpc_sock.getsockname()[0]), int(grpc_sock.getsockname()[1])
             if self.config.http_port is not None:
                 http_sock = shared_port_socket(self.config.host, self.config.http_port)
                 self._held.append(http_sock)
@@ -233,7 +234,8 @@ class ServerProcesses:
         from serving.balancer import BalancerError, NginxBalancer
 
         assert self._socket_dir is not None
-        self.balancer = NginxBalancer(self.config.host, self.port, [self._socket(s) for s in range(self.processes)],
+        # the address the port was held on ("localhost" may also name an IPv6 address nginx cannot bind)
+        self.balancer = NginxBalancer(self._grpc_ip, self.port, [self._socket(s) for s in range(self.processes)],
                                       Path(self._socket_dir) / "nginx", max_body_bytes=self.config.max_receive_bytes,
                                       tls_cert=self.config.tls_cert, tls_key=self.config.tls_key)
         try:

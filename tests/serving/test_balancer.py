@@ -296,6 +296,7 @@ def test_the_config_sends_calls_to_the_least_busy_worker_and_keeps_its_files_in_
     assert "client_max_body_size 0;" in conf and f"pid {tmp_path / 'nginx.pid'};" in conf
     assert f"client_body_temp_path {tmp_path / 'client_body'};" in conf
     assert "listen [::1]:7 http2 reuseport;" in nginx_config("::1", 7, ["w"], tmp_path, max_body_bytes=1)
+    assert "listen [::]:7 http2 reuseport ipv6only=off;" in nginx_config("[::]", 7, ["w"], tmp_path, max_body_bytes=1)
     with pytest.raises(ValueError, match="at least one"):
         nginx_config("h", 1, [], tmp_path, max_body_bytes=1)
     with pytest.raises(ValueError, match="both"):
