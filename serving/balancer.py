@@ -79,7 +79,9 @@ def nginx_config(host: str, port: int, worker_sockets: Sequence[str | Path], run
            if tls_cert is not None else "")
     temps = "\n".join(f"  {kind}_temp_path {run / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# written by earworm serve (serving/balancer.py); removed when the server stops
-{user}worker_processes 1;
+{user}# one process, no master: supervised by earworm serve, which restarts it should it die (a master
+# killed outright would leave its worker serving the port)
+master_process off;
 daemon off;
 pid {run / 'nginx.pid'};
 error_log stderr warn;
@@ -144,15 +146,8 @@ class NginxBalancer:
         return None if self._proc is None else self._proc.pid
 
     def pids(self) -> list[int]:
-        """nginx's master and worker processes (their CPU and memory are the balancer's)."""
-        if self._proc is None or self._proc.poll() is not None:
-            return []
-        import psutil
-
-        try:
-            return [self._proc.pid] + [c.pid for c in psutil.Process(self._proc.pid).children()]
-        except psutil.NoSuchProcess:
-            return []
+        """nginx's process, while it runs."""
+        return [self._proc.pid] if self.is_alive() else []
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

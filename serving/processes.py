@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 AUTO_MAX_PROCESSES = 4
 """`--processes auto` starts one worker per core this process may run on, at most this many: each
 holds its own model and searcher (about 1 GB)."""
-
 START_TIMEOUT_S = 600.0
 """How long a worker may take to load its model and index (a large index takes minutes)."""
 CRASH_LOOP_S = 30.0
@@ -127,7 +126,6 @@ def worker_config(config: ServerConfig, slot: int, socket_path: str, http_port: 
         metrics += slot
     return replace(config, bind=f"unix:{socket_path}", tls_cert=None, tls_key=None, http_port=http_port,
                    metrics_port=metrics, reuse_port=True)
-
 
 
 def _worker_main(config: ServerConfig, slot: int, events: Any, log_level: int) -> None:
@@ -234,10 +232,11 @@ class ServerProcesses:
         from serving.balancer import BalancerError, NginxBalancer
 
         assert self._socket_dir is not None
-        # the address the port was held on ("localhost" may also name an IPv6 address nginx cannot bind)
-        self.balancer = NginxBalancer(self._grpc_ip, self.port, [self._socket(s) for s in range(self.processes)],
-                                      Path(self._socket_dir) / "nginx", max_body_bytes=self.config.max_receive_bytes,
-                                      tls_cert=self.config.tls_cert, tls_key=self.config.tls_key)
+        if self.balancer is None:  # (a restart keeps it: it ends what its dead master left)
+            # the address the port was held on ("localhost" may also name an IPv6 address nginx cannot bind)
+            self.balancer = NginxBalancer(self._grpc_ip, self.port, [self._socket(s) for s in range(self.processes)],
+                                          Path(self._socket_dir) / "nginx", max_body_bytes=self.config.max_receive_bytes,
+                                          tls_cert=self.config.tls_cert, tls_key=self.config.tls_key)
         try:
             self.balancer.start()
         except (BalancerError, ValueError) as e:
