@@ -11,7 +11,7 @@ So the public gRPC port belongs to nginx (`grpc_pass`, the gRPC proxy of the HTT
 sends each call to the worker with the fewest calls in flight (`least_conn`: nginx holds one upstream
 connection per call in flight) over the workers' Unix sockets. Metadata (the bearer token
 included), the deadline (`grpc-timeout`), the status, its details and the trailing metadata pass
-unchanged; a call the client cancels is reset at the worker; TLS ends at nginx. It costs about 0.3 ms
+unchanged; a call the client cancels is reset at the worker; TLS ends at nginx. It costs 0.3-0.5 ms
 of CPU per call, where a gRPC Python forwarder measured 1.3-1.7 ms (README, the round of 2026-12-05).
 The page and HTTP API stay on the workers' shared HTTP port (browsers open short connections, which
 the kernel spreads well enough).
