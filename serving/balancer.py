@@ -22,7 +22,6 @@ and temporary files live in the server group's private run directory.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import shutil
@@ -72,15 +71,13 @@ def nginx_config(host: str, port: int, worker_sockets: Sequence[str | Path], run
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key")
     run = Path(run_dir)
-    # a master started as root hands its workers to "nobody", who cannot reach the private sockets
-    user = f"user {getpass.getuser()};\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
     servers = "\n".join(f"    server unix:{Path(s)};" for s in worker_sockets)
     tls = (f"    ssl_certificate {Path(tls_cert).resolve()};\n    ssl_certificate_key {Path(tls_key).resolve()};\n"
            if tls_cert is not None else "")
     temps = "\n".join(f"  {kind}_temp_path {run / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# written by earworm serve (serving/balancer.py); removed when the server stops
-{user}# one process, no master: supervised by earworm serve, which restarts it should it die (a master
-# killed outright would leave its worker serving the port)
+# one process, no master: it keeps this user (the owner of the workers' sockets), and earworm serve
+# supervises and restarts it (a master killed outright would leave its worker serving the port)
 master_process off;
 daemon off;
 pid {run / 'nginx.pid'};
@@ -127,8 +124,8 @@ http {{
 
 class NginxBalancer:
     """nginx in front of a server group's workers: `start()` writes its config into `run_dir`, starts
-    it and returns once the port accepts connections (BalancerError, with nginx's own message on
-    stderr, when it will not start); `stop()` lets the calls in flight finish for `grace` s."""
+    it and returns once it has bound the port (BalancerError, with nginx's own message on stderr,
+    when it will not start); `stop()` lets the calls in flight finish for `grace` s."""
 
     def __init__(self, host: str, port: int, worker_sockets: Sequence[str | Path], run_dir: Path | str, *,
                  max_body_bytes: int, tls_cert: Path | None = None, tls_key: Path | None = None,
