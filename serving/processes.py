@@ -232,12 +232,12 @@ class ServerProcesses:
         from serving.balancer import BalancerError, NginxBalancer
 
         assert self._socket_dir is not None
-        if self.balancer is None:  # (a restart keeps it: it ends what its dead master left)
-            # the address the port was held on ("localhost" may also name an IPv6 address nginx cannot bind)
-            self.balancer = NginxBalancer(self._grpc_ip, self.port, [self._socket(s) for s in range(self.processes)],
-                                          Path(self._socket_dir) / "nginx", max_body_bytes=self.config.max_receive_bytes,
-                                          tls_cert=self.config.tls_cert, tls_key=self.config.tls_key)
         try:
+            if self.balancer is None:  # made once; a restart starts the same config again
+                # the address the port was held on ("localhost" may also name an IPv6 address nginx cannot bind)
+                self.balancer = NginxBalancer(self._grpc_ip, self.port, [self._socket(s) for s in range(self.processes)],
+                                              Path(self._socket_dir) / "nginx", max_body_bytes=self.config.max_receive_bytes,
+                                              tls_cert=self.config.tls_cert, tls_key=self.config.tls_key)
             self.balancer.start()
         except (BalancerError, ValueError) as e:
             raise ServerError(str(e)) from e

@@ -495,7 +495,7 @@ class EarwormServer:
         return self.grpc_server.wait_for_termination(timeout)
 
 
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if config.tls_cert is None and config.tls_key is None:
         return None
     if config.tls_cert is None or config.tls_key is None:
@@ -554,7 +554,7 @@ def create_server(config: ServerConfig, loader: Loader = load_components, *,
     _add_reflection(grpc_server)
     address = config.bind or f"{config.host}:{config.port}"
     try:
-        credentials = server_credentials(config)
+        credentials = _credentials(config)
         port = (grpc_server.add_secure_port(address, credentials) if credentials
                 else grpc_server.add_insecure_port(address))
     except RuntimeError as e:

@@ -180,3 +180,19 @@ def catalogue_manifest(masters, tmp_path_factory) -> Path:
     manifest = root / "manifest.csv"
     write_catalogue(manifest, tracks)
     return manifest
+
+
+@pytest.fixture
+def tls_pair(tmp_path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost / 127.0.0.1 and its key: (cert.pem, key.pem)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key

@@ -248,17 +248,9 @@ def test_a_call_the_client_cancels_is_cancelled_at_the_worker(cluster):
 
 
 @needs_nginx
-def test_tls_ends_at_nginx(cluster, tmp_path):
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
+def test_tls_ends_at_nginx(cluster, tls_pair):
     make_worker, serve = cluster
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    cert, key = tls_pair
     worker = make_worker("plain")  # the worker's socket has no TLS
     channel, _ = serve([worker.path], tls_cert=cert, tls_key=key)
     assert channel.unary_unary(IDENTIFY)(b"x", timeout=10) == b"plain:x"

@@ -275,20 +275,11 @@ def test_bearer_token_is_required_when_set(server_factory, embedder, index_dir, 
     assert _health(target) == health_pb2.HealthCheckResponse.SERVING  # health is exempt
 
 
-def test_tls(server_factory, embedder, index_dir, good_query, tmp_path):
-    import shutil
-    import subprocess
-
+def test_tls(server_factory, embedder, index_dir, good_query, tls_pair):
     from serving.client import RecognizerClient
     from serving.index import WindowIndex
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = tls_pair
     _, target = server_factory(loader=loader_for(embedder, WindowIndex.load(index_dir)), tls_cert=cert,
                                tls_key=key, host="localhost")
     port = target.rsplit(":", 1)[1]
