@@ -576,3 +576,41 @@ def test_index_retune_command_re_tunes_an_index_directory_in_place(tmp_path, cap
     with pytest.raises(SystemExit):
         main(["index-retune", "--index", str(path), "--target-recall", "1.5"])
     assert WindowIndex.load(path).version == fixed.version  # refused calls changed nothing
+
+
+def test_scann_runs_its_avx2_kernels_where_the_cpu_has_them_as_well_as_its_sse4_ones():
+    """The pinned ScaNN wheel leaves its AVX2 kernels off on every CPU; `_scann()` turns them on where
+    numpy finds AVX2 and FMA. They read the same codes (an index built either way serves either way);
+    their approximate top-k keeps slightly different candidates, so the check is recall, not equality."""
+    import serving.index as index_module
+
+    from numpy._core._multiarray_umath import __cpu_features__ as cpu
+
+    config = SearcherConfig(mode="tree_ah", num_leaves=20, num_leaves_to_search=4, tune_queries=100)
+    index, emb = small_index(num_tracks=400, config=config)
+    flag = index_module._scann_avx2_flag()
+    if flag is None:
+        pytest.skip("this ScaNN build has no should_use_avx2 switch")
+    has_avx2 = bool(cpu.get("AVX2") and cpu.get("FMA3"))
+    assert index_module._enable_scann_avx2() is has_avx2 and flag.value is has_avx2
+    if not has_avx2:
+        pytest.skip("this CPU has no AVX2/FMA")
+    queries = perturbed_queries(emb[::20][:200], 0.6, np.random.default_rng(5))
+    _, true_scores = brute_force_search(queries, emb, 100)
+
+    def recall(ix):
+        rows, scores = ix.search(queries, 100)
+        assert np.all(np.diff(scores, axis=1) <= 0)
+        return [recall_at_k(rows, queries, emb, true_scores, k) for k in (10, 100)]
+
+    with_avx2 = recall(index)
+    flag.value = False
+    try:
+        sse4 = recall(index)
+        built_sse4, _ = small_index(num_tracks=400, config=config)
+    finally:
+        flag.value = True
+    served_avx2 = recall(built_sse4)
+    assert sse4[0] > 0.5 and sse4[1] > 0.5  # a real test: 4 of 20 leaves miss some
+    for r in (with_avx2, served_avx2):
+        assert abs(r[0] - sse4[0]) <= 0.02 and abs(r[1] - sse4[1]) <= 0.02, (r, sse4)
