@@ -135,16 +135,20 @@ def decimate(audio: np.ndarray, down: int) -> np.ndarray:
     """float32 [time] -> [ceil(time / down)]: `scipy.signal.resample_poly(audio, 1, down)` up to float
     rounding (1.5e-7 on a 10 s hum), computed from the filter's nonzero symmetric taps only: output n is
     h[c] x[down n] + sum_m h[c - m] (x[down n - m] + x[down n + m]), zeros beyond the ends. For down = 2
-    that is 10 taps instead of 41: 1.7 -> 0.6 ms per 10 s query."""
+    that is 10 taps instead of 41, each read from a contiguous polyphase component: 1.7 -> 0.34 ms per
+    10 s query."""
     centre, pairs = _decimation_taps(down)
     reach = 10 * down
     n_out = -(-audio.size // down)
     padded = np.zeros(audio.size + 2 * reach + down, np.float32)
     padded[reach : reach + audio.size] = audio
-    span = down * n_out
+    # the padded signal's polyphase components, each contiguous: every tap then reads a contiguous
+    # slice of one of them instead of a strided one (the same values: 0.55 -> 0.3 ms per 10 s query)
+    phases = [np.ascontiguousarray(padded[r::down]) for r in range(down)]
 
     def at(shift: int) -> np.ndarray:  # x[down n + shift] for every output n
-        return padded[reach + shift : reach + shift + span : down]
+        start = reach + shift
+        return phases[start % down][start // down : start // down + n_out]
 
     out = at(0) * np.float32(centre)
     pair = np.empty(n_out, np.float32)
