@@ -762,9 +762,9 @@ def _enable_scann_avx2() -> bool:
     ScaNN picks its kernels at run time from `should_use_avx2`, which its CPU detection sets at load;
     the pinned 1.4.2 wheel was built without that detection (its initialiser stores false on every
     CPU), so every search ran the SSE4 fallback: 16 queries over 68 of 548 leaves of the 300k-window
-    `bench-load` index took 3.3 ms, with AVX2 1.45 ms, with the same neighbours and scores (README,
-    issue 17). The AVX2 kernels read the same packed codes, so an index built either way serves
-    either way. Done once, before any searcher runs; `EARWORM_SCANN_AVX2=0` leaves ScaNN as it is."""
+    `bench-load` index took 3.3 ms, with AVX2 1.45 ms (README, issue 17). The AVX2 kernels read the
+    same packed codes, so an index built either way serves either way; their approximate top-k may keep
+    slightly different candidates (the same recall; MRR@10 unchanged on six sets). Done once, before any searcher runs; `EARWORM_SCANN_AVX2=0` leaves ScaNN as it is."""
     global _scann_avx2
     if _scann_avx2 is not None:
         return _scann_avx2

@@ -142,8 +142,7 @@ def decimate(audio: np.ndarray, down: int) -> np.ndarray:
     n_out = -(-audio.size // down)
     padded = np.zeros(audio.size + 2 * reach + down, np.float32)
     padded[reach : reach + audio.size] = audio
-    # the padded signal's polyphase components, each contiguous: every tap then reads a contiguous
-    # slice of one of them instead of a strided one (the same values: 0.55 -> 0.3 ms per 10 s query)
+    # the padded signal's polyphase components: every tap reads a contiguous slice of one of them
     phases = [np.ascontiguousarray(padded[r::down]) for r in range(down)]
 
     def at(shift: int) -> np.ndarray:  # x[down n + shift] for every output n
