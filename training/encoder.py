@@ -20,6 +20,7 @@ exported model always runs the front-end on raw audio (`body_of(encoder)`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import keras
@@ -97,6 +98,19 @@ def build_body(cfg: EncoderConfig) -> keras.Model:
     x = keras.layers.Dense(cfg.embedding_dim, name="projection")(x)
     emb = keras.layers.UnitNormalization(name="embedding")(x)
     return keras.Model(spec, emb, name="body")
+
+
+def body_flops(cfg: EncoderConfig) -> int:
+    """Floating-point operations (two per multiply-add) of one window through the body's convolutions
+    and projection: the work that bounds its speed (batch norm, ReLU, pooling and the normalisations
+    add a few percent). `earworm bench-query` divides it by the body's time, so that figures taken on
+    machines of different speed can be told apart from changes in the code."""
+    total = 0
+    for layer in build_body(cfg).layers:
+        if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)):
+            positions = math.prod(layer.output.shape[1:-1])  # time (x frequency) steps; 1 for Dense
+            total += 2 * positions * math.prod(layer.kernel.shape)
+    return total
 
 
 def build_encoder(cfg: EncoderConfig = EncoderConfig(), seed: int = 0) -> keras.Model:

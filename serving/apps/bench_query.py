@@ -53,10 +53,46 @@ class QueryBreakdown:
     """Median milliseconds of the old embedding path (every window through the whole encoder)."""
     split_frontend: bool = True
     extra: dict[str, float] = field(default_factory=dict)
+    matmul_gflops: float | None = None
+    """This machine's one-thread float32 matmul speed (`one_thread_matmul_gflops`), for comparing runs."""
+    body_mflop_per_window: float | None = None
+    """The body's work per window (`training.encoder.body_flops`); None when the export has no config."""
+
+    @property
+    def body_gflops(self) -> float | None:
+        """The body's achieved speed: its work over all windows divided by its median time."""
+        if self.body_mflop_per_window is None or self.stage_ms.get("body", 0.0) <= 0:
+            return None
+        return self.body_mflop_per_window * self.windows / self.stage_ms["body"]  # MFLOP per ms = GFLOP/s
 
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
+
+
+def one_thread_matmul_gflops(n: int = 512, repeats: int = 20) -> float:
+    """The best float32 n x n matmul speed of one BLAS thread, GFLOP/s: how fast this machine is at
+    the kind of work the body does. Machines of one kind have differed by 2x between sessions here, so
+    a stage's milliseconds compare across runs only next to this figure."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    with threadpool_limits(limits=1, user_api="blas"):
+        a @ a  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _body_mflop_per_window(metadata: dict) -> float | None:
+    """The exported model's body work per window, from its saved encoder config (None without one)."""
+    from training.encoder import EncoderConfig, body_flops
+
+    config = metadata.get("config")
+    return body_flops(EncoderConfig.from_dict(config)) / 1e6 if isinstance(config, dict) else None
 
 
 def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_seconds: float = 10.0,
@@ -133,7 +169,8 @@ def run_breakdown(model_dir: Path, index_dir: Path, *, queries: int = 30, query_
     med["glue"] = max(total - sum(med.values()), 0.0)
     return QueryBreakdown(queries, query_seconds, tuple(rates), windows, index.num_tracks, index.num_windows,
                           med, total, float(np.median(old_embed)) if old_embed else None,
-                          embedder.splits_frontend)
+                          embedder.splits_frontend, matmul_gflops=one_thread_matmul_gflops(),
+                          body_mflop_per_window=_body_mflop_per_window(embedder.metadata.raw))
 
 
 def format_breakdown(b: QueryBreakdown) -> str:
@@ -151,6 +188,12 @@ def format_breakdown(b: QueryBreakdown) -> str:
     if b.per_window_embed_ms is not None:
         lines.append(f"embedding per window (every window through the whole encoder), same run: "
                      f"{b.per_window_embed_ms:.2f} ms ({b.per_window_embed_ms / max(embed, 1e-9):.2f}x)")
+    if b.matmul_gflops is not None:
+        machine = f"machine: one-thread float32 matmul {b.matmul_gflops:.1f} GFLOP/s"
+        if b.body_gflops is not None:
+            machine += (f"; body {b.body_mflop_per_window:.1f} MFLOP per window x {b.windows} = "
+                        f"{b.body_gflops:.1f} GFLOP/s ({b.body_gflops / b.matmul_gflops:.0%} of that)")
+        lines.append(machine)
     return "\n".join(lines)
 
 

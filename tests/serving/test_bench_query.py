@@ -18,3 +18,8 @@ def test_breakdown_times_every_stage_of_a_three_view_query(untrained_model_dir, 
     assert b.per_window_embed_ms is not None and b.per_window_embed_ms > 0
     text = format_breakdown(b)
     assert all(s in text for s in STAGES) and "16 windows in 3 tempo view(s)" in text
+    # the machine's speed beside the body's, so that runs on machines of different speed compare
+    assert b.matmul_gflops > 0 and b.body_mflop_per_window > 0
+    assert 0.02 < b.body_gflops / b.matmul_gflops < 5  # the body's speed in GFLOP/s too, not in other units
+    assert f"machine: one-thread float32 matmul {b.matmul_gflops:.1f} GFLOP/s" in text
+    assert f"body {b.body_mflop_per_window:.1f} MFLOP per window x 16 = " in text
