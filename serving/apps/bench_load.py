@@ -28,6 +28,7 @@ import numpy as np
 
 from data_gen import constants as C
 from data_gen.synth.test_signals import hum_like_audio
+from serving.apps.machine_speed import format_machine_line, one_thread_matmul_gflops
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,12 @@ class LoadResult:
     rss_mb: dict[str, float] = field(default_factory=dict)
     server: dict[str, object] = field(default_factory=dict)
     server_cpu_ms_per_request: float | None = None
-    busy_retries: int = 0
-    """Attempts the server turned away as busy (RESOURCE_EXHAUSTED) and the client retried."""
     """Server process CPU time (user + system, all threads) per answered request: the cost of one
     request independent of how busy the machine is (2 idle cores serve at most 2000 / this req/s)."""
+    busy_retries: int = 0
+    """Attempts the server turned away as busy (RESOURCE_EXHAUSTED) and the client retried."""
+    matmul_gflops: float | None = None
+    """This machine's one-thread float32 matmul speed before the run (`machine_speed`)."""
 
 
 # --- synthetic index ----------------------------------------------------------------------
@@ -367,6 +370,8 @@ def format_result(result: LoadResult, query_seconds: float) -> str:
         lines.append(f"server CPU per request: {result.server_cpu_ms_per_request:.1f} ms (user+system)")
     if result.server:
         lines.append(f"server side: {json.dumps(result.server, default=float)}")
+    if result.matmul_gflops is not None:
+        lines.append(f"{format_machine_line(result.matmul_gflops)} (this process, before the run)")
     return "\n".join(lines)
 
 
@@ -491,7 +496,9 @@ def run_bench_load(args: argparse.Namespace) -> int:
                       f"batching {'on' if sc.batching else 'off'}", flush=True)
         else:
             target, pid, metrics = args.server, _with_children(args.server_pid), None
+        matmul_gflops = one_thread_matmul_gflops()  # the servers are up and idle
         result = run_load(target, config, token=token, server_pid=pid, metrics=metrics)
+        result.matmul_gflops = matmul_gflops
         if server is not None and server.embedding_stats():
             stats = server.embedding_stats()
             result.server["mean_batch_requests"] = round(

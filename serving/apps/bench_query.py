@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from data_gen import constants as C
+from serving.apps.machine_speed import format_machine_line, one_thread_matmul_gflops
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class QueryBreakdown:
     split_frontend: bool = True
     extra: dict[str, float] = field(default_factory=dict)
     matmul_gflops: float | None = None
-    """This machine's one-thread float32 matmul speed (`one_thread_matmul_gflops`), for comparing runs."""
+    """This machine's one-thread float32 matmul speed (`machine_speed`), for comparing runs."""
     body_mflop_per_window: float | None = None
     """The body's work per window (`training.encoder.body_flops`); None when the export has no config."""
 
@@ -68,23 +69,6 @@ class QueryBreakdown:
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
-
-
-def one_thread_matmul_gflops(n: int = 512, repeats: int = 20) -> float:
-    """The best float32 n x n matmul speed of one BLAS thread, GFLOP/s: how fast this machine is at
-    the kind of work the body does. Machines of one kind have differed by 2x between sessions here, so
-    a stage's milliseconds compare across runs only next to this figure."""
-    from threadpoolctl import threadpool_limits
-
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    with threadpool_limits(limits=1, user_api="blas"):
-        a @ a  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ a
-            best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def _body_mflop_per_window(metadata: dict) -> float | None:
@@ -189,7 +173,7 @@ def format_breakdown(b: QueryBreakdown) -> str:
         lines.append(f"embedding per window (every window through the whole encoder), same run: "
                      f"{b.per_window_embed_ms:.2f} ms ({b.per_window_embed_ms / max(embed, 1e-9):.2f}x)")
     if b.matmul_gflops is not None:
-        machine = f"machine: one-thread float32 matmul {b.matmul_gflops:.1f} GFLOP/s"
+        machine = format_machine_line(b.matmul_gflops)
         if b.body_gflops is not None:
             machine += (f"; body {b.body_mflop_per_window:.1f} MFLOP per window x {b.windows} = "
                         f"{b.body_gflops:.1f} GFLOP/s ({b.body_gflops / b.matmul_gflops:.0%} of that)")

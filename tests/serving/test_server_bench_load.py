@@ -99,3 +99,17 @@ def test_one_channel_clients_share_one_connection(server_factory, embedder, inde
         made.clear()
         figures = _drive_clients(target, replace(config, one_channel=one_channel), None, lambda: None)
         assert len(made) == expected and figures.latencies_ms and not figures.errors
+
+
+def test_the_figures_end_with_the_machines_speed():
+    from serving.apps.bench_load import LoadResult, format_result
+    from serving.apps.machine_speed import one_thread_matmul_gflops
+
+    gflops = one_thread_matmul_gflops(n=128, repeats=3)
+    assert 0.1 < gflops < 10_000
+    result = LoadResult(clients=4, seconds=30.0, requests=1500, throughput_rps=50.0,
+                        latency_ms={"p50": 78.0, "p95": 96.0, "p99": 108.0, "mean": 78.5, "max": 130.0},
+                        errors={}, matmul_gflops=95.04)
+    text = format_result(result, 10.0)
+    assert text.splitlines()[-1] == "machine: one-thread float32 matmul 95.0 GFLOP/s (this process, before the run)"
+    assert "machine:" not in format_result(LoadResult(4, 30.0, 0, 0.0, {}, {}), 10.0)  # a result made without it
