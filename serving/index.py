@@ -50,9 +50,11 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,7 @@ SEARCHER_KINDS = ("brute_force", "tree_ah")
 MODES = ("auto",) + SEARCHER_KINDS
 REORDER_DTYPES = ("float32", "int8")
 _BRUTE_FORCE_CHUNK_ELEMENTS = 1 << 26  # [m, chunk] score matrix of at most 256 MiB
+_SCANN_PARALLEL_MIN_QUERIES = 65  # from this many queries a shard is searched with ScaNN's own threads
 
 
 class IndexLoadError(RuntimeError):
@@ -818,41 +821,52 @@ def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(pos, np.argsort(-kept, axis=1, kind="stable"), 1)
 
 
+_SHARD_POOL: ThreadPoolExecutor | None = None
+_SHARD_POOL_LOCK = threading.Lock()
+
+
+def _shard_pool() -> ThreadPoolExecutor:
+    """The threads that search a sharded index's shards side by side, one per core (made on first use):
+    ScaNN releases the GIL while it searches, so a lone query's shards take the cores a busy server
+    would give to other requests anyway."""
+    global _SHARD_POOL
+    with _SHARD_POOL_LOCK:
+        if _SHARD_POOL is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            _SHARD_POOL = ThreadPoolExecutor(max_workers=max(1, cores), thread_name_prefix="index-shard")
+        return _SHARD_POOL
+
+
+def _forget_shard_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there, so make a new pool on first use."""
+    global _SHARD_POOL, _SHARD_POOL_LOCK
+    _SHARD_POOL, _SHARD_POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shard_pool)
+
+
 def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries: np.ndarray, k: int,
                    leaves: int | None, cfg: SearcherConfig, vectors: WindowVectors
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Search every shard for its top-k, merge: (rows int64 [m, k], scores float32 [m, k]); absent
     neighbours are row -1 / score -inf. A tree-AH shard (leaves given) returns its best
     `max(reorder_min, reorder_factor * k)` candidates by their AH score; they are re-scored from the
-    stored vectors and the best k kept (ScaNN's own re-ordering, without ScaNN holding a second copy)."""
+    stored vectors and the best k kept (ScaNN's own re-ordering, without ScaNN holding a second copy).
+    The shards of a query's few windows are searched side by side (`_shard_pool`); a large batch uses
+    ScaNN's own threads within each shard instead. Either way the merge reads them in shard order."""
     m = queries.shape[0]
-    all_rows, all_scores = [], []
-    for searcher, (start, end) in zip(searchers, shards):
-        kk = min(k, end - start)
-        kwargs: dict[str, Any] = {"final_num_neighbors": kk}
-        if leaves is not None:
-            kwargs["leaves_to_search"] = leaves
-            kwargs["final_num_neighbors"] = min(end - start, max(cfg.reorder_min, cfg.reorder_factor * kk))
-            kwargs["pre_reorder_num_neighbors"] = kwargs["final_num_neighbors"]
-        if m > 64:
-            rows, scores = searcher.search_batched_parallel(queries, **kwargs)
-        else:
-            rows, scores = searcher.search_batched(queries, **kwargs)
-        rows = np.asarray(rows, np.int64).reshape(m, -1) + start
-        scores = np.asarray(scores, np.float32).reshape(m, -1)
-        missing = np.isnan(scores)  # ScaNN pads absent neighbours with row 0 and a NaN score
-        rows[missing] = -1
-        scores[missing] = -np.inf
-        if leaves is not None:
-            scores = vectors.scores(queries, rows)
-            keep = top_k_stable(scores, kk)
-            rows = np.take_along_axis(rows, keep, 1)
-            scores = np.take_along_axis(scores, keep, 1)
-            rows[~np.isfinite(scores)] = -1
-        all_rows.append(rows)
-        all_scores.append(scores)
-    rows = np.concatenate(all_rows, axis=1)
-    scores = np.concatenate(all_scores, axis=1)
+
+    def one(shard: int) -> tuple[np.ndarray, np.ndarray]:
+        return _search_one_shard(searchers[shard], *shards[shard], queries, k, leaves, cfg, vectors)
+
+    if len(searchers) > 1 and m <= _SCANN_PARALLEL_MIN_QUERIES:
+        found = list(_shard_pool().map(one, range(len(searchers))))
+    else:
+        found = [one(i) for i in range(len(searchers))]
+    rows = np.concatenate([r for r, _ in found], axis=1)
+    scores = np.concatenate([s for _, s in found], axis=1)
     if len(searchers) > 1:
         order = top_k_stable(scores, k)
         rows = np.take_along_axis(rows, order, 1)
@@ -860,6 +874,34 @@ def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries:
     if rows.shape[1] < k:  # pad to [m, k]
         rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
+    return rows, scores
+
+
+def _search_one_shard(searcher: Any, start: int, end: int, queries: np.ndarray, k: int, leaves: int | None,
+                      cfg: SearcherConfig, vectors: WindowVectors) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's best min(k, its size) windows of each query: (global rows [m, kk], scores [m, kk])."""
+    m = queries.shape[0]
+    kk = min(k, end - start)
+    kwargs: dict[str, Any] = {"final_num_neighbors": kk}
+    if leaves is not None:
+        kwargs["leaves_to_search"] = leaves
+        kwargs["final_num_neighbors"] = min(end - start, max(cfg.reorder_min, cfg.reorder_factor * kk))
+        kwargs["pre_reorder_num_neighbors"] = kwargs["final_num_neighbors"]
+    if m > _SCANN_PARALLEL_MIN_QUERIES:
+        rows, scores = searcher.search_batched_parallel(queries, **kwargs)
+    else:
+        rows, scores = searcher.search_batched(queries, **kwargs)
+    rows = np.asarray(rows, np.int64).reshape(m, -1) + start
+    scores = np.asarray(scores, np.float32).reshape(m, -1)
+    missing = np.isnan(scores)  # ScaNN pads absent neighbours with row 0 and a NaN score
+    rows[missing] = -1
+    scores[missing] = -np.inf
+    if leaves is not None:
+        scores = vectors.scores(queries, rows)
+        keep = top_k_stable(scores, kk)
+        rows = np.take_along_axis(rows, keep, 1)
+        scores = np.take_along_axis(scores, keep, 1)
+        rows[~np.isfinite(scores)] = -1
     return rows, scores
 
 

@@ -357,6 +357,59 @@ def test_sharded_index_merges_shards_and_round_trips(tmp_path):
     assert loaded.search(q, 10)[0].max() >= 1000  # hits from the second shard map to global rows
 
 
+def test_a_querys_shards_are_searched_side_by_side_with_the_same_answer(monkeypatch):
+    """ScaNN releases the GIL, so a lone query's shards take both cores; the merge reads them in shard
+    order, so the answer is the one a shard-by-shard search gives."""
+    import threading
+
+    import serving.index as index_module
+
+    emb = synthetic_chunk(SMALL, 0, 200)
+    rows_, offsets, tracks = synthetic_layout(200, SMALL.windows_per_track)
+    tree = WindowIndex.build(emb, rows_, offsets, tracks, "model-a",
+                             SearcherConfig(mode="tree_ah", max_shard_windows=500, tune_queries=100))
+    assert len(tree.metadata.config["shards"]) == 4
+    q = perturbed_queries(emb[::100], 0.8, np.random.default_rng(2))  # 20 windows: one query's worth
+    threads = []
+    search_one = index_module._search_one_shard
+    monkeypatch.setattr(index_module, "_search_one_shard",
+                        lambda *a: threads.append(threading.current_thread().name) or search_one(*a))
+    side_by_side = tree.search(q, 100)
+    assert len(threads) == 4 and all(name.startswith("index-shard") for name in threads)
+
+    class OneAtATime:
+        def map(self, fn, items):
+            return [fn(i) for i in items]
+
+    monkeypatch.setattr(index_module, "_shard_pool", lambda: OneAtATime())
+    threads.clear()
+    one_at_a_time = tree.search(q, 100)
+    assert threads == [threading.current_thread().name] * 4
+    np.testing.assert_array_equal(side_by_side[0], one_at_a_time[0])
+    np.testing.assert_array_equal(side_by_side[1], one_at_a_time[1])
+
+
+def test_a_forked_child_searches_shards_with_a_pool_of_its_own():
+    """A pool made before a fork has no threads in the child: the child makes its own."""
+    import multiprocessing as mp
+
+    emb = synthetic_chunk(SMALL, 0, 60)
+    rows_, offsets, tracks = synthetic_layout(60, SMALL.windows_per_track)
+    index = WindowIndex.build(emb, rows_, offsets, tracks, "model-a",
+                              SearcherConfig(mode="brute_force", max_shard_windows=200))
+    assert len(index.metadata.config["shards"]) == 3
+    q = emb[::200]
+    expected = index.search(q, 10)[0]  # the parent's pool now exists
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=lambda: out.put(index.search(q, 10)[0].tolist()), daemon=True)
+    child.start()
+    got = out.get(timeout=60)  # a child waiting on the parent's threads would never answer
+    child.join(10)
+    assert child.exitcode == 0 and got == expected.tolist()
+
+
 def test_windows_of_lists_each_tracks_rows_in_time_order():
     rng = np.random.default_rng(3)
     rows = np.array([1, 0, 1, 2, 0, 1], np.int32)
