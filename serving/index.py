@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from data_gen import constants as C
+from serving.cores import usable_cores
 from serving.vectors import STORE_DTYPES, Float32Spill, WindowVectors
 from serving.window_store import CandidateWindows, TrackInfo, TrackWindows, WindowHits
 
@@ -79,7 +80,7 @@ SEARCHER_KINDS = ("brute_force", "tree_ah")
 MODES = ("auto",) + SEARCHER_KINDS
 REORDER_DTYPES = ("float32", "int8")
 _BRUTE_FORCE_CHUNK_ELEMENTS = 1 << 26  # [m, chunk] score matrix of at most 256 MiB
-_SCANN_PARALLEL_MIN_QUERIES = 65  # from this many queries a shard is searched with ScaNN's own threads
+_SCANN_OWN_THREADS_ABOVE = 64  # queries: a larger batch is searched with ScaNN's own threads in each shard
 
 
 class IndexLoadError(RuntimeError):
@@ -832,8 +833,7 @@ def _shard_pool() -> ThreadPoolExecutor:
     global _SHARD_POOL
     with _SHARD_POOL_LOCK:
         if _SHARD_POOL is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            _SHARD_POOL = ThreadPoolExecutor(max_workers=max(1, cores), thread_name_prefix="index-shard")
+            _SHARD_POOL = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="index-shard")
         return _SHARD_POOL
 
 
@@ -861,7 +861,7 @@ def _search_shards(searchers: list[Any], shards: list[tuple[int, int]], queries:
     def one(shard: int) -> tuple[np.ndarray, np.ndarray]:
         return _search_one_shard(searchers[shard], *shards[shard], queries, k, leaves, cfg, vectors)
 
-    if len(searchers) > 1 and m <= _SCANN_PARALLEL_MIN_QUERIES:
+    if len(searchers) > 1 and m <= _SCANN_OWN_THREADS_ABOVE:
         found = list(_shard_pool().map(one, range(len(searchers))))
     else:
         found = [one(i) for i in range(len(searchers))]
@@ -887,7 +887,7 @@ def _search_one_shard(searcher: Any, start: int, end: int, queries: np.ndarray, 
         kwargs["leaves_to_search"] = leaves
         kwargs["final_num_neighbors"] = min(end - start, max(cfg.reorder_min, cfg.reorder_factor * kk))
         kwargs["pre_reorder_num_neighbors"] = kwargs["final_num_neighbors"]
-    if m > _SCANN_PARALLEL_MIN_QUERIES:
+    if m > _SCANN_OWN_THREADS_ABOVE:
         rows, scores = searcher.search_batched_parallel(queries, **kwargs)
     else:
         rows, scores = searcher.search_batched(queries, **kwargs)

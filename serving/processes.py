@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from serving.cores import usable_cores
 from serving.ports import shared_port_socket
 from serving.server import ServerConfig, ServerError
 
@@ -100,11 +101,7 @@ def auto_processes() -> int:
         log.warning("nginx is not installed: serving one process (scripts/setup.sh installs nginx, which "
                     "spreads the calls over one server process per core)")
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, AUTO_MAX_PROCESSES))
+    return max(1, min(usable_cores(), AUTO_MAX_PROCESSES))
 
 
 @dataclass(frozen=True)
