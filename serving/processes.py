@@ -101,7 +101,7 @@ def auto_processes() -> int:
         log.warning("nginx is not installed: serving one process (scripts/setup.sh installs nginx, which "
                     "spreads the calls over one server process per core)")
         return 1
-    return max(1, min(usable_cores(), AUTO_MAX_PROCESSES))
+    return min(usable_cores(), AUTO_MAX_PROCESSES)  # usable_cores() is at least 1
 
 
 @dataclass(frozen=True)
